@@ -1,0 +1,33 @@
+# Parley: `make run` starts everything; `make test` runs the test suite. Both set themselves up.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-requirements
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install run test lint bench
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+	# llama-cpp-python compiles llama.cpp once (~11 min on 2 cores); pip caches the wheel after that.
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Embedded PostgreSQL+pgvector and Valkey start when DATABASE_URL / REDIS_URL are unset.
+run: install
+	$(BIN)/python -m config.services run -- sh -c '\
+		python manage.py migrate --noinput && \
+		python manage.py ensure_operator && \
+		exec honcho start -f Procfile'
+
+test: install
+	$(BIN)/python -m config.services run -- python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m config.services run -- python bench/stream.py

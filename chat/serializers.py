@@ -1,0 +1,44 @@
+"""Output shapes shared by the REST API and the WebSocket events (one shape for both)."""
+
+from rest_framework import serializers
+
+from .models import Conversation, Message
+
+
+class MessageOutputSerializer(serializers.ModelSerializer):
+    # A string, not a UUID object: the same data goes over the channel layer (msgpack).
+    conversation = serializers.UUIDField(source="conversation_id", read_only=True)
+    usage = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "conversation",
+            "role",
+            "content",
+            "status",
+            "client_id",
+            "model_slug",
+            "usage",
+            "ttft_ms",
+            "latency_ms",
+            "cached",
+            "citations",
+            "error",
+            "created_at",
+            "finished_at",
+        ]
+
+    def get_usage(self, message: Message) -> dict | None:
+        if message.prompt_tokens is None and message.completion_tokens is None:
+            return None
+        return {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens}
+
+
+class ConversationOutputSerializer(serializers.ModelSerializer):
+    model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "title", "model", "created_at", "updated_at"]

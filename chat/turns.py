@@ -1,0 +1,218 @@
+"""Run one chat turn: stream the model's answer to the conversation's channel-layer group, then store it.
+
+Events go to the group ``conversation.<id>``; every WebSocket (on any Daphne process) of that
+conversation relays them. A generation is stopped by a ``generation.stop`` message on the group
+``conversation.<id>.control``, which the process running the turn listens to, so a stop works
+whichever process the stopping client is connected to. A client that disconnects does not stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from inference.providers import Chunk, GenerationParams, InferenceError, Usage
+from inference.services import provider_for
+
+from .models import Message, MessageStatus
+from .selectors import model_messages
+from .serializers import MessageOutputSerializer
+from .services import Turn, message_finalize
+
+logger = logging.getLogger(__name__)
+
+STOPPED_BY_USER = "Stopped by the user."
+
+# Strong references to running turns: asyncio keeps only weak ones, and a turn must outlive the
+# socket that started it.
+_running_turns: set[asyncio.Task] = set()
+
+
+def conversation_group(conversation_id) -> str:
+    """Return the channel-layer group that receives a conversation's events."""
+    return f"conversation.{conversation_id}"
+
+
+def control_group(conversation_id) -> str:
+    """Return the channel-layer group that the process generating in a conversation listens to."""
+    return f"conversation.{conversation_id}.control"
+
+
+async def send_event(conversation_id, event: dict) -> None:
+    """Send one protocol event (DESIGN.md) to every client of the conversation."""
+    await get_channel_layer().group_send(conversation_group(conversation_id), {"type": "chat.event", "event": event})
+
+
+async def generation_stop(conversation_id) -> None:
+    """Ask whichever process is generating in this conversation to stop; its partial text is kept."""
+    await get_channel_layer().group_send(control_group(conversation_id), {"type": "generation.stop"})
+
+
+_DONE = object()
+
+
+@dataclass
+class _Outcome:
+    content: str = ""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    ttft_ms: int | None = None
+
+
+async def _stream(turn: Turn, messages, params: GenerationParams, cancel: threading.Event, started: float) -> _Outcome:
+    """Run the provider in a thread and relay its deltas in batches; return what was generated.
+
+    A batch is sent when its first delta is ``CHAT_TOKEN_BATCH_MS`` old or it holds
+    ``CHAT_TOKEN_BATCH_SIZE`` deltas. Each delta is sent exactly once. Re-raise the provider's errors,
+    with the text so far attached as ``partial``.
+    """
+    provider = provider_for(config=turn.model)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def produce() -> None:
+        try:
+            for chunk in provider.stream(messages, params, cancel):
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+        except BaseException as exc:  # relayed to the event loop, which decides
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+    # llama.cpp blocks for the whole generation: give it its own thread, not the event loop's.
+    threading.Thread(target=produce, name=f"generate-{turn.assistant_message.pk}", daemon=True).start()
+
+    outcome = _Outcome()
+    parts: list[str] = []
+    batch: list[str] = []
+    deadline: float | None = None
+    batch_seconds = settings.CHAT_TOKEN_BATCH_MS / 1000
+    message_id = str(turn.assistant_message.pk)
+    conversation_id = turn.assistant_message.conversation_id
+
+    async def flush() -> None:
+        nonlocal batch, deadline
+        if batch:
+            delta, batch, deadline = "".join(batch), [], None
+            await send_event(conversation_id, {"type": "token", "message_id": message_id, "delta": delta})
+
+    try:
+        while True:
+            if deadline is None:
+                item = await queue.get()
+            elif not queue.empty():
+                item = queue.get_nowait()
+            else:
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=max(0.001, deadline - loop.time()))
+                except TimeoutError:
+                    await flush()
+                    continue
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                await flush()
+                item.partial = "".join(parts)
+                raise item
+            chunk: Chunk = item
+            if chunk.delta:
+                if outcome.ttft_ms is None:
+                    outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
+                parts.append(chunk.delta)
+                batch.append(chunk.delta)
+                if deadline is None:
+                    deadline = loop.time() + batch_seconds
+                if len(batch) >= settings.CHAT_TOKEN_BATCH_SIZE:
+                    await flush()
+            if chunk.usage is not None:
+                outcome.usage, outcome.finish_reason = chunk.usage, chunk.finish_reason
+        await flush()
+    finally:
+        cancel.set()  # if this coroutine is cancelled, the thread stops at its next token
+    outcome.content = "".join(parts)
+    return outcome
+
+
+async def turn_run(turn: Turn) -> Message:
+    """Generate the answer for ``turn``, streaming events to the conversation, and finalise the message.
+
+    Always finalises the assistant message: ``complete``; ``cancelled`` (stopped, partial text kept);
+    or ``error`` with the reason (partial text kept). Events: ``generation.started``, ``token``...,
+    ``error`` (on failure, with its code), ``generation.completed``. Return the stored message.
+    """
+    started = time.perf_counter()
+    message = turn.assistant_message
+    conversation_id = message.conversation_id
+    layer = get_channel_layer()
+    cancel = threading.Event()
+    control_channel = await layer.new_channel()
+    await layer.group_add(control_group(conversation_id), control_channel)
+
+    async def listen_for_stop() -> None:
+        while True:
+            event = await layer.receive(control_channel)
+            if event.get("type") == "generation.stop":
+                cancel.set()
+                return
+
+    listener = asyncio.create_task(listen_for_stop())
+    status, error, error_code = MessageStatus.COMPLETE, "", ""
+    outcome = _Outcome()
+    try:
+        await send_event(
+            conversation_id, {"type": "generation.started", "message_id": str(message.pk), "model": turn.model.slug}
+        )
+        messages = await database_sync_to_async(model_messages)(
+            conversation=message.conversation, system_prompt=turn.model.system_prompt
+        )
+        outcome = await _stream(turn, messages, turn.params, cancel, started)
+        if outcome.finish_reason == "cancelled":
+            status, error = MessageStatus.CANCELLED, STOPPED_BY_USER
+    except InferenceError as exc:
+        outcome.content = getattr(exc, "partial", "")
+        status, error, error_code = MessageStatus.ERROR, exc.detail, exc.code
+    except Exception as exc:
+        logger.exception("Generation failed for message %s", message.pk)
+        outcome.content = getattr(exc, "partial", "")
+        status, error, error_code = MessageStatus.ERROR, "The model failed unexpectedly.", "upstream_error"
+    finally:
+        listener.cancel()
+        await layer.group_discard(control_group(conversation_id), control_channel)
+
+    usage = outcome.usage or Usage()
+    message = await database_sync_to_async(message_finalize)(
+        message_id=message.pk,
+        content=outcome.content,
+        status=status,
+        prompt_tokens=usage.prompt_tokens if outcome.usage else None,
+        completion_tokens=usage.completion_tokens if outcome.usage else None,
+        ttft_ms=outcome.ttft_ms,
+        latency_ms=round((time.perf_counter() - started) * 1000),
+        error=error,
+    )
+    if error_code:
+        await send_event(
+            conversation_id, {"type": "error", "code": error_code, "detail": error, "message_id": str(message.pk)}
+        )
+    await send_event(
+        conversation_id, {"type": "generation.completed", "message": MessageOutputSerializer(message).data}
+    )
+    return message
+
+
+def turn_start(turn: Turn) -> asyncio.Task:
+    """Run :func:`turn_run` in the background of the current event loop and return its task.
+
+    The task is not tied to the caller: it finishes even if the socket that started it closes.
+    """
+    task = asyncio.get_running_loop().create_task(turn_run(turn))
+    _running_turns.add(task)
+    task.add_done_callback(_running_turns.discard)
+    return task

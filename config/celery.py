@@ -1,0 +1,11 @@
+"""The Celery application: `celery -A config worker`. Settings come from Django's, `CELERY_`-prefixed."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+
+app = Celery("parley")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

