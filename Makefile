@@ -24,7 +24,11 @@ run: install
 		exec honcho start -f Procfile'
 
 test: install
-	$(BIN)/python -m config.services run -- python -m pytest $(PYTEST_ARGS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m config.services run -- sh -c '\
+		DJANGO_SETTINGS_MODULE=config.settings.test python manage.py makemigrations --check --dry-run && \
+		python -m pytest $(PYTEST_ARGS)'
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -8,6 +8,7 @@ handler uses, so that prompt tokens can be counted exactly and history trimmed t
 
 from __future__ import annotations
 
+import atexit
 import importlib.resources
 import logging
 import threading
@@ -83,6 +84,20 @@ def load_model(path: Path, *, n_ctx: int, n_threads: int) -> LoadedModel:
         logger.info("Loaded %s (n_ctx=%d) in %.2f s", path.name, n_ctx, time.perf_counter() - started)
         _loaded[key] = LoadedModel(llama=llama, formatter=formatter, lock=threading.Lock(), n_ctx=n_ctx)
         return _loaded[key]
+
+
+@atexit.register
+def unload_all() -> None:
+    """Free every loaded model (llama.cpp memory) and forget it."""
+    with _loading_lock:
+        for loaded in _loaded.values():
+            # A daemon thread may still be generating at exit: don't wait for it forever.
+            if loaded.lock.acquire(timeout=5):
+                try:
+                    loaded.llama.close()
+                finally:
+                    loaded.lock.release()
+        _loaded.clear()
 
 
 class LlamaCppProvider(Provider):
