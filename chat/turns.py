@@ -103,18 +103,20 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
             delta, batch, deadline = "".join(batch), [], None
             await send_event(conversation_id, {"type": "token", "message_id": message_id, "delta": delta})
 
+    # One pending get at a time, awaited with asyncio.wait: unlike wait_for, a timeout never cancels
+    # it, so a delta that arrives just as the batch deadline passes cannot be dropped (in Python
+    # 3.11, wait_for can lose a result that completes together with its timeout).
+    getter: asyncio.Future | None = None
     try:
         while True:
-            if deadline is None:
-                item = await queue.get()
-            elif not queue.empty():
-                item = queue.get_nowait()
-            else:
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout=max(0.001, deadline - loop.time()))
-                except TimeoutError:
-                    await flush()
-                    continue
+            if getter is None:
+                getter = asyncio.ensure_future(queue.get())
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait({getter}, timeout=timeout)
+            if not done:
+                await flush()
+                continue
+            item, getter = getter.result(), None
             if item is _DONE:
                 break
             if isinstance(item, BaseException):
@@ -135,6 +137,8 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
                 outcome.usage, outcome.finish_reason = chunk.usage, chunk.finish_reason
         await flush()
     finally:
+        if getter is not None:
+            getter.cancel()
         cancel.set()  # if this coroutine is cancelled, the thread stops at its next token
     outcome.content = "".join(parts)
     return outcome
@@ -152,7 +156,11 @@ async def turn_run(turn: Turn) -> Message:
     conversation_id = message.conversation_id
     layer = get_channel_layer()
     cancel = threading.Event()
-    control_channel = await layer.new_channel()
+    # A channel of its own, not layer.new_channel(): process-specific channels share one Redis key
+    # per process, and cancelling a receive on it at the end of the turn could swallow an event
+    # meant for a WebSocket consumer of this process (channels-redis hands messages to whichever
+    # receive is popping).
+    control_channel = f"generation.{message.pk}"
     await layer.group_add(control_group(conversation_id), control_channel)
 
     async def listen_for_stop() -> None:

@@ -80,6 +80,24 @@ async def test_answer_streams_token_by_token_and_is_stored_with_usage(local_mode
     assert await Message.objects.filter(conversation=conversation, role=Role.USER).acount() == 1
 
 
+@pytest.mark.parametrize("batch_ms", [0, 1, 50])
+async def test_no_delta_is_lost_or_repeated_whatever_the_batching(local_model, settings, batch_ms):
+    # Batch deadlines falling between tokens are where a delta could be dropped or sent twice.
+    settings.CHAT_TOKEN_BATCH_MS = batch_ms
+    settings.CHAT_TOKEN_BATCH_SIZE = 1000
+    user, conversation = await setup_conversation(local_model)
+    communicator, _, _ = await connect(user, conversation.pk)
+    await communicator.send_json_to(
+        {"type": "message.send", "content": "Count from one to twenty.", "params": {"max_tokens": 48}}
+    )
+    events = await receive_until(communicator, "generation.completed")
+    await communicator.disconnect()
+    deltas = [e["delta"] for e in events if e["type"] == "token"]
+    assert "".join(deltas) == events[-1]["message"]["content"]
+    if batch_ms == 0:
+        assert len(deltas) == events[-1]["message"]["usage"]["completion_tokens"] - 1 or len(deltas) > 10
+
+
 async def test_second_turn_sees_the_first(local_model):
     user, conversation = await setup_conversation(local_model)
     communicator, _, _ = await connect(user, conversation.pk)
