@@ -22,6 +22,7 @@ from .base import Chunk, ContextLengthExceeded, GenerationParams, ModelUnavailab
 logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
+REPEAT_PENALTY = 1.1
 
 
 def resolve_model_path(model: str) -> Path:
@@ -171,6 +172,9 @@ class LlamaCppProvider(Provider):
                 prompt=tokens,
                 max_tokens=budget,
                 temperature=params.temperature,
+                # llama.cpp's long-standing CLI default; without it small models such as the
+                # bundled 135M one fall into loops ("la femme, la femme, ...") within a sentence.
+                repeat_penalty=REPEAT_PENALTY,
                 stop=stop + params.stop,
                 stream=True,
                 logits_processor=LogitsProcessorList([count_samples]),
