@@ -6,6 +6,8 @@ from .models import Conversation, Message
 
 
 class MessageOutputSerializer(serializers.ModelSerializer):
+    # Strings and floats only: the same data goes over the channel layer (msgpack has no Decimal).
+    cost = serializers.FloatField(read_only=True, allow_null=True)
     # A string, not a UUID object: the same data goes over the channel layer (msgpack).
     conversation = serializers.UUIDField(source="conversation_id", read_only=True)
     usage = serializers.SerializerMethodField()
@@ -23,9 +25,12 @@ class MessageOutputSerializer(serializers.ModelSerializer):
             "usage",
             "ttft_ms",
             "latency_ms",
+            "tokens_per_s",
+            "cost",
             "cached",
             "citations",
             "error",
+            "metadata",
             "created_at",
             "finished_at",
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -118,12 +119,16 @@ def message_finalize(
     completion_tokens: int | None = None,
     ttft_ms: int | None = None,
     latency_ms: int | None = None,
+    tokens_per_s: float | None = None,
+    cost: Decimal | None = None,
     error: str = "",
+    metadata: dict | None = None,
 ) -> Message:
     """Finish an assistant message: its text (partial on error or stop), status, usage and timings.
 
     ``ttft_ms`` and ``latency_ms`` are milliseconds from the start of the turn to the first token
-    and to the end. Return the stored message.
+    and to the end; ``tokens_per_s`` completion tokens per second; ``cost`` USD. ``metadata`` is
+    merged into the message's metadata. Return the stored message.
     """
     message = Message.objects.get(pk=message_id)
     message.content = content
@@ -132,7 +137,10 @@ def message_finalize(
     message.completion_tokens = completion_tokens
     message.ttft_ms = ttft_ms
     message.latency_ms = latency_ms
+    message.tokens_per_s = tokens_per_s
+    message.cost = cost
     message.error = error
+    message.metadata = {**message.metadata, **(metadata or {})}
     message.finished_at = timezone.now()
     message.save(
         update_fields=[
@@ -142,7 +150,10 @@ def message_finalize(
             "completion_tokens",
             "ttft_ms",
             "latency_ms",
+            "tokens_per_s",
+            "cost",
             "error",
+            "metadata",
             "finished_at",
         ]
     )

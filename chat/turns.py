@@ -18,8 +18,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from inference.providers import Chunk, GenerationParams, InferenceError, Usage
-from inference.services import provider_for
+from inference.providers import Chunk, GenerationParams, InferenceError, ModelTimeout, Usage
+from inference.services import orchestrate, provider_for, tokens_per_second, usage_cost
 
 from .models import Message, MessageStatus
 from .selectors import model_messages
@@ -58,6 +58,28 @@ async def generation_stop(conversation_id) -> None:
 _DONE = object()
 
 
+async def _orchestrate(turn: Turn, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict]:
+    """Run the executor model's orchestrator (see inference.services.orchestrate) within its timeout.
+
+    On timeout the raw request goes through. Sends ``node`` events around the step.
+    """
+    conversation_id = turn.assistant_message.conversation_id
+    orchestrator = turn.model.orchestrator
+    await send_event(conversation_id, {"type": "node", "name": "orchestrate", "status": "start"})
+    started = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(
+            asyncio.to_thread(orchestrate, executor=turn.model, messages=messages), timeout=orchestrator.ttft_timeout
+        )
+    except TimeoutError:
+        raw = messages[-1]["content"]
+        metadata = {"model": orchestrator.slug, "raw_prompt": raw, "prompt": raw, "status": "timeout"}
+        metadata["ms"] = round((time.perf_counter() - started) * 1000)
+        result = messages, metadata
+    await send_event(conversation_id, {"type": "node", "name": "orchestrate", "status": "end"})
+    return result
+
+
 @dataclass
 class _Outcome:
     content: str = ""
@@ -70,8 +92,9 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
     """Run the provider in a thread and relay its deltas in batches; return what was generated.
 
     A batch is sent when its first delta is ``CHAT_TOKEN_BATCH_MS`` old or it holds
-    ``CHAT_TOKEN_BATCH_SIZE`` deltas. Each delta is sent exactly once. Re-raise the provider's errors,
-    with the text so far attached as ``partial``.
+    ``CHAT_TOKEN_BATCH_SIZE`` deltas. Each delta is sent exactly once. Raise :class:`ModelTimeout`
+    when no first token comes within the model's ``ttft_timeout`` or no next one within its
+    ``idle_timeout`` (seconds). Re-raise the provider's errors, with the text so far as ``partial``.
     """
     provider = provider_for(config=turn.model)
     loop = asyncio.get_running_loop()
@@ -94,6 +117,8 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
     batch: list[str] = []
     deadline: float | None = None
     batch_seconds = settings.CHAT_TOKEN_BATCH_MS / 1000
+    # Whatever the provider does (a queue, a stalled server), the user is not left waiting forever.
+    stall_deadline = loop.time() + turn.model.ttft_timeout
     message_id = str(turn.assistant_message.pk)
     conversation_id = turn.assistant_message.conversation_id
 
@@ -111,10 +136,16 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
         while True:
             if getter is None:
                 getter = asyncio.ensure_future(queue.get())
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            done, _ = await asyncio.wait({getter}, timeout=timeout)
+            wake_at = stall_deadline if deadline is None else min(deadline, stall_deadline)
+            done, _ = await asyncio.wait({getter}, timeout=max(0.0, wake_at - loop.time()))
             if not done:
                 await flush()
+                if loop.time() >= stall_deadline:
+                    waited = "first token" if outcome.ttft_ms is None else "next token"
+                    limit = turn.model.ttft_timeout if outcome.ttft_ms is None else turn.model.idle_timeout
+                    error = ModelTimeout(f"No {waited} from {turn.model.display_name} within {limit:g} s.")
+                    error.partial = "".join(parts)
+                    raise error
                 continue
             item, getter = getter.result(), None
             if item is _DONE:
@@ -129,12 +160,14 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
                     outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
                 parts.append(chunk.delta)
                 batch.append(chunk.delta)
+                stall_deadline = loop.time() + turn.model.idle_timeout
                 if deadline is None:
                     deadline = loop.time() + batch_seconds
                 if len(batch) >= settings.CHAT_TOKEN_BATCH_SIZE:
                     await flush()
             if chunk.usage is not None:
                 outcome.usage, outcome.finish_reason = chunk.usage, chunk.finish_reason
+                stall_deadline = loop.time() + turn.model.idle_timeout
         await flush()
     finally:
         if getter is not None:
@@ -173,6 +206,7 @@ async def turn_run(turn: Turn) -> Message:
     listener = asyncio.create_task(listen_for_stop())
     status, error, error_code = MessageStatus.COMPLETE, "", ""
     outcome = _Outcome()
+    metadata: dict = {}
     try:
         await send_event(
             conversation_id, {"type": "generation.started", "message_id": str(message.pk), "model": turn.model.slug}
@@ -180,6 +214,8 @@ async def turn_run(turn: Turn) -> Message:
         messages = await database_sync_to_async(model_messages)(
             conversation=message.conversation, system_prompt=turn.model.system_prompt
         )
+        if turn.model.orchestrator_id and turn.model.orchestrator.is_enabled:
+            messages, metadata["orchestrator"] = await _orchestrate(turn, messages)
         outcome = await _stream(turn, messages, turn.params, cancel, started)
         if outcome.finish_reason == "cancelled":
             status, error = MessageStatus.CANCELLED, STOPPED_BY_USER
@@ -194,16 +230,26 @@ async def turn_run(turn: Turn) -> Message:
         listener.cancel()
         await layer.group_discard(control_group(conversation_id), control_channel)
 
-    usage = outcome.usage or Usage()
+    latency_ms = round((time.perf_counter() - started) * 1000)
+    usage = outcome.usage
+    if error_code:
+        metadata["error_code"] = error_code
     message = await database_sync_to_async(message_finalize)(
         message_id=message.pk,
         content=outcome.content,
         status=status,
-        prompt_tokens=usage.prompt_tokens if outcome.usage else None,
-        completion_tokens=usage.completion_tokens if outcome.usage else None,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
         ttft_ms=outcome.ttft_ms,
-        latency_ms=round((time.perf_counter() - started) * 1000),
+        latency_ms=latency_ms,
+        tokens_per_s=tokens_per_second(
+            completion_tokens=usage.completion_tokens if usage else 0, ttft_ms=outcome.ttft_ms, latency_ms=latency_ms
+        ),
+        cost=usage_cost(model=turn.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        if usage
+        else None,
         error=error,
+        metadata=metadata,
     )
     if error_code:
         await send_event(

@@ -16,9 +16,17 @@ class ParleyError(Exception):
     code = "error"
     status_code = status.HTTP_400_BAD_REQUEST
 
-    def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None):
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        retry_after: int | None = None,
+    ):
         super().__init__(detail)
         self.detail = detail
+        self.retry_after = retry_after  # seconds, sent as the Retry-After header
         if code is not None:
             self.code = code
         if status_code is not None:
@@ -38,7 +46,10 @@ def _first_message(data) -> str:
 def api_exception_handler(exc, context):
     """Render DRF and Parley exceptions as the API error shape; leave others to a 500."""
     if isinstance(exc, ParleyError):
-        return Response({"error": {"code": exc.code, "detail": exc.detail}}, status=exc.status_code)
+        response = Response({"error": {"code": exc.code, "detail": exc.detail}}, status=exc.status_code)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

@@ -38,6 +38,53 @@ class ModelConfig(models.Model):
     )
     temperature = models.FloatField(default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
     system_prompt = models.TextField(blank=True)
+    stop = models.JSONField(
+        "stop sequences", default=list, blank=True, help_text='Extra strings that end an answer, e.g. ["###"].'
+    )
+    # llama.cpp only
+    n_threads = models.PositiveSmallIntegerField(
+        "threads", null=True, blank=True, help_text="CPU threads; empty: LLAMA_N_THREADS."
+    )
+    n_gpu_layers = models.SmallIntegerField(
+        "GPU layers", default=0, validators=[MinValueValidator(-1)], help_text="Layers offloaded to a GPU; -1: all."
+    )
+    # Limits
+    connect_timeout = models.FloatField(
+        "connect timeout (s)", default=5.0, validators=[MinValueValidator(0.1)], help_text="Seconds."
+    )
+    ttft_timeout = models.FloatField(
+        "time-to-first-token timeout (s)",
+        default=60.0,
+        validators=[MinValueValidator(0.1)],
+        help_text="Seconds from the request (queueing included) to the first token.",
+    )
+    idle_timeout = models.FloatField(
+        "idle timeout (s)", default=30.0, validators=[MinValueValidator(0.1)], help_text="Seconds between tokens."
+    )
+    max_retries = models.PositiveSmallIntegerField(
+        default=2, help_text="Retries of connection errors, 429 and 5xx, only before the first token."
+    )
+    max_queue = models.PositiveSmallIntegerField(
+        "queue size",
+        default=8,
+        validators=[MinValueValidator(1)],
+        help_text="Generations running or waiting for this model per process; more are refused (model_busy).",
+    )
+    # Pricing, for usage reports: 0 for local models.
+    price_input_per_mtok = models.DecimalField(
+        "input price (USD / 1M tokens)", max_digits=10, decimal_places=4, default=0
+    )
+    price_output_per_mtok = models.DecimalField(
+        "output price (USD / 1M tokens)", max_digits=10, decimal_places=4, default=0
+    )
+    orchestrator = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="executors",
+        help_text="Optional model that rewrites each request into a focused prompt for this one.",
+    )
     is_default = models.BooleanField(default=False)
     is_enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

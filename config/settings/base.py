@@ -144,6 +144,7 @@ LLM_DEFAULT_MODEL = env("LLM_DEFAULT_MODEL", default="")
 LLAMA_MODEL_PATH = env("LLAMA_MODEL_PATH", default="")
 LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=0)  # 0: one per core, as llama.cpp decides
 LLAMA_N_CTX = env.int("LLAMA_N_CTX", default=0)  # 0: use each ModelConfig's context window
+LLAMA_MAX_LOADED_MODELS = env.int("LLAMA_MAX_LOADED_MODELS", default=2)  # per process, least recently used out
 INFERENCE_EXECUTION = env("INFERENCE_EXECUTION", default="inline")  # inline | celery
 
 # Chat
@@ -161,3 +162,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# Embeddings
+# "local" (all-MiniLM-L6-v2, bundled, on CPU) or a model name on the OpenAI-compatible EMBEDDING_BASE_URL.
+EMBEDDING_MODEL = env("EMBEDDING_MODEL", default="local")
+EMBEDDING_BASE_URL = env("EMBEDDING_BASE_URL", default="")  # e.g. http://127.0.0.1:8080/v1
+EMBEDDING_API_KEY_ENV = env("EMBEDDING_API_KEY_ENV", default="")  # NAME of the variable holding the key
+EMBEDDING_DIMENSIONS = env.int("EMBEDDING_DIMENSIONS", default=384)  # vector length; 384 for "local"

@@ -2,20 +2,28 @@
 
 from .base import (
     Chunk,
+    Completion,
     ContextLengthExceeded,
     GenerationParams,
     InferenceError,
+    ModelBusy,
+    ModelTimeout,
     ModelUnavailable,
     Provider,
+    UpstreamRateLimited,
     Usage,
 )
 
 __all__ = [
     "Chunk",
+    "Completion",
     "ContextLengthExceeded",
     "GenerationParams",
     "InferenceError",
+    "ModelBusy",
+    "ModelTimeout",
     "ModelUnavailable",
     "Provider",
+    "UpstreamRateLimited",
     "Usage",
 ]

@@ -33,6 +33,27 @@ class ContextLengthExceeded(InferenceError):
     status_code = status.HTTP_400_BAD_REQUEST
 
 
+class ModelTimeout(InferenceError):
+    """No first token, or no next token, within the model's timeouts."""
+
+    code = "model_timeout"
+    status_code = status.HTTP_504_GATEWAY_TIMEOUT
+
+
+class ModelBusy(InferenceError):
+    """The model's queue in this process is full; try again after ``retry_after`` seconds."""
+
+    code = "model_busy"
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+
+
+class UpstreamRateLimited(InferenceError):
+    """The remote server answered 429 on every try."""
+
+    code = "upstream_rate_limited"
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+
+
 @dataclass
 class Usage:
     """Token counts of one generation: prompt tokens read, completion tokens sampled."""
@@ -59,6 +80,15 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Completion:
+    """A whole (non-streamed) answer."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage
+
+
 class Provider:
     """A way to run a model. Subclasses implement :meth:`stream`."""
 
@@ -71,3 +101,11 @@ class Provider:
         ends early with ``finish_reason="cancelled"``. Raise :class:`InferenceError` subclasses.
         """
         raise NotImplementedError
+
+    def complete(self, messages: list[dict[str, str]], params: GenerationParams) -> Completion:
+        """Return the whole answer at once. Blocking; same errors as :meth:`stream`."""
+        parts, last = [], Chunk()
+        for chunk in self.stream(messages, params):
+            parts.append(chunk.delta)
+            last = chunk
+        return Completion(text="".join(parts), finish_reason=last.finish_reason, usage=last.usage or Usage())

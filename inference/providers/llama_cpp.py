@@ -13,16 +13,30 @@ import importlib.resources
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import Chunk, ContextLengthExceeded, GenerationParams, ModelUnavailable, Provider, Usage
+from django.conf import settings
+
+from .base import (
+    Chunk,
+    ContextLengthExceeded,
+    GenerationParams,
+    ModelBusy,
+    ModelTimeout,
+    ModelUnavailable,
+    Provider,
+    Usage,
+)
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
 REPEAT_PENALTY = 1.1
+BUSY_RETRY_AFTER = 5  # seconds a client is told to wait when a model's queue is full
 
 
 def resolve_model_path(model: str) -> Path:
@@ -43,74 +57,198 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class ModelKey:
+    """What makes two loads of a GGUF the same llama.cpp context."""
+
+    path: str
+    n_ctx: int
+    n_threads: int = 0  # 0: llama.cpp chooses
+    n_gpu_layers: int = 0  # -1: all layers
+
+
 @dataclass
 class LoadedModel:
+    key: ModelKey
     llama: object  # llama_cpp.Llama
     formatter: object  # llama_cpp.llama_chat_format.Jinja2ChatFormatter
-    lock: threading.Lock
-    n_ctx: int
+    # Held for the whole of a generation: a llama.cpp context is not thread-safe, and a new request
+    # must never interrupt a running stream (it waits its turn instead).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    active: int = 0  # generations running or waiting for the lock; guarded by ModelManager._lock
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+    closed: bool = False  # unloaded: generations still queued on it must not touch it
 
 
-_loaded: dict[tuple[str, int, int], LoadedModel] = {}
-_loading_lock = threading.Lock()
+class ModelManager:
+    """The llama.cpp models loaded in this process: an LRU cache with a bounded queue per model.
 
-
-def load_model(path: Path, *, n_ctx: int, n_threads: int) -> LoadedModel:
-    """Load ``path`` once per process for this context size and thread count, and return it.
-
-    ``n_threads=0`` lets llama.cpp choose. Raise :class:`ModelUnavailable` when loading fails.
+    At most ``LLAMA_MAX_LOADED_MODELS`` models stay loaded; loading one more unloads the least
+    recently used idle one. Each model admits at most ``max_queue`` generations (running or waiting)
+    at a time; one more raises :class:`ModelBusy`.
     """
-    key = (str(path), n_ctx, n_threads)
-    with _loading_lock:
-        if key in _loaded:
-            return _loaded[key]
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _models and every LoadedModel.active
+        self._load_lock = threading.Lock()  # one load at a time: loading is CPU- and memory-heavy
+        self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
+
+    def loaded(self) -> list[LoadedModel]:
+        """Return the loaded models, least recently used first."""
+        with self._lock:
+            return list(self._models.values())
+
+    def is_loaded(self, key: ModelKey) -> bool:
+        with self._lock:
+            return key in self._models
+
+    def get(self, key: ModelKey) -> LoadedModel:
+        """Return the model for ``key``, loading it (and evicting an idle one) when needed.
+
+        Raise :class:`ModelUnavailable` when llama.cpp cannot load the file or it has no chat template.
+        """
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        with self._load_lock:
+            with self._lock:  # another thread may have loaded it while this one waited
+                if key in self._models:
+                    return self._models[key]
+            loaded = self._load(key)
+            with self._lock:
+                self._models[key] = loaded
+                self._evict_over_limit()
+            return loaded
+
+    def unload(self, key: ModelKey, *, log: bool = True) -> bool:
+        """Unload ``key`` once its running generation (if any) ends. Return whether it was loaded."""
+        with self._lock:
+            loaded = self._models.pop(key, None)
+        if loaded is None:
+            return False
+        with loaded.lock:  # waits for a running generation to finish
+            loaded.closed = True
+            loaded.llama.close()
+        if log:
+            logger.info("Unloaded %s", Path(key.path).name)
+        return True
+
+    def unload_all(self) -> None:
+        """Unload every model. Runs at interpreter exit, when logging may already be shut down."""
+        for key in [m.key for m in self.loaded()]:
+            self.unload(key, log=False)
+
+    @contextmanager
+    def admit(self, loaded: LoadedModel, *, max_queue: int, wait_seconds: float):
+        """Hold ``loaded``'s lock for one generation, queueing behind running ones.
+
+        Raise :class:`ModelBusy` at once when ``max_queue`` generations are already running or
+        waiting, and :class:`ModelTimeout` when the lock is not free within ``wait_seconds``.
+        """
+        with self._lock:
+            if loaded.active >= max_queue:
+                raise ModelBusy(
+                    f"{Path(loaded.key.path).name} is busy: {loaded.active} generations running or "
+                    f"queued (limit {max_queue}). Try again shortly.",
+                    retry_after=BUSY_RETRY_AFTER,
+                )
+            loaded.active += 1
+        try:
+            if not loaded.lock.acquire(timeout=wait_seconds):
+                raise ModelTimeout(f"Waited {wait_seconds:g} s in the queue for {Path(loaded.key.path).name}.")
+            try:
+                if loaded.closed:
+                    raise ModelUnavailable(f"{Path(loaded.key.path).name} was unloaded by an operator; send again.")
+                yield loaded
+            finally:
+                loaded.lock.release()
+        finally:
+            with self._lock:
+                loaded.active -= 1
+
+    def _evict_over_limit(self) -> None:
+        # Call while holding self._lock.
+        limit = max(1, settings.LLAMA_MAX_LOADED_MODELS)
+        for key in list(self._models):
+            if len(self._models) <= limit:
+                return
+            candidate = self._models[key]
+            if candidate.active == 0 and key is not next(reversed(self._models)):
+                del self._models[key]
+                # Nothing can be generating: active is 0 and admission needs self._lock.
+                candidate.closed = True
+                candidate.llama.close()
+                logger.info("Evicted %s (least recently used)", Path(key.path).name)
+
+    def _load(self, key: ModelKey) -> LoadedModel:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        name = Path(key.path).name
         started = time.perf_counter()
         try:
-            llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or None, verbose=False)
+            llama = Llama(
+                model_path=key.path,
+                n_ctx=key.n_ctx,
+                n_threads=key.n_threads or None,
+                n_gpu_layers=key.n_gpu_layers,
+                verbose=False,
+            )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelUnavailable(f"Could not load {path.name}: {exc}") from exc
+            raise ModelUnavailable(f"Could not load {name}: {exc}") from exc
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
-            raise ModelUnavailable(f"{path.name} has no chat template in its GGUF metadata.")
+            llama.close()
+            raise ModelUnavailable(f"{name} has no chat template in its GGUF metadata; it is not a chat model.")
         eos_id, bos_id = llama.token_eos(), llama.token_bos()
+        # The same formatter llama-cpp-python builds from the GGUF template for its own chat handler.
         formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=llama._model.token_get_text(eos_id) if eos_id != -1 else "",
             bos_token=llama._model.token_get_text(bos_id) if bos_id != -1 else "",
             stop_token_ids=[eos_id],
         )
-        logger.info("Loaded %s (n_ctx=%d) in %.2f s", path.name, n_ctx, time.perf_counter() - started)
-        _loaded[key] = LoadedModel(llama=llama, formatter=formatter, lock=threading.Lock(), n_ctx=n_ctx)
-        return _loaded[key]
+        seconds = time.perf_counter() - started
+        logger.info("Loaded %s (n_ctx=%d) in %.2f s", name, key.n_ctx, seconds)
+        return LoadedModel(key=key, llama=llama, formatter=formatter, load_seconds=seconds)
 
 
-@atexit.register
-def unload_all() -> None:
-    """Free every loaded model (llama.cpp memory) and forget it."""
-    with _loading_lock:
-        for loaded in _loaded.values():
-            # A daemon thread may still be generating at exit: don't wait for it forever.
-            if loaded.lock.acquire(timeout=5):
-                try:
-                    loaded.llama.close()
-                finally:
-                    loaded.lock.release()
-        _loaded.clear()
+manager = ModelManager()
+atexit.register(manager.unload_all)
+
+
+def load_model(path: Path, *, n_ctx: int, n_threads: int = 0, n_gpu_layers: int = 0) -> LoadedModel:
+    """Return the loaded model for these parameters (see :meth:`ModelManager.get`)."""
+    return manager.get(ModelKey(str(path), n_ctx, n_threads, n_gpu_layers))
 
 
 class LlamaCppProvider(Provider):
     """Run a GGUF model in this process.
 
-    ``model`` is a path or ``package:<package>/<file>``; ``n_ctx`` is the context window in tokens.
+    ``model`` is a path or ``package:<package>/<file>``; ``n_ctx`` is the context window in tokens;
+    ``stop`` extra stop strings; ``max_queue`` and ``queue_timeout`` (seconds) bound the wait for a
+    model that is busy with other generations.
     """
 
-    def __init__(self, *, model: str, n_ctx: int, n_threads: int = 0):
+    def __init__(
+        self,
+        *,
+        model: str,
+        n_ctx: int,
+        n_threads: int = 0,
+        n_gpu_layers: int = 0,
+        stop: list[str] | None = None,
+        max_queue: int = 8,
+        queue_timeout: float = 60.0,
+    ):
         self.path = resolve_model_path(model)
+        self.key = ModelKey(str(self.path), n_ctx, n_threads, n_gpu_layers)
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        self.stop = stop or []
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
 
     def _prompt_tokens(self, loaded: LoadedModel, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
         response = loaded.formatter(messages=messages)
@@ -134,7 +272,7 @@ class LlamaCppProvider(Provider):
         rest = [m for m in messages if m["role"] != "system"]
         while True:
             tokens, stop = self._prompt_tokens(loaded, system + rest)
-            if len(tokens) + max_tokens <= loaded.n_ctx:
+            if len(tokens) + max_tokens <= loaded.key.n_ctx:
                 return tokens, stop, max_tokens
             if len(rest) > 1:
                 rest = rest[1:]
@@ -142,12 +280,12 @@ class LlamaCppProvider(Provider):
                 while len(rest) > 1 and rest[0]["role"] != "user":
                     rest = rest[1:]
                 continue
-            room = loaded.n_ctx - len(tokens)
+            room = loaded.key.n_ctx - len(tokens)
             if room >= 1:
                 return tokens, stop, room
             raise ContextLengthExceeded(
                 f"The message is {len(tokens)} tokens long with the prompt; this model's context "
-                f"window is {loaded.n_ctx} tokens. Shorten the message."
+                f"window is {loaded.key.n_ctx} tokens. Shorten the message."
             )
 
     def stream(
@@ -155,7 +293,7 @@ class LlamaCppProvider(Provider):
     ) -> Iterator[Chunk]:
         from llama_cpp import LogitsProcessorList
 
-        loaded = load_model(self.path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        loaded = manager.get(self.key)
         sampled = 0
 
         def count_samples(input_ids, scores):
@@ -165,7 +303,7 @@ class LlamaCppProvider(Provider):
             sampled += 1
             return scores
 
-        with loaded.lock:
+        with manager.admit(loaded, max_queue=self.max_queue, wait_seconds=self.queue_timeout):
             tokens, stop, budget = self.fit_messages(loaded, messages, params.max_tokens)
             finish_reason = "length"
             stream = loaded.llama.create_completion(
@@ -175,7 +313,7 @@ class LlamaCppProvider(Provider):
                 # llama.cpp's long-standing CLI default; without it small models such as the
                 # bundled 135M one fall into loops ("la femme, la femme, ...") within a sentence.
                 repeat_penalty=REPEAT_PENALTY,
-                stop=stop + params.stop,
+                stop=stop + self.stop + params.stop,
                 stream=True,
                 logits_processor=LogitsProcessorList([count_samples]),
             )

@@ -1,42 +1,143 @@
 """Remote models behind any OpenAI-compatible server (vLLM, OpenAI, OpenRouter, Ollama, llama.cpp server).
 
-Uses the official ``openai`` SDK. The API key is read from the environment variable the model
-config names; it is never stored or logged.
+Uses the official ``openai`` SDK (its own retries off: retries here happen only before the first
+token, so streamed text is never duplicated). The API key is read from the environment variable the
+model config names; it is never stored or logged.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
+import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 
-from .base import Chunk, ContextLengthExceeded, GenerationParams, InferenceError, ModelUnavailable, Provider, Usage
+from .base import (
+    Chunk,
+    Completion,
+    ContextLengthExceeded,
+    GenerationParams,
+    InferenceError,
+    ModelTimeout,
+    ModelUnavailable,
+    Provider,
+    UpstreamRateLimited,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5  # seconds before the first retry
+BACKOFF_CAP = 8.0  # longest wait between two tries, seconds
+# Characters per token, to estimate prompt tokens when a server reports no usage: OpenAI's rule of
+# thumb for English text ("about 4 characters per token", help.openai.com, "What are tokens").
+CHARS_PER_TOKEN = 4
+
+
+def backoff_delay(attempt: int) -> float:
+    """Return seconds to wait before retry ``attempt`` (0-based): exponential backoff, full jitter.
+
+    ``uniform(0, min(cap, base * 2**attempt))`` ("Exponential Backoff And Jitter", AWS Architecture
+    Blog, 2015): spreads retries of many clients so they do not hit a recovering server together.
+    """
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))  # noqa: S311 (not crypto)
+
+
+def _retry_after(exc: openai.APIStatusError) -> int | None:
+    value = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return max(0, int(float(value))) if value else None
+    except ValueError:
+        return None
+
+
+def translate_error(exc: Exception) -> InferenceError:
+    """Map an ``openai`` SDK error to Parley's stable error codes."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelTimeout(f"The model server did not answer in time: {exc}")
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelUnavailable(f"Could not reach the model server: {exc}")
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamRateLimited(
+            f"The model server is rate limiting requests: {exc.message}", retry_after=_retry_after(exc)
+        )
+    if isinstance(exc, openai.APIStatusError):
+        message = exc.message or str(exc)
+        if exc.status_code in (400, 413) and "context" in message.lower():
+            return ContextLengthExceeded(message)
+        return InferenceError(f"The model server answered {exc.status_code}: {message}")
+    return InferenceError(f"The model server failed: {exc}")
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return True
+    return isinstance(exc, openai.APIStatusError) and (exc.status_code == 429 or exc.status_code >= 500)
 
 
 class OpenAICompatibleProvider(Provider):
-    """Stream chat completions from ``base_url`` (e.g. ``http://127.0.0.1:8080/v1``) for model ``model``."""
+    """Chat completions from ``base_url`` (e.g. ``http://127.0.0.1:8080/v1``) for model ``model``.
 
-    def __init__(self, *, model: str, base_url: str, api_key: str | None, timeout: float = 60.0):
+    ``connect_timeout`` and ``read_timeout`` are seconds (the read timeout bounds the wait for each
+    piece of the response, so it covers both time to first token and idle time between tokens);
+    ``max_retries`` retries connection errors, 429 and 5xx before the first token only.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str,
+        api_key: str | None,
+        stop: list[str] | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_retries: int = 2,
+    ):
         self.model = model
+        self.stop = stop or []
+        self.max_retries = max_retries
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         # Servers without auth (llama.cpp, vLLM, Ollama) accept any key; the SDK insists on one.
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0)
+
+    def _request(self, messages, params: GenerationParams, *, stream: bool):
+        """Send the request, retrying what is safe to retry (nothing has been streamed yet)."""
+        stop = (self.stop + params.stop) or None
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self.client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    max_tokens=params.max_tokens,
+                    temperature=params.temperature,
+                    stop=stop,
+                    stream=stream,
+                    **({"stream_options": {"include_usage": True}} if stream else {}),
+                )
+            except openai.APIError as exc:
+                if attempt == self.max_retries or not _retryable(exc):
+                    raise translate_error(exc) from exc
+                delay = backoff_delay(attempt)
+                if isinstance(exc, openai.APIStatusError):
+                    delay = max(delay, min(BACKOFF_CAP, _retry_after(exc) or 0))
+                logger.warning("Model server error (%s); retry %d in %.2f s", type(exc).__name__, attempt + 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[Chunk]:
-        usage = Usage()
+        usage: Usage | None = None
         finish_reason = None
+        parts = 0
+        text_length = 0
+        stream = self._request(messages, params, stream=True)
         try:
-            stream = self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                stop=params.stop or None,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
             with stream:
                 for part in stream:
                     if part.usage is not None:
@@ -46,18 +147,39 @@ class OpenAICompatibleProvider(Provider):
                         )
                     for choice in part.choices:
                         if choice.delta and choice.delta.content:
+                            parts += 1
+                            text_length += len(choice.delta.content)
                             yield Chunk(delta=choice.delta.content)
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
                     if cancel is not None and cancel.is_set():
                         finish_reason = "cancelled"
                         break
-        except openai.APIConnectionError as exc:
-            raise ModelUnavailable(f"Could not reach the model server: {exc}") from exc
-        except openai.BadRequestError as exc:
-            if "context" in str(exc).lower():
-                raise ContextLengthExceeded(str(exc.message)) from exc
-            raise InferenceError(f"The model server refused the request: {exc.message}") from exc
-        except openai.APIError as exc:
-            raise InferenceError(f"The model server failed: {exc.message}") from exc
+        except openai.APIError as exc:  # after the first token: no retry, the caller keeps the text so far
+            raise translate_error(exc) from exc
+        if usage is None:
+            usage = estimate_usage(messages, completion_chunks=parts)
         yield Chunk(finish_reason=finish_reason or "stop", usage=usage)
+
+    def complete(self, messages: list[dict[str, str]], params: GenerationParams) -> Completion:
+        response = self._request(messages, params, stream=False)
+        choice = response.choices[0] if response.choices else None
+        text = (choice.message.content if choice and choice.message else "") or ""
+        if response.usage is not None:
+            usage = Usage(
+                prompt_tokens=response.usage.prompt_tokens or 0,
+                completion_tokens=response.usage.completion_tokens or 0,
+            )
+        else:
+            usage = estimate_usage(messages, completion_chunks=max(1, len(text) // CHARS_PER_TOKEN))
+        return Completion(text=text, finish_reason=choice.finish_reason if choice else None, usage=usage)
+
+
+def estimate_usage(messages: list[dict[str, str]], *, completion_chunks: int) -> Usage:
+    """Estimate usage for a server that reports none.
+
+    OpenAI-compatible servers stream one token per chunk, so completion tokens are the content chunks
+    counted; prompt tokens are estimated at ``CHARS_PER_TOKEN`` characters per token.
+    """
+    characters = sum(len(m.get("content") or "") for m in messages)
+    return Usage(prompt_tokens=max(1, characters // CHARS_PER_TOKEN), completion_tokens=completion_chunks)
