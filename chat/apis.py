@@ -5,6 +5,9 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from inference.providers import ModelBusy
+from inference.providers.llama_cpp import BUSY_RETRY_AFTER
+
 from . import services, turns
 from .selectors import conversation_get, conversation_list, message_list
 from .serializers import ConversationOutputSerializer, MessageOutputSerializer
@@ -61,6 +64,10 @@ class MessageListApi(APIView):
             conversation.pk, {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}
         )
         assistant_message = async_to_sync(turns.turn_run)(turn)
+        if assistant_message.metadata.get("error_code") == ModelBusy.code:
+            # Nothing was generated because the model's queue was full: say so the HTTP way. The
+            # user's message and the failed answer stay stored, as for any failure.
+            raise ModelBusy(assistant_message.error, retry_after=BUSY_RETRY_AFTER)
         return Response(
             {
                 "user_message": MessageOutputSerializer(turn.user_message).data,

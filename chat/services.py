@@ -76,12 +76,9 @@ def message_send(
     (see :func:`inference.services.generation_params`).
     """
     content = message_validate(content=content)
-    if model_slug:
-        model = model_config_get(slug=model_slug)
-    elif conversation.model_id and conversation.model.is_enabled:
-        model = conversation.model
-    else:
-        model = model_config_get()
+    if not model_slug and conversation.model_id and conversation.model.is_enabled:
+        model_slug = conversation.model.slug
+    model = model_config_get(slug=model_slug)
     generation = generation_params(model=model, overrides=params)
     with transaction.atomic():
         # Lock the conversation so two sends cannot both pass the in-progress check.

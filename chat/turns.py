@@ -100,14 +100,22 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop closed: the turn gave up (timeout) and its caller is gone
+            cancel.set()
+
     def produce() -> None:
         try:
             for chunk in provider.stream(messages, params, cancel):
-                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                put(chunk)
+                if cancel.is_set() and loop.is_closed():
+                    return
         except BaseException as exc:  # relayed to the event loop, which decides
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
+            put(exc)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            put(_DONE)
 
     # llama.cpp blocks for the whole generation: give it its own thread, not the event loop's.
     threading.Thread(target=produce, name=f"generate-{turn.assistant_message.pk}", daemon=True).start()

@@ -1,16 +1,95 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+
+from config.exceptions import ParleyError
 
 from .models import ModelConfig
+from .registry import model_config_probe, model_config_set_default
+from .services import model_is_loaded, model_load, model_unload
 
 
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
-    list_display = ["display_name", "slug", "provider", "model", "context_window", "is_default", "is_enabled"]
-    list_filter = ["provider", "is_enabled"]
+    list_display = [
+        "display_name",
+        "slug",
+        "provider",
+        "model",
+        "context_window",
+        "is_default",
+        "is_enabled",
+        "loaded",
+    ]
+    list_filter = ["provider", "is_enabled", "is_default"]
     search_fields = ["slug", "display_name", "model"]
     prepopulated_fields = {"slug": ["display_name"]}
+    actions = ["test_models", "set_as_default", "load_models", "unload_models"]
     fieldsets = [
         (None, {"fields": ["display_name", "slug", "provider", "model", "is_default", "is_enabled"]}),
-        ("Server", {"fields": ["base_url", "api_key_env"], "description": "OpenAI-compatible models only."}),
-        ("Generation", {"fields": ["context_window", "max_tokens", "temperature", "system_prompt"]}),
+        (
+            "Server",
+            {
+                "fields": ["base_url", "api_key_env"],
+                "description": "OpenAI-compatible models only. The key is read from the named environment "
+                "variable and never stored or shown.",
+            },
+        ),
+        ("Generation", {"fields": ["context_window", "max_tokens", "temperature", "system_prompt", "stop"]}),
+        ("Local (llama.cpp)", {"fields": ["n_threads", "n_gpu_layers"]}),
+        ("Limits", {"fields": ["connect_timeout", "ttft_timeout", "idle_timeout", "max_retries", "max_queue"]}),
+        ("Pricing and orchestration", {"fields": ["price_input_per_mtok", "price_output_per_mtok", "orchestrator"]}),
     ]
+
+    @admin.display(boolean=True, description="loaded here")
+    def loaded(self, config: ModelConfig) -> bool | None:
+        """Whether this process (the admin's) has the local model loaded; empty for remote models."""
+        return model_is_loaded(config=config)
+
+    @admin.action(description="Test: run a short prompt and show TTFT, tokens/s and the answer")
+    def test_models(self, request, queryset):
+        for config in queryset:
+            try:
+                probe = model_config_probe(config=config, max_tokens=32)
+            except ParleyError as exc:
+                self.message_user(request, f"{config.slug}: {exc.code}: {exc.detail}", messages.ERROR)
+                continue
+            rate = f"{probe.tokens_per_s:.1f} tokens/s" if probe.tokens_per_s else "tokens/s n/a"
+            self.message_user(
+                request,
+                f"{config.slug}: first token {probe.ttft_ms:.0f} ms, {rate}, "
+                f"{probe.completion_tokens} tokens: {probe.text.strip()!r}",
+                messages.SUCCESS,
+            )
+            self.log_change(request, config, "Tested")
+
+    @admin.action(description="Set as default")
+    def set_as_default(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one model to make it the default.", messages.ERROR)
+            return
+        try:
+            config = model_config_set_default(slug=queryset.get().slug)
+        except ParleyError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            return
+        self.log_change(request, config, "Set as default")
+        self.message_user(request, f"{config.display_name} is now the default model.", messages.SUCCESS)
+
+    @admin.action(description="Load (and warm up) in this process")
+    def load_models(self, request, queryset):
+        for config in queryset:
+            try:
+                seconds = model_load(config=config)
+            except ParleyError as exc:
+                self.message_user(request, f"{config.slug}: {exc.code}: {exc.detail}", messages.ERROR)
+                continue
+            self.log_change(request, config, "Loaded")
+            self.message_user(request, f"{config.slug}: loaded and warmed up in {seconds:.2f} s.", messages.SUCCESS)
+
+    @admin.action(description="Unload from this process")
+    def unload_models(self, request, queryset):
+        for config in queryset:
+            if model_unload(config=config):
+                self.log_change(request, config, "Unloaded")
+                self.message_user(request, f"{config.slug}: unloaded.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{config.slug}: was not loaded.", messages.WARNING)

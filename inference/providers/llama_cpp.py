@@ -57,6 +57,23 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
+class TranscriptFormatter:
+    """A plain-text chat format for GGUF files without a chat template (base models).
+
+    Renders ``System:/User:/Assistant:`` paragraphs ending with an open ``Assistant:`` turn, and
+    stops when the model starts writing the user's next turn.
+    """
+
+    labels = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+    def __call__(self, *, messages: list[dict[str, str]], **kwargs):
+        from llama_cpp.llama_chat_format import ChatFormatterResponse
+
+        turns = [f"{self.labels.get(m['role'], m['role'])}: {m['content']}" for m in messages]
+        prompt = "\n\n".join([*turns, "Assistant:"])
+        return ChatFormatterResponse(prompt=prompt, stop=["\nUser:"], added_special=False)
+
+
 @dataclass(frozen=True)
 class ModelKey:
     """What makes two loads of a GGUF the same llama.cpp context."""
@@ -111,6 +128,7 @@ class ModelManager:
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
+                self._evict_over_limit()  # the limit is a setting: it may have been lowered
                 return self._models[key]
         with self._load_lock:
             with self._lock:  # another thread may have loaded it while this one waited
@@ -199,10 +217,11 @@ class ModelManager:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(f"Could not load {name}: {exc}") from exc
         template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            llama.close()
-            raise ModelUnavailable(f"{name} has no chat template in its GGUF metadata; it is not a chat model.")
         eos_id, bos_id = llama.token_eos(), llama.token_bos()
+        if not template:
+            logger.warning("%s has no chat template: using a plain User/Assistant transcript", name)
+            seconds = time.perf_counter() - started
+            return LoadedModel(key=key, llama=llama, formatter=TranscriptFormatter(), load_seconds=seconds)
         # The same formatter llama-cpp-python builds from the GGUF template for its own chat handler.
         formatter = Jinja2ChatFormatter(
             template=template,

