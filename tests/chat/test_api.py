@@ -88,3 +88,19 @@ def test_unknown_conversation_is_a_404(api):
     response = api.get("/api/v1/conversations/00000000-0000-0000-0000-000000000000/messages/")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_a_message_too_long_for_the_model_is_a_clear_error_not_a_crash(api, user, local_model):
+    local_model.context_window = 256
+    local_model.save(update_fields=["context_window"])
+    conversation = conversation_create(owner=user)
+    response = api.post(
+        f"/api/v1/conversations/{conversation.pk}/messages/",
+        {"content": "word " * 600, "params": {"max_tokens": 16}},
+        format="json",
+    )
+    answer = response.json()["assistant_message"]
+    assert answer["status"] == "error"
+    assert answer["metadata"]["error_code"] == "context_length_exceeded"
+    assert "256 tokens" in answer["error"]
+    assert response.json()["user_message"]["content"].startswith("word word")
