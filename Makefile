@@ -34,4 +34,5 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: install
-	$(BIN)/python -m config.services run -- python bench/stream.py
+	$(BIN)/python -m config.services run -- sh -c '\
+		python bench/stream.py && python bench/remote.py && python bench/cache.py'

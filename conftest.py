@@ -15,6 +15,17 @@ def make_user(username: str = "alice", **extra) -> User:
     return User.objects.create_user(username=username, password="correct horse battery", **extra)
 
 
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """Start every test with empty response caches and zeroed stats (a namespace flush per layer)."""
+    from inference.cache import LAYERS, breaker, flush, layer
+
+    flush(list(LAYERS))
+    for name in LAYERS:
+        layer(name).reset_stats()
+    breaker._open_until = 0.0
+
+
 @pytest.fixture
 def local_model(request) -> ModelConfig:
     """The bundled SmolLM2 model as the default (re-created: transactional tests truncate tables)."""

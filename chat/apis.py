@@ -1,10 +1,12 @@
 """Chat REST API under /api/v1/ (session auth for now)."""
 
 from asgiref.sync import async_to_sync
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.schema import ErrorSerializer
 from inference.providers import ModelBusy
 from inference.providers.llama_cpp import BUSY_RETRY_AFTER
 
@@ -19,10 +21,34 @@ class ConversationListApi(APIView):
     class InputSerializer(serializers.Serializer):
         title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 
+    @extend_schema(
+        summary="List conversations",
+        responses=ConversationOutputSerializer(many=True),
+        examples=[
+            OpenApiExample(
+                "conversations",
+                value=[
+                    {
+                        "id": "5d6f3c1e-8a2b-4c7d-9e0f-1a2b3c4d5e6f",
+                        "title": "Trip to Lyon",
+                        "model": "smollm2-135m",
+                        "created_at": "2026-01-05T09:30:00Z",
+                        "updated_at": "2026-01-05T09:31:12Z",
+                    }
+                ],
+            )
+        ],
+    )
     def get(self, request):
         conversations = conversation_list(user=request.user)
         return Response(ConversationOutputSerializer(conversations, many=True).data)
 
+    @extend_schema(
+        summary="Create a conversation",
+        request=InputSerializer,
+        responses={201: ConversationOutputSerializer},
+        examples=[OpenApiExample("title", value={"title": "Trip to Lyon"}, request_only=True)],
+    )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -33,7 +59,7 @@ class ConversationListApi(APIView):
 class MessageListApi(APIView):
     """``GET``: a conversation's messages, oldest first.
 
-    ``POST {"content", "model"?, "params"?: {"temperature", "max_tokens"}, "client_id"?}``: send a
+    ``POST {"content", "model"?, "params"?: {"temperature", "max_tokens"}, "client_id"?, "cache"?}``: send a
     message and wait for the whole answer; returns ``{"user_message", "assistant_message"}`` (201).
     The answer also streams to the conversation's open WebSockets.
     """
@@ -43,11 +69,37 @@ class MessageListApi(APIView):
         model = serializers.SlugField(required=False, allow_blank=True)
         params = serializers.DictField(required=False)
         client_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+        cache = serializers.BooleanField(required=False, default=True)
 
+    @extend_schema(summary="List a conversation's messages", responses=MessageOutputSerializer(many=True))
     def get(self, request, conversation_id):
         conversation = conversation_get(user=request.user, conversation_id=conversation_id)
         return Response(MessageOutputSerializer(message_list(conversation=conversation), many=True).data)
 
+    @extend_schema(
+        summary="Send a message and wait for the answer",
+        request=InputSerializer,
+        responses={
+            201: inline_serializer(
+                "MessageSendResult",
+                fields={"user_message": MessageOutputSerializer(), "assistant_message": MessageOutputSerializer()},
+            ),
+            409: OpenApiResponse(
+                ErrorSerializer, description="A generation is already running (`generation_in_progress`)."
+            ),
+            413: OpenApiResponse(ErrorSerializer, description="The message is too long (`message_too_long`)."),
+            503: OpenApiResponse(
+                ErrorSerializer, description="The model is busy (`model_busy`, with `Retry-After`) or unavailable."
+            ),
+        },
+        examples=[
+            OpenApiExample(
+                "question",
+                value={"content": "What is the capital of France?", "params": {"temperature": 0.2, "max_tokens": 64}},
+                request_only=True,
+            )
+        ],
+    )
     def post(self, request, conversation_id):
         conversation = conversation_get(user=request.user, conversation_id=conversation_id)
         serializer = self.InputSerializer(data=request.data)
@@ -59,6 +111,7 @@ class MessageListApi(APIView):
             client_id=data["client_id"],
             model_slug=data.get("model") or None,
             params=data.get("params"),
+            cache=data["cache"],
         )
         async_to_sync(turns.send_event)(
             conversation.pk, {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}

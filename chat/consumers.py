@@ -76,6 +76,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(text, str):
             await self.send_error("invalid", "content must be a string.")
             return
+        use_cache = content.get("cache", True)
+        if not isinstance(use_cache, bool):
+            await self.send_error("invalid", "cache must be true or false.")
+            return
         try:
             turn = await database_sync_to_async(services.message_send)(
                 conversation=self.conversation,
@@ -83,6 +87,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 client_id=str(content.get("client_id") or ""),
                 model_slug=content.get("model") or None,
                 params=content.get("params"),
+                cache=use_cache,
             )
         except ParleyError as exc:  # includes InferenceError: no model to run
             await self.send_error(exc.code, exc.detail)

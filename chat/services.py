@@ -56,6 +56,7 @@ class Turn:
     assistant_message: Message
     model: ModelConfig
     params: GenerationParams
+    use_cache: bool = True  # False: the request asked to bypass the response caches
 
 
 def message_send(
@@ -65,6 +66,7 @@ def message_send(
     client_id: str = "",
     model_slug: str | None = None,
     params: dict | None = None,
+    cache: bool = True,
 ) -> Turn:
     """Store the user's message and a ``streaming`` assistant placeholder, in one transaction.
 
@@ -104,7 +106,13 @@ def message_send(
             update_fields.append("model")
         locked.save(update_fields=update_fields)
     conversation.title, conversation.model = locked.title, locked.model
-    return Turn(user_message=user_message, assistant_message=assistant_message, model=model, params=generation)
+    return Turn(
+        user_message=user_message,
+        assistant_message=assistant_message,
+        model=model,
+        params=generation,
+        use_cache=cache,
+    )
 
 
 def message_finalize(
@@ -118,6 +126,7 @@ def message_finalize(
     latency_ms: int | None = None,
     tokens_per_s: float | None = None,
     cost: Decimal | None = None,
+    cached: bool = False,
     error: str = "",
     metadata: dict | None = None,
 ) -> Message:
@@ -136,6 +145,7 @@ def message_finalize(
     message.latency_ms = latency_ms
     message.tokens_per_s = tokens_per_s
     message.cost = cost
+    message.cached = cached
     message.error = error
     message.metadata = {**message.metadata, **(metadata or {})}
     message.finished_at = timezone.now()
@@ -149,6 +159,7 @@ def message_finalize(
             "latency_ms",
             "tokens_per_s",
             "cost",
+            "cached",
             "error",
             "metadata",
             "finished_at",

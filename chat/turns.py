@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -18,8 +19,18 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from inference.cache import canonical_key, semantic_lookup, semantic_store
+from inference.cache import layer as cache_layer
 from inference.providers import Chunk, GenerationParams, InferenceError, ModelTimeout, Usage
-from inference.services import orchestrate, provider_for, tokens_per_second, usage_cost
+from inference.services import (
+    cache_allowed,
+    llm_cache_key,
+    model_fingerprint,
+    orchestrate,
+    provider_for,
+    tokens_per_second,
+    usage_cost,
+)
 
 from .models import Message, MessageStatus
 from .selectors import model_messages
@@ -46,8 +57,17 @@ def control_group(conversation_id) -> str:
 
 
 async def send_event(conversation_id, event: dict) -> None:
-    """Send one protocol event (DESIGN.md) to every client of the conversation."""
-    await get_channel_layer().group_send(conversation_group(conversation_id), {"type": "chat.event", "event": event})
+    """Send one protocol event (DESIGN.md) to every client of the conversation.
+
+    Never raises: when Redis (the channel layer) is down, the turn still runs and is stored, and
+    REST clients still get their answer; sockets simply see nothing until it is back.
+    """
+    try:
+        await get_channel_layer().group_send(
+            conversation_group(conversation_id), {"type": "chat.event", "event": event}
+        )
+    except Exception as exc:
+        logger.warning("Channel layer unavailable (%s); event %s not relayed", type(exc).__name__, event["type"])
 
 
 async def generation_stop(conversation_id) -> None:
@@ -86,6 +106,110 @@ class _Outcome:
     usage: Usage | None = None
     finish_reason: str | None = None
     ttft_ms: int | None = None
+    cached: bool = False
+
+
+REPLAY_WORDS_PER_EVENT = 8  # a cached answer is sent as token events of this many words
+
+
+async def _replay(turn: Turn, cached: dict, started: float) -> _Outcome:
+    """Send a cached answer through the same token events as a live one; return its outcome."""
+    conversation_id = turn.assistant_message.conversation_id
+    message_id = str(turn.assistant_message.pk)
+    content = cached["content"]
+    words = re.findall(r"\S+\s*|\s+", content)
+    ttft_ms = round((time.perf_counter() - started) * 1000)
+    for i in range(0, len(words), REPLAY_WORDS_PER_EVENT):
+        delta = "".join(words[i : i + REPLAY_WORDS_PER_EVENT])
+        await send_event(conversation_id, {"type": "token", "message_id": message_id, "delta": delta})
+    usage = Usage(prompt_tokens=cached.get("prompt_tokens", 0), completion_tokens=cached.get("completion_tokens", 0))
+    return _Outcome(
+        content=content, usage=usage, finish_reason=cached.get("finish_reason", "stop"), ttft_ms=ttft_ms, cached=True
+    )
+
+
+def _first_question(messages: list[dict[str, str]]) -> str | None:
+    """Return the user's question when ``messages`` is a conversation's first turn, else None."""
+    turns = [m for m in messages if m["role"] != "system"]
+    return turns[0]["content"] if len(turns) == 1 and turns[0]["role"] == "user" else None
+
+
+async def _answer(turn: Turn, messages, cancel: threading.Event, started: float, metadata: dict) -> _Outcome:
+    """Answer from the response caches when allowed and possible, otherwise generate (see :func:`_stream`).
+
+    ``llm`` layer: exact match on model fingerprint + messages, with single flight: concurrent
+    identical misses produce one generation; the others wait for its answer (and take over if its
+    lease lapses). ``semantic`` layer (models that opt in): a conversation's first question matched by
+    embedding similarity. Fills ``metadata["cache"]``.
+    """
+    config = turn.model
+    if not cache_allowed(config=config, params=turn.params, requested=turn.use_cache):
+        return await _stream(turn, messages, turn.params, cancel, started)
+    llm = cache_layer("llm")
+    fingerprint = model_fingerprint(config=config, params=turn.params)
+    key = llm_cache_key(config=config, params=turn.params, messages=messages)
+    metadata["cache"] = {"layer": "llm", "key": key[:16]}
+
+    cached = await asyncio.to_thread(llm.get, key, count=False)
+    token = None
+    waited = False
+    wait_until = time.monotonic() + config.ttft_timeout
+    while cached is None:
+        token = await asyncio.to_thread(llm.acquire, key)
+        if token is not None:
+            break
+        # Another turn is generating this very answer: wait for it rather than generate it again.
+        waited = True
+        await asyncio.sleep(SINGLE_FLIGHT_POLL_SECONDS)
+        cached = await asyncio.to_thread(llm.get, key, count=False)
+        if cached is None and (cancel.is_set() or time.monotonic() > wait_until):
+            raise ModelTimeout(f"Waited {config.ttft_timeout:g} s for an identical request's answer.")
+    if cached is not None:
+        await asyncio.to_thread(llm.record, "hits")
+        metadata["cache"].update(hit=True, waited=waited)
+        return await _replay(turn, cached, started)
+
+    try:
+        await asyncio.to_thread(llm.record, "misses")
+        scope = canonical_key(fingerprint)
+        owner_id = None if config.semantic_cache_shared else turn.assistant_message.conversation.owner_id
+        question = _first_question(messages) if config.semantic_cache else None
+        if question is not None:
+            hit = await database_sync_to_async(semantic_lookup)(scope=scope, owner_id=owner_id, prompt=question)
+            if hit is not None:
+                metadata["cache"] = {"layer": "semantic", "hit": True, "similarity": hit.similarity}
+                return await _replay(turn, hit.response, started)
+        renewer = asyncio.create_task(_renew_lease(llm, key, token))
+        try:
+            outcome = await _stream(turn, messages, turn.params, cancel, started)
+        finally:
+            renewer.cancel()
+        metadata["cache"]["hit"] = False
+        if outcome.finish_reason in ("stop", "length") and outcome.content:
+            answer = {
+                "content": outcome.content,
+                "finish_reason": outcome.finish_reason,
+                "prompt_tokens": outcome.usage.prompt_tokens if outcome.usage else 0,
+                "completion_tokens": outcome.usage.completion_tokens if outcome.usage else 0,
+            }
+            await asyncio.to_thread(llm.set, key, answer)
+            if question is not None:
+                await database_sync_to_async(semantic_store)(
+                    scope=scope, owner_id=owner_id, prompt=question, response=answer
+                )
+        return outcome
+    finally:
+        await asyncio.to_thread(llm.release, key, token)
+
+
+SINGLE_FLIGHT_POLL_SECONDS = 0.05
+
+
+async def _renew_lease(llm, key: str, token: str) -> None:
+    """Keep the single-flight lease while this process generates (every third of the lease)."""
+    while True:
+        await asyncio.sleep(settings.CACHE_SINGLE_FLIGHT_LEASE / 3)
+        await asyncio.to_thread(llm.renew, key, token)
 
 
 async def _stream(turn: Turn, messages, params: GenerationParams, cancel: threading.Event, started: float) -> _Outcome:
@@ -171,7 +295,8 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
                 stall_deadline = loop.time() + turn.model.idle_timeout
                 if deadline is None:
                     deadline = loop.time() + batch_seconds
-                if len(batch) >= settings.CHAT_TOKEN_BATCH_SIZE:
+                # The first delta goes out at once: batching is for throughput, not for the TTFT.
+                if len(batch) >= settings.CHAT_TOKEN_BATCH_SIZE or len(parts) == 1:
                     await flush()
             if chunk.usage is not None:
                 outcome.usage, outcome.finish_reason = chunk.usage, chunk.finish_reason
@@ -202,11 +327,18 @@ async def turn_run(turn: Turn) -> Message:
     # meant for a WebSocket consumer of this process (channels-redis hands messages to whichever
     # receive is popping).
     control_channel = f"generation.{message.pk}"
-    await layer.group_add(control_group(conversation_id), control_channel)
+    try:
+        await layer.group_add(control_group(conversation_id), control_channel)
+    except Exception as exc:  # Redis down: the turn runs, it just cannot be stopped from elsewhere
+        logger.warning("Channel layer unavailable (%s); generation.stop will not reach this turn", exc)
 
     async def listen_for_stop() -> None:
         while True:
-            event = await layer.receive(control_channel)
+            try:
+                event = await layer.receive(control_channel)
+            except Exception:  # Redis down: try again shortly
+                await asyncio.sleep(1)
+                continue
             if event.get("type") == "generation.stop":
                 cancel.set()
                 return
@@ -224,7 +356,7 @@ async def turn_run(turn: Turn) -> Message:
         )
         if turn.model.orchestrator_id and turn.model.orchestrator.is_enabled:
             messages, metadata["orchestrator"] = await _orchestrate(turn, messages)
-        outcome = await _stream(turn, messages, turn.params, cancel, started)
+        outcome = await _answer(turn, messages, cancel, started, metadata)
         if outcome.finish_reason == "cancelled":
             status, error = MessageStatus.CANCELLED, STOPPED_BY_USER
     except InferenceError as exc:
@@ -236,7 +368,10 @@ async def turn_run(turn: Turn) -> Message:
         status, error, error_code = MessageStatus.ERROR, "The model failed unexpectedly.", "upstream_error"
     finally:
         listener.cancel()
-        await layer.group_discard(control_group(conversation_id), control_channel)
+        try:
+            await layer.group_discard(control_group(conversation_id), control_channel)
+        except Exception:  # noqa: S110 (Redis down: the group entry expires on its own)
+            pass
 
     latency_ms = round((time.perf_counter() - started) * 1000)
     usage = outcome.usage
@@ -253,9 +388,11 @@ async def turn_run(turn: Turn) -> Message:
         tokens_per_s=tokens_per_second(
             completion_tokens=usage.completion_tokens if usage else 0, ttft_ms=outcome.ttft_ms, latency_ms=latency_ms
         ),
+        # A cached answer cost nothing to produce.
         cost=usage_cost(model=turn.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
-        if usage
+        if usage and not outcome.cached
         else None,
+        cached=outcome.cached,
         error=error,
         metadata=metadata,
     )

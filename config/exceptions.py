@@ -1,7 +1,8 @@
 """One error shape for the whole API (DESIGN.md): ``{"error": {"code", "detail", "fields"?}}``."""
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -59,8 +60,52 @@ def api_exception_handler(exc, context):
         return None
     if isinstance(exc, exceptions.ValidationError):
         error = {"code": "invalid", "detail": _first_message(exc.detail), "fields": exc.detail}
+    elif isinstance(exc.detail, dict) and "detail" in exc.detail:
+        # simplejwt's InvalidToken carries {"detail", "code", "messages"}: keep its detail and code.
+        detail = exc.detail["detail"]
+        error = {"code": str(exc.detail.get("code") or getattr(detail, "code", "error")), "detail": str(detail)}
     else:
         codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
         error = {"code": codes if isinstance(codes, str) else "error", "detail": _first_message(response.data)}
     response.data = {"error": error}
     return response
+
+
+# Paths whose errors are JSON in the error shape, whatever raised them.
+API_PATH_PREFIXES = ("/api/", "/v1/")
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith(API_PATH_PREFIXES)
+
+
+def _error(status_code: int, code: str, detail: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "detail": detail}}, status=status_code)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """``handler400``: a request Django refused before any view (e.g. a disallowed Host header)."""
+    if _is_api(request):
+        return _error(400, "bad_request", "Bad request.")
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """``handler403``: ``PermissionDenied`` raised outside DRF's own handling."""
+    if _is_api(request):
+        return _error(403, "permission_denied", "You do not have permission to perform this action.")
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """``handler404``: no URL matched (or ``Http404`` outside DRF)."""
+    if _is_api(request):
+        return _error(404, "not_found", "Not found.")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """``handler500``: an unhandled exception. The traceback goes to the log, never to the client."""
+    if _is_api(request):
+        return _error(500, "server_error", "A server error occurred.")
+    return defaults.server_error(request)

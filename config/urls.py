@@ -1,15 +1,34 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from accounts.urls import api_urlpatterns as accounts_api
 from chat.urls import api_urlpatterns as chat_api
+from inference.admin_views import cache_dashboard
 from inference.urls import api_urlpatterns as inference_api
 
+from . import health
+
 urlpatterns = [
+    path("admin/cache/", admin.site.admin_view(cache_dashboard), name="admin_cache"),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include(chat_api)),
     path("api/v1/", include(inference_api)),
+    path("api/v1/", include(accounts_api)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
+    path("health/", health.liveness, name="health"),
+    path("health/ready/", health.readiness, name="health_ready"),
     path("", include("chat.urls")),
 ]
+
+# Django-level errors (no matching URL, an unhandled exception, ...): the API's JSON error shape
+# under /api/ and /v1/, Django's usual pages elsewhere. Used when DEBUG is off.
+handler400 = "config.exceptions.bad_request"
+handler403 = "config.exceptions.permission_denied"
+handler404 = "config.exceptions.page_not_found"
+handler500 = "config.exceptions.server_error"

@@ -1,9 +1,17 @@
 """Inference REST API under /api/v1/."""
 
-from rest_framework import serializers
+from dataclasses import asdict
+
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.exceptions import ParleyError
+from config.schema import ErrorSerializer
+
+from . import cache
 from .selectors import model_config_get, model_config_list
 
 
@@ -17,6 +25,24 @@ class ModelListApi(APIView):
         context_window = serializers.IntegerField()
         is_default = serializers.BooleanField()
 
+    @extend_schema(
+        summary="List models",
+        responses=OutputSerializer(many=True),
+        examples=[
+            OpenApiExample(
+                "models",
+                value=[
+                    {
+                        "slug": "smollm2-135m",
+                        "display_name": "SmolLM2 135M Instruct (local)",
+                        "provider": "llama_cpp",
+                        "context_window": 4096,
+                        "is_default": True,
+                    }
+                ],
+            )
+        ],
+    )
     def get(self, request):
         configs = list(model_config_list())
         default_slug = model_config_get().slug if configs else None
@@ -31,3 +57,117 @@ class ModelListApi(APIView):
             for c in sorted(configs, key=lambda c: (c.slug != default_slug, c.display_name))
         ]
         return Response(self.OutputSerializer(rows, many=True).data)
+
+
+class CacheHealthApi(APIView):
+    """``GET`` (staff): ``{"status": "ok"|"degraded", "ping_ms", "used_memory_bytes", "detail"}``."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        summary="Cache health (staff)",
+        responses=inline_serializer(
+            "CacheHealth",
+            fields={
+                "status": serializers.ChoiceField(choices=["ok", "degraded"]),
+                "ping_ms": serializers.FloatField(allow_null=True),
+                "used_memory_bytes": serializers.IntegerField(allow_null=True),
+                "detail": serializers.CharField(allow_blank=True),
+            },
+        ),
+        examples=[
+            OpenApiExample("ok", value={"status": "ok", "ping_ms": 0.31, "used_memory_bytes": 1048576, "detail": ""})
+        ],
+    )
+    def get(self, request):
+        return Response(asdict(cache.health()))
+
+
+class CacheStatsApi(APIView):
+    """``GET`` (staff): ``{"health": {...}, "layers": {layer: {...}}}``.
+
+    Each layer: ``hits``, ``misses``, ``sets``, ``errors``, ``hit_ratio``, ``keys``, ``version``.
+    """
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        summary="Cache statistics per layer (staff)",
+        responses=inline_serializer(
+            "CacheStats",
+            fields={
+                "health": inline_serializer(
+                    "CacheStatsHealth",
+                    fields={
+                        "status": serializers.ChoiceField(choices=["ok", "degraded"]),
+                        "ping_ms": serializers.FloatField(allow_null=True),
+                        "used_memory_bytes": serializers.IntegerField(allow_null=True),
+                        "detail": serializers.CharField(allow_blank=True),
+                    },
+                ),
+                "layers": serializers.DictField(
+                    child=inline_serializer(
+                        "CacheLayerStats",
+                        fields={
+                            "layer": serializers.CharField(),
+                            "hits": serializers.IntegerField(),
+                            "misses": serializers.IntegerField(),
+                            "sets": serializers.IntegerField(),
+                            "errors": serializers.IntegerField(),
+                            "hit_ratio": serializers.FloatField(allow_null=True),
+                            "keys": serializers.IntegerField(allow_null=True),
+                            "version": serializers.IntegerField(),
+                        },
+                    )
+                ),
+            },
+        ),
+    )
+    def get(self, request):
+        health = cache.health()
+        layers = {}
+        if health.status == "ok":
+            try:
+                layers = {name: cache.layer(name).stats() for name in cache.LAYERS}
+            except Exception as exc:
+                cache.breaker.trip(exc, "stats")
+                health = cache.Health(status="degraded", ping_ms=None, used_memory_bytes=None, detail=str(exc))
+        return Response({"health": asdict(health), "layers": layers})
+
+
+class CacheFlushApi(APIView):
+    """``DELETE`` (staff) ``/cache/<layer>/`` with layer ``llm|tool|intent|semantic|all``: O(1) flush.
+
+    Returns ``{"flushed": {layer: new version}}``; 404 for an unknown layer; 503 when Redis is down.
+    """
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        summary="Flush a cache layer (staff)",
+        parameters=[OpenApiParameter("layer", str, OpenApiParameter.PATH, enum=[*cache.LAYERS, "all"])],
+        responses={
+            200: inline_serializer(
+                "CacheFlushResult", fields={"flushed": serializers.DictField(child=serializers.IntegerField())}
+            ),
+            503: OpenApiResponse(ErrorSerializer, description="Redis is unavailable (`cache_unavailable`)."),
+        },
+        examples=[OpenApiExample("flushed", value={"flushed": {"llm": 3}})],
+    )
+    def delete(self, request, layer):
+        names = list(cache.LAYERS) if layer == "all" else [layer]
+        if not set(names) <= set(cache.LAYERS):
+            raise ParleyError(
+                f"Unknown cache layer {layer!r}; use one of {', '.join(cache.LAYERS)} or all.",
+                code="not_found",
+                status_code=status.HTTP_404_NOT_FOUND,
+            )
+        try:
+            versions = cache.flush(names)
+        except Exception as exc:
+            raise ParleyError(
+                f"Redis is unavailable: {exc}",
+                code="cache_unavailable",
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            ) from exc
+        return Response({"flushed": versions})

@@ -1,11 +1,19 @@
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from pgvector.django import HnswIndex, VectorField
 
 
 class Provider(models.TextChoices):
     LLAMA_CPP = "llama_cpp", "llama.cpp (local GGUF)"
     OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
+
+
+class CachePolicy(models.TextChoices):
+    DETERMINISTIC = "deterministic", "Only deterministic requests (temperature 0)"
+    ALWAYS = "always", "Every request (answers repeat even at temperature > 0)"
+    NEVER = "never", "Never"
 
 
 class ModelConfig(models.Model):
@@ -85,6 +93,16 @@ class ModelConfig(models.Model):
         related_name="executors",
         help_text="Optional model that rewrites each request into a focused prompt for this one.",
     )
+    # Caching (inference.cache)
+    cache_policy = models.CharField(
+        "response cache", max_length=16, choices=CachePolicy.choices, default=CachePolicy.DETERMINISTIC
+    )
+    semantic_cache = models.BooleanField(
+        default=False, help_text="Answer a conversation's first question from a similar earlier one."
+    )
+    semantic_cache_shared = models.BooleanField(
+        default=False, help_text="Share semantic cache answers between users (otherwise each user has their own)."
+    )
     is_default = models.BooleanField(default=False)
     is_enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -108,3 +126,36 @@ class ModelConfig(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+
+class SemanticCacheEntry(models.Model):
+    """A single-turn answer, found again for a similar first question (cosine similarity of embeddings).
+
+    ``scope`` is the model fingerprint (model, generation parameters, system prompt) hashed;
+    ``owner`` is the user it belongs to, or empty for a model marked shared. Entries of an older
+    ``version`` (the layer was flushed) or past ``expires_at`` are ignored and pruned later.
+    """
+
+    scope = models.CharField(max_length=64, db_index=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True)
+    version = models.PositiveIntegerField()
+    prompt = models.TextField()
+    embedding = VectorField(dimensions=384)
+    response = models.JSONField(help_text='{"content", "prompt_tokens", "completion_tokens"}')
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name_plural = "semantic cache entries"
+        indexes = [
+            HnswIndex(
+                name="semantic_cache_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.prompt[:60]

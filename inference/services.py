@@ -8,7 +8,9 @@ from django.conf import settings
 
 from config.exceptions import ParleyError
 
-from .models import ModelConfig, Provider
+from .cache import canonical_key
+from .cache import layer as cache_layer
+from .models import CachePolicy, ModelConfig, Provider
 from .providers import GenerationParams, ModelUnavailable
 from .providers import Provider as BaseProvider
 from .providers.llama_cpp import LlamaCppProvider, manager
@@ -176,3 +178,72 @@ def model_unload(*, config: ModelConfig) -> bool:
     except ModelUnavailable:
         return False
     return manager.unload(key)
+
+
+def model_fingerprint(*, config: ModelConfig, params: GenerationParams) -> dict:
+    """Return what identifies answers of ``config`` under ``params``, as a JSON-able dict.
+
+    Model identity (provider, model path or name, server), context window, system prompt and the
+    generation parameters (temperature, max_tokens, stop sequences): two requests with equal
+    fingerprints and equal messages get the same answer from a deterministic model. Cache keys are
+    built from it (inference.cache.canonical_key).
+    """
+    return {
+        "provider": config.provider,
+        "model": config.model,
+        "base_url": config.base_url,
+        "context_window": config.context_window,
+        "system_prompt": config.system_prompt,
+        "temperature": params.temperature,
+        "max_tokens": params.max_tokens,
+        "stop": [*config.stop, *params.stop],
+    }
+
+
+def cache_allowed(*, config: ModelConfig, params: GenerationParams, requested: bool = True) -> bool:
+    """Return whether the ``llm`` layer may serve or store this request.
+
+    Only when caching is on (``CACHE_ENABLED``), the request did not opt out (``requested``), and the
+    model's cache policy allows it: ``always``, or ``deterministic`` at temperature 0.
+    """
+    if not (settings.CACHE_ENABLED and requested) or config.cache_policy == CachePolicy.NEVER:
+        return False
+    return config.cache_policy == CachePolicy.ALWAYS or params.temperature == 0
+
+
+def llm_cache_key(*, config: ModelConfig, params: GenerationParams, messages: list[dict[str, str]]) -> str:
+    """Return the ``llm`` layer key of a request: SHA-256 of its model fingerprint and messages."""
+    return canonical_key({"model": model_fingerprint(config=config, params=params), "messages": messages})
+
+
+def cache_warm(*, config: ModelConfig, prompt: str) -> str:
+    """Precompute the answer to ``prompt`` as a conversation's first message, into the ``llm`` layer.
+
+    Uses the model's default parameters and system prompt, so the key is the one a real first turn
+    computes (models with an orchestrator rewrite requests first, so they cannot be warmed). Return
+    ``"cached"``, ``"already"`` or ``"skipped: <reason>"``. Raise :class:`InferenceError` when the
+    model fails, and Redis errors when the cache is down.
+    """
+    params = generation_params(model=config)
+    if config.orchestrator_id:
+        return "skipped: the model has an orchestrator"
+    if not cache_allowed(config=config, params=params):
+        return f"skipped: cache policy {config.cache_policy!r} at temperature {params.temperature:g}"
+    messages = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
+    messages.append({"role": "user", "content": prompt})
+    key = llm_cache_key(config=config, params=params, messages=messages)
+    llm = cache_layer("llm")
+    llm.version()  # raises when Redis is down, instead of warming nothing quietly
+    if llm.get(key, count=False) is not None:
+        return "already"
+    completion = provider_for(config=config).complete(messages, params)
+    llm.set(
+        key,
+        {
+            "content": completion.text,
+            "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.usage.prompt_tokens,
+            "completion_tokens": completion.usage.completion_tokens,
+        },
+    )
+    return "cached"

@@ -4,4 +4,7 @@ from . import apis
 
 api_urlpatterns = [
     path("models/", apis.ModelListApi.as_view(), name="api_models"),
+    path("cache/health/", apis.CacheHealthApi.as_view(), name="api_cache_health"),
+    path("cache/stats/", apis.CacheStatsApi.as_view(), name="api_cache_stats"),
+    path("cache/<str:layer>/", apis.CacheFlushApi.as_view(), name="api_cache_flush"),
 ]

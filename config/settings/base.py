@@ -3,6 +3,7 @@
 Every variable is documented in README.md ("Settings").
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -30,6 +31,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc assets served locally: no CDN, works offline
     "channels",
     "django_prometheus",
     "accounts",
@@ -100,17 +103,42 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 REDIS_URL = env("REDIS_URL")
 REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="parley")
 
-CACHES = {
-    "default": {
+CACHE_REDIS_URL = env("CACHE_REDIS_URL", default=REDIS_URL)  # the response caches may live on their own Redis
+
+
+def redis_cache(location: str, key_prefix: str, timeout: int | None = 300) -> dict:
+    """A django-redis cache definition. Short socket timeouts: a cache must never stall a request."""
+    return {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_URL,
-        "KEY_PREFIX": REDIS_KEY_PREFIX,
+        "LOCATION": location,
+        "KEY_PREFIX": key_prefix,
+        "TIMEOUT": timeout,
         "OPTIONS": {
             "CLIENT_CLASS": "django_redis.client.DefaultClient",
-            "SOCKET_CONNECT_TIMEOUT": 2,
-            "SOCKET_TIMEOUT": 2,
+            "SOCKET_CONNECT_TIMEOUT": 0.5,
+            "SOCKET_TIMEOUT": 0.5,
         },
     }
+
+
+# Layered response caches (inference.cache), one django-redis alias per layer; TTLs in seconds.
+CACHE_ENABLED = env.bool("CACHE_ENABLED", default=True)
+CACHE_LLM_TTL = env.int("CACHE_LLM_TTL", default=3600)
+CACHE_TOOL_TTL = env.int("CACHE_TOOL_TTL", default=1800)
+CACHE_INTENT_TTL = env.int("CACHE_INTENT_TTL", default=7200)
+CACHE_SEMANTIC_TTL = env.int("CACHE_SEMANTIC_TTL", default=3600)
+CACHE_SEMANTIC_THRESHOLD = env.float("CACHE_SEMANTIC_THRESHOLD", default=0.95)  # cosine similarity
+CACHE_SINGLE_FLIGHT_LEASE = env.float("CACHE_SINGLE_FLIGHT_LEASE", default=15.0)  # seconds a leader holds its lock
+CACHE_RETRY_AFTER_ERROR = env.float(
+    "CACHE_RETRY_AFTER_ERROR", default=5.0
+)  # seconds the caches rest after a Redis error
+
+CACHES = {
+    "default": redis_cache(REDIS_URL, REDIS_KEY_PREFIX),
+    "llm": redis_cache(CACHE_REDIS_URL, f"{REDIS_KEY_PREFIX}:llm", CACHE_LLM_TTL),
+    "tool": redis_cache(CACHE_REDIS_URL, f"{REDIS_KEY_PREFIX}:tool", CACHE_TOOL_TTL),
+    "intent": redis_cache(CACHE_REDIS_URL, f"{REDIS_KEY_PREFIX}:intent", CACHE_INTENT_TTL),
+    "semantic": redis_cache(CACHE_REDIS_URL, f"{REDIS_KEY_PREFIX}:semantic", CACHE_SEMANTIC_TTL),
 }
 
 CHANNEL_LAYERS = {
@@ -133,16 +161,29 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # API keys first: a ``Bearer pk_...`` token is an API key, any other Bearer token a JWT. The first
+    # class also supplies the WWW-Authenticate header, which makes DRF answer 401 (not 403) when a
+    # request carries no credentials.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.APIKeyAuthentication",
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
+    # Throttle state lives in the default cache (Redis), shared by every process.
+    "DEFAULT_THROTTLE_RATES": {"login": env("RATE_LIMIT_LOGIN", default="10/min")},
+    # X-Forwarded-For is trusted only behind this many proxies; 0 uses the peer address (REMOTE_ADDR).
+    "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
 }
 
 # Inference
 LLM_DEFAULT_MODEL = env("LLM_DEFAULT_MODEL", default="")
 LLAMA_MODEL_PATH = env("LLAMA_MODEL_PATH", default="")
-LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=0)  # 0: one per core, as llama.cpp decides
+# 0: llama-cpp-python decides (half the cores for generation, all of them for the prompt)
+LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=0)
 LLAMA_N_CTX = env.int("LLAMA_N_CTX", default=0)  # 0: use each ModelConfig's context window
 LLAMA_MAX_LOADED_MODELS = env.int("LLAMA_MAX_LOADED_MODELS", default=2)  # per process, least recently used out
 INFERENCE_EXECUTION = env("INFERENCE_EXECUTION", default="inline")  # inline | celery
@@ -169,3 +210,38 @@ EMBEDDING_MODEL = env("EMBEDDING_MODEL", default="local")
 EMBEDDING_BASE_URL = env("EMBEDDING_BASE_URL", default="")  # e.g. http://127.0.0.1:8080/v1
 EMBEDDING_API_KEY_ENV = env("EMBEDDING_API_KEY_ENV", default="")  # NAME of the variable holding the key
 EMBEDDING_DIMENSIONS = env.int("EMBEDDING_DIMENSIONS", default=384)  # vector length; 384 for "local"
+
+# Authentication and API keys (README, "Authentication and API keys")
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_ACCESS_TOKEN_LIFETIME", default=15 * 60)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_REFRESH_TOKEN_LIFETIME", default=24 * 60 * 60)),
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "UPDATE_LAST_LOGIN": False,
+    # Tokens carry a hash of the password hash: changing the password ends every token issued before.
+    "CHECK_REVOKE_TOKEN": True,
+}
+
+# Health checks (/health/ready/)
+# Seconds to wait for a Celery worker to answer a ping.
+HEALTH_CELERY_TIMEOUT = env.float("HEALTH_CELERY_TIMEOUT", default=1.0)
+# Whether readiness fails without a Celery worker: by default only when turns run in Celery.
+HEALTH_CELERY_REQUIRED = env.bool("HEALTH_CELERY_REQUIRED", default=INFERENCE_EXECUTION == "celery")
+
+# OpenAPI (drf-spectacular): /api/schema/, /api/docs/, /api/redoc/
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Parley API",
+    "DESCRIPTION": (
+        "REST API of Parley, a self-hostable LLM chat platform. Authenticate with a JWT "
+        "(`POST /api/v1/auth/token/`), a per-user API key (`Authorization: Bearer pk_...`) or the "
+        'browser session. Every error has the shape `{"error": {"code", "detail", "fields"?}}`.'
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Choice sets that share a field name ("status") get names of their own.
+    "ENUM_NAME_OVERRIDES": {"CacheStatusEnum": ["ok", "degraded"]},
+}

@@ -11,7 +11,8 @@ WHITENOISE_USE_FINDERS = True
 
 # Keep test keys apart from anything else on a shared Redis.
 REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="parley-test")
-CACHES["default"]["KEY_PREFIX"] = REDIS_KEY_PREFIX
+for _alias, _cache in CACHES.items():
+    _cache["KEY_PREFIX"] = REDIS_KEY_PREFIX if _alias == "default" else f"{REDIS_KEY_PREFIX}:{_alias}"
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_KEY_PREFIX}:asgi"
 
 # Small, fast generations from the real bundled model.

@@ -68,7 +68,7 @@ def test_too_long_message_is_a_413(api, user, local_model, settings):
     assert response.json()["error"]["code"] == "message_too_long"
 
 
-def test_other_users_get_404_and_anonymous_clients_403(user, other_user, local_model):
+def test_other_users_get_404_and_anonymous_clients_401(user, other_user, local_model):
     conversation = conversation_create(owner=user)
     url = f"/api/v1/conversations/{conversation.pk}/messages/"
     mallory = APIClient()
@@ -79,7 +79,8 @@ def test_other_users_get_404_and_anonymous_clients_403(user, other_user, local_m
 
     anonymous = APIClient()
     response = anonymous.get(url)
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
     assert response.json()["error"]["code"] == "not_authenticated"
     assert not conversation.messages.exists()
 

@@ -156,4 +156,4 @@ def test_models_api_lists_enabled_models_default_first(api, local_model):
         "is_default": True,
     }
     assert body[1]["is_default"] is False
-    assert APIClient().get("/api/v1/models/").status_code == 403
+    assert APIClient().get("/api/v1/models/").status_code == 401

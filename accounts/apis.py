@@ -1,0 +1,169 @@
+"""Accounts REST API under /api/v1/: JWT tokens, the current user, API keys."""
+
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt import views as jwt_views
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
+
+from config.schema import ERRORS
+
+from . import services
+from .permissions import IsNotAPIKey
+from .selectors import api_key_get, api_key_list
+from .throttling import LoginRateThrottle
+
+# Keys are managed with a login or a JWT, not with an API key (IsNotAPIKey).
+KEY_MANAGEMENT_AUTH = [{"jwtAuth": []}, {"cookieAuth": []}]
+EXAMPLE_KEY = {
+    "id": "0b7c1a52-3f0e-4a55-9d6b-2f1e8c2d4a10",
+    "name": "laptop script",
+    "prefix": "pk_Xq3v9Lm2",
+    "created_at": "2026-01-05T09:30:00Z",
+}
+
+
+class TokenObtainApi(jwt_views.TokenObtainPairView):
+    """``POST {"username", "password"}``: a JWT pair ``{"access", "refresh"}``.
+
+    Throttled per client IP (``RATE_LIMIT_LOGIN``, default 10/min): 429 with ``Retry-After``.
+    Wrong credentials: 401 ``no_active_account``.
+    """
+
+    throttle_classes = [LoginRateThrottle]
+    throttle_scope = "login"
+
+    @extend_schema(
+        summary="Obtain a JWT pair",
+        responses={200: TokenObtainPairSerializer, 401: ERRORS[401]},
+        examples=[
+            OpenApiExample("credentials", value={"username": "alice", "password": "correct horse"}, request_only=True),
+            OpenApiExample("tokens", value={"access": "eyJhbGciOi...", "refresh": "eyJhbGciOi..."}, response_only=True),
+        ],
+    )
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)
+
+
+class TokenRefreshApi(jwt_views.TokenRefreshView):
+    """``POST {"refresh"}``: a new access token ``{"access"}``; 401 ``token_not_valid`` for a bad one."""
+
+    @extend_schema(
+        summary="Refresh an access token",
+        responses={200: TokenRefreshSerializer, 401: ERRORS[401]},
+        examples=[
+            OpenApiExample("refresh token", value={"refresh": "eyJhbGciOi..."}, request_only=True),
+            OpenApiExample("access token", value={"access": "eyJhbGciOi..."}, response_only=True),
+        ],
+    )
+    def post(self, request, *args, **kwargs):
+        return super().post(request, *args, **kwargs)
+
+
+class MeApi(APIView):
+    """``GET``: the authenticated user's profile."""
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        username = serializers.CharField()
+        email = serializers.EmailField()
+        is_staff = serializers.BooleanField()
+        date_joined = serializers.DateTimeField()
+
+    @extend_schema(
+        summary="The current user",
+        responses=OutputSerializer,
+        examples=[
+            OpenApiExample(
+                "alice",
+                value={
+                    "id": 7,
+                    "username": "alice",
+                    "email": "alice@example.com",
+                    "is_staff": False,
+                    "date_joined": "2026-01-02T10:00:00Z",
+                },
+            )
+        ],
+    )
+    def get(self, request):
+        return Response(self.OutputSerializer(request.user).data)
+
+
+class APIKeyListApi(APIView):
+    """``GET``: the user's active API keys, by prefix (never the key). ``POST {"name"}``: a new key.
+
+    The new key is in the ``POST`` response only, once. Managing keys needs a login or a JWT: a
+    request authenticated by an API key gets 403 ``api_key_not_allowed``.
+    """
+
+    permission_classes = [IsAuthenticated, IsNotAPIKey]
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        name = serializers.CharField()
+        prefix = serializers.CharField(help_text="The key's first characters, to recognise it.")
+        created_at = serializers.DateTimeField()
+        last_used_at = serializers.DateTimeField(allow_null=True, help_text="Updated at most once a minute.")
+
+    class CreateOutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        name = serializers.CharField()
+        prefix = serializers.CharField()
+        key = serializers.CharField(help_text="The full key. Shown only in this response: store it now.")
+        created_at = serializers.DateTimeField()
+
+    @extend_schema(
+        summary="List API keys",
+        auth=KEY_MANAGEMENT_AUTH,
+        responses=OutputSerializer(many=True),
+        examples=[OpenApiExample("keys", value=[{**EXAMPLE_KEY, "last_used_at": None}])],
+    )
+    def get(self, request):
+        return Response(self.OutputSerializer(api_key_list(user=request.user), many=True).data)
+
+    @extend_schema(
+        summary="Create an API key",
+        auth=KEY_MANAGEMENT_AUTH,
+        request=InputSerializer,
+        responses={201: CreateOutputSerializer},
+        examples=[
+            OpenApiExample("name", value={"name": "laptop script"}, request_only=True),
+            OpenApiExample(
+                "new key",
+                value={**EXAMPLE_KEY, "key": "pk_Xq3v9Lm2...(43 characters after pk_)"},
+                response_only=True,
+                status_codes=["201"],
+            ),
+        ],
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        api_key, key = services.api_key_create(user=request.user, **serializer.validated_data)
+        data = self.CreateOutputSerializer(
+            {
+                "id": api_key.id,
+                "name": api_key.name,
+                "prefix": api_key.prefix,
+                "key": key,
+                "created_at": api_key.created_at,
+            }
+        ).data
+        return Response(data, status=status.HTTP_201_CREATED)
+
+
+class APIKeyDetailApi(APIView):
+    """``DELETE``: revoke one of the user's API keys (204); 404 for another user's or a revoked key."""
+
+    permission_classes = [IsAuthenticated, IsNotAPIKey]
+
+    @extend_schema(summary="Revoke an API key", auth=KEY_MANAGEMENT_AUTH, responses={204: None})
+    def delete(self, request, api_key_id):
+        services.api_key_revoke(api_key=api_key_get(user=request.user, api_key_id=api_key_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)

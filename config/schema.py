@@ -1,0 +1,101 @@
+"""OpenAPI 3 schema (drf-spectacular): the error shape as a component, on every operation.
+
+``REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"]`` is :class:`AutoSchema`. Served at ``/api/schema/``, with
+Swagger UI at ``/api/docs/`` and ReDoc at ``/api/redoc/`` (assets from drf-spectacular-sidecar).
+"""
+
+from drf_spectacular import openapi
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable machine-readable code, e.g. `not_found`, `invalid`, `throttled`.")
+    detail = serializers.CharField(help_text="What went wrong, for people.")
+    fields = serializers.DictField(
+        required=False, help_text="Validation errors by field name (code `invalid` only): lists of messages."
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of the API: `{"error": {"code", "detail", "fields"?}}`, with the HTTP status."""
+
+    error = ErrorBodySerializer()
+
+
+def _error(status: int, code: str, detail: str, description: str, **extra) -> OpenApiResponse:
+    example = OpenApiExample(code, value={"error": {"code": code, "detail": detail, **extra}}, status_codes=[status])
+    return OpenApiResponse(ErrorSerializer, description=description, examples=[example])
+
+
+ERRORS = {
+    400: _error(
+        400,
+        "invalid",
+        "title: Ensure this field has no more than 200 characters.",
+        "Invalid input or malformed JSON (`parse_error`).",
+        fields={"title": ["Ensure this field has no more than 200 characters."]},
+    ),
+    401: _error(
+        401,
+        "not_authenticated",
+        "Authentication credentials were not provided.",
+        "No or invalid credentials (`not_authenticated`, `invalid_api_key`, `token_not_valid`).",
+    ),
+    403: _error(403, "permission_denied", "You do not have permission to perform this action.", "Not allowed."),
+    404: _error(404, "not_found", "Not found.", "No such object, or it belongs to someone else."),
+    429: _error(429, "throttled", "Request was throttled. Expected available in 42 seconds.", "Too many requests."),
+}
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
+
+
+class AutoSchema(openapi.AutoSchema):
+    """drf-spectacular's schema, plus the error responses each operation can give, and clear names.
+
+    Added to each operation unless it documents the status itself: 400 for a request body, 401 and
+    403 when it needs authentication, 404 when its path has parameters, 429 (with ``Retry-After``)
+    when it is throttled.
+    """
+
+    def get_serializer_name(self, serializer, direction) -> str:
+        # Views nest their serializers (HackSoft style): name ``ConversationListApi.InputSerializer``
+        # "ConversationListInput" rather than "Input", which every view would share.
+        outer, _, inner = type(serializer).__qualname__.rpartition(".")
+        if outer:
+            return outer.rpartition(".")[2].removesuffix("Api") + inner.removesuffix("Serializer")
+        return super().get_serializer_name(serializer, direction)
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        codes = []
+        if self.method in ("POST", "PUT", "PATCH"):
+            codes.append(400)
+        if self.view.get_authenticators() and not all(isinstance(p, AllowAny) for p in self.view.get_permissions()):
+            codes += [401, 403]
+        if "{" in self.path:
+            codes.append(404)
+        if self.view.get_throttles():
+            codes.append(429)
+        for code in codes:
+            if str(code) not in responses:
+                responses[str(code)] = self._get_response_for_code(ERRORS[code], str(code), direction=direction)
+                if code == 429:
+                    responses[str(code)]["headers"] = RETRY_AFTER
+        return responses
+
+
+class APIKeyScheme(OpenApiAuthenticationExtension):
+    """Document :class:`accounts.authentication.APIKeyAuthentication` as a Bearer scheme."""
+
+    target_class = "accounts.authentication.APIKeyAuthentication"
+    name = "apiKeyAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "pk_...",
+            "description": "A per-user API key (`POST /api/v1/keys/`), sent as `Authorization: Bearer pk_...`.",
+        }
