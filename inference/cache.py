@@ -87,6 +87,16 @@ class CacheLayer:
         """Return the layer's namespace version: 1 + the number of flushes. Raise Redis errors."""
         return 1 + int(self.redis.get(self._meta_key("flushes")) or 0)
 
+    def current_version(self) -> int | None:
+        """Return :meth:`version`, or None when the cache is off or Redis fails."""
+        if not self.enabled():
+            return None
+        try:
+            return self.version()
+        except Exception as exc:
+            breaker.trip(exc, f"{self.name} version")
+            return None
+
     def _count(self, field: str, amount: int = 1) -> None:
         self.redis.hincrby(self._meta_key("stats"), field, amount)
 
@@ -244,6 +254,18 @@ def health() -> Health:
 # The semantic layer: similar first questions, matched by embedding in pgvector.
 
 
+def _embedding(text: str) -> list[float] | None:
+    """Embed ``text`` for the semantic layer; None (logged) when the embedding model fails."""
+    from .embeddings import embed_text
+    from .providers import InferenceError
+
+    try:
+        return embed_text(text)
+    except InferenceError as exc:
+        logger.warning("Semantic cache skipped: embeddings failed (%s: %s)", exc.code, exc.detail)
+        return None
+
+
 @dataclass
 class SemanticHit:
     response: dict  # {"content", "prompt_tokens", "completion_tokens"}
@@ -261,18 +283,13 @@ def semantic_lookup(*, scope: str, owner_id: int | None, prompt: str) -> Semanti
     from django.utils import timezone
     from pgvector.django import CosineDistance
 
-    from .embeddings import embed_text
     from .models import SemanticCacheEntry
 
     semantic = layer("semantic")
-    if not semantic.enabled():
+    version = semantic.current_version()
+    embedding = _embedding(prompt) if version is not None else None
+    if embedding is None:
         return None
-    try:
-        version = semantic.version()
-    except Exception as exc:
-        breaker.trip(exc, "semantic version")
-        return None
-    embedding = embed_text(prompt)
     entry = (
         SemanticCacheEntry.objects.filter(
             scope=scope, owner_id=owner_id, version=version, expires_at__gt=timezone.now()
@@ -293,23 +310,19 @@ def semantic_store(*, scope: str, owner_id: int | None, prompt: str, response: d
 
     from django.utils import timezone
 
-    from .embeddings import embed_text
     from .models import SemanticCacheEntry
 
     semantic = layer("semantic")
-    if not semantic.enabled():
-        return False
-    try:
-        version = semantic.version()
-    except Exception as exc:
-        breaker.trip(exc, "semantic version")
+    version = semantic.current_version()
+    embedding = _embedding(prompt) if version is not None else None
+    if embedding is None:
         return False
     SemanticCacheEntry.objects.create(
         scope=scope,
         owner_id=owner_id,
         version=version,
         prompt=prompt,
-        embedding=embed_text(prompt),
+        embedding=embedding,
         response=response,
         expires_at=timezone.now() + timedelta(seconds=settings.CACHE_SEMANTIC_TTL),
     )
