@@ -24,6 +24,7 @@ def fresh_caches():
     for name in LAYERS:
         layer(name).reset_stats()
     breaker._open_until = 0.0
+    breaker._pending.clear()
 
 
 @pytest.fixture

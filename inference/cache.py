@@ -45,17 +45,27 @@ class _Breaker:
         self._open_until = 0.0
         self._lock = threading.Lock()
         self.local_errors = 0  # errors seen by this process, also while Redis could not count them
+        self._pending: dict[str, int] = {}  # per layer: errors to add to the Redis stats when it is back
 
     def available(self) -> bool:
         return time.monotonic() >= self._open_until
 
     def trip(self, exc: Exception, where: str) -> None:
+        """Record a Redis error at ``where`` ("<layer> <operation>") and rest the caches a while."""
+        layer_name = where.split()[0]
         with self._lock:
             self.local_errors += 1
+            if layer_name in LAYERS:
+                self._pending[layer_name] = self._pending.get(layer_name, 0) + 1
             first = self.available()
             self._open_until = time.monotonic() + settings.CACHE_RETRY_AFTER_ERROR
         if first:
             logger.warning("Cache unavailable (%s: %s); serving without it", where, type(exc).__name__)
+
+    def take_pending(self, layer_name: str) -> int:
+        """Return and forget the errors of ``layer_name`` not yet counted in Redis (it was down)."""
+        with self._lock:
+            return self._pending.pop(layer_name, 0)
 
 
 breaker = _Breaker()
@@ -98,7 +108,12 @@ class CacheLayer:
             return None
 
     def _count(self, field: str, amount: int = 1) -> None:
-        self.redis.hincrby(self._meta_key("stats"), field, amount)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self._meta_key("stats"), field, amount)
+        errors = breaker.take_pending(self.name)
+        if errors:  # errors met while Redis was down, counted now that it answers again
+            pipe.hincrby(self._meta_key("stats"), "errors", errors)
+        pipe.execute()
 
     def get(self, key: str, *, count: bool = True) -> Any | None:
         """Return the value stored under ``key`` (a :func:`canonical_key`), or None on a miss."""

@@ -204,6 +204,8 @@ def test_chat_keeps_working_while_the_cache_redis_is_down(api, user, local_model
         assert cache.health().status == "ok"
         send(api, conversation_create(owner=user))
         assert send(api, conversation_create(owner=user))["cached"] is True
+        # The errors met while it was down are in the stats once Redis is back.
+        assert cache.layer("llm").stats()["errors"] >= 1
     finally:
         if server.is_running():
             server.stop()
