@@ -1,11 +1,13 @@
 """Accounts REST API under /api/v1/: JWT tokens, the current user, API keys."""
 
+from django.core.exceptions import ObjectDoesNotExist
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt import views as jwt_views
+from rest_framework_simplejwt.exceptions import InvalidToken
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
 
 from config.schema import ERRORS
@@ -59,7 +61,11 @@ class TokenRefreshApi(jwt_views.TokenRefreshView):
         ],
     )
     def post(self, request, *args, **kwargs):
-        return super().post(request, *args, **kwargs)
+        try:
+            return super().post(request, *args, **kwargs)
+        except ObjectDoesNotExist as exc:
+            # simplejwt looks the token's user up with .get(): a deleted user is a bad token, not a 500.
+            raise InvalidToken("The token's user no longer exists.") from exc
 
 
 class MeApi(APIView):

@@ -106,3 +106,11 @@ def test_the_default_login_rate_is_ten_a_minute(user):
     wrong = {"username": "alice", "password": "guess"}
     statuses = [client.post("/api/v1/auth/token/", wrong, format="json").status_code for _ in range(11)]
     assert statuses == [401] * 10 + [429]
+
+
+def test_refreshing_the_token_of_a_deleted_user_is_a_401_not_a_500(user):
+    refresh = obtain_tokens()["refresh"]
+    user.delete()
+    response = APIClient().post("/api/v1/auth/token/refresh/", {"refresh": refresh}, format="json")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "token_not_valid"
