@@ -32,13 +32,7 @@ def cache_dashboard(request):
         )
         messages.success(request, f"Flushed the {layer} cache.")
         return redirect("admin_cache")
-    health = cache.health()
-    layers = []
-    if health.status == "ok":
-        try:
-            layers = [cache.layer(name).stats() for name in cache.LAYERS]
-        except Exception as exc:
-            health = cache.Health(status="degraded", ping_ms=None, used_memory_bytes=None, detail=str(exc))
+    health, layers = cache.report()
     return TemplateResponse(
         request,
         "admin/inference/cache.html",

@@ -59,6 +59,17 @@ class ModelListApi(APIView):
         return Response(self.OutputSerializer(rows, many=True).data)
 
 
+CACHE_HEALTH = inline_serializer(
+    "CacheHealth",
+    fields={
+        "status": serializers.ChoiceField(choices=["ok", "degraded"]),
+        "ping_ms": serializers.FloatField(allow_null=True),
+        "used_memory_bytes": serializers.IntegerField(allow_null=True),
+        "detail": serializers.CharField(allow_blank=True),
+    },
+)
+
+
 class CacheHealthApi(APIView):
     """``GET`` (staff): ``{"status": "ok"|"degraded", "ping_ms", "used_memory_bytes", "detail"}``."""
 
@@ -66,15 +77,7 @@ class CacheHealthApi(APIView):
 
     @extend_schema(
         summary="Cache health (staff)",
-        responses=inline_serializer(
-            "CacheHealth",
-            fields={
-                "status": serializers.ChoiceField(choices=["ok", "degraded"]),
-                "ping_ms": serializers.FloatField(allow_null=True),
-                "used_memory_bytes": serializers.IntegerField(allow_null=True),
-                "detail": serializers.CharField(allow_blank=True),
-            },
-        ),
+        responses=CACHE_HEALTH,
         examples=[
             OpenApiExample("ok", value={"status": "ok", "ping_ms": 0.31, "used_memory_bytes": 1048576, "detail": ""})
         ],
@@ -96,15 +99,7 @@ class CacheStatsApi(APIView):
         responses=inline_serializer(
             "CacheStats",
             fields={
-                "health": inline_serializer(
-                    "CacheStatsHealth",
-                    fields={
-                        "status": serializers.ChoiceField(choices=["ok", "degraded"]),
-                        "ping_ms": serializers.FloatField(allow_null=True),
-                        "used_memory_bytes": serializers.IntegerField(allow_null=True),
-                        "detail": serializers.CharField(allow_blank=True),
-                    },
-                ),
+                "health": CACHE_HEALTH,
                 "layers": serializers.DictField(
                     child=inline_serializer(
                         "CacheLayerStats",
@@ -124,15 +119,8 @@ class CacheStatsApi(APIView):
         ),
     )
     def get(self, request):
-        health = cache.health()
-        layers = {}
-        if health.status == "ok":
-            try:
-                layers = {name: cache.layer(name).stats() for name in cache.LAYERS}
-            except Exception as exc:
-                cache.breaker.trip(exc, "stats")
-                health = cache.Health(status="degraded", ping_ms=None, used_memory_bytes=None, detail=str(exc))
-        return Response({"health": asdict(health), "layers": layers})
+        health, layers = cache.report()
+        return Response({"health": asdict(health), "layers": {row["layer"]: row for row in layers}})
 
 
 class CacheFlushApi(APIView):

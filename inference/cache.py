@@ -355,3 +355,15 @@ def semantic_prune() -> int:
     version = layer("semantic").version()
     deleted, _ = SemanticCacheEntry.objects.filter(Q(expires_at__lte=timezone.now()) | ~Q(version=version)).delete()
     return deleted
+
+
+def report() -> tuple[Health, list[dict]]:
+    """Return the cache Redis health and :meth:`CacheLayer.stats` of every layer (none when degraded)."""
+    status = health()
+    if status.status != "ok":
+        return status, []
+    try:
+        return status, [layer(name).stats() for name in LAYERS]
+    except Exception as exc:
+        breaker.trip(exc, "stats")
+        return Health(status="degraded", ping_ms=None, used_memory_bytes=None, detail=f"Redis: {exc}"), []

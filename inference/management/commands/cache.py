@@ -37,10 +37,9 @@ class Command(BaseCommand):
     def handle_stats(self, *, json: bool = False, **options):
         import json as json_module
 
-        health = cache.health()
+        health, stats = cache.report()
         if health.status != "ok":
             raise CommandError(f"Redis is unavailable: {health.detail}")
-        stats = [cache.layer(name).stats() for name in cache.LAYERS]
         if json:
             self.stdout.write(json_module.dumps({"health": health.__dict__, "layers": stats}))
             return
