@@ -162,7 +162,9 @@ async def _answer(turn: Turn, messages, cancel: threading.Event, started: float,
         waited = True
         await asyncio.sleep(SINGLE_FLIGHT_POLL_SECONDS)
         cached = await asyncio.to_thread(llm.get, key, count=False)
-        if cached is None and (cancel.is_set() or time.monotonic() > wait_until):
+        if cached is None and cancel.is_set():  # stopped while waiting: nothing was generated
+            return _Outcome(finish_reason="cancelled")
+        if cached is None and time.monotonic() > wait_until:
             raise ModelTimeout(f"Waited {config.ttft_timeout:g} s for an identical request's answer.")
     if cached is not None:
         await asyncio.to_thread(llm.record, "hits")
