@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
     path("health/", health.liveness, name="health"),
     path("health/ready/", health.readiness, name="health_ready"),
+    path("v1/", include("inference.gateway_urls")),
     path("", include("chat.urls")),
 ]
 
