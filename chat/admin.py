@@ -1,11 +1,21 @@
 from django.contrib import admin
 
-from .models import Conversation, Message
+from .models import Conversation, Feedback, Message
 
 
 class MessageInline(admin.TabularInline):
     model = Message
-    fields = ["created_at", "role", "status", "content", "prompt_tokens", "completion_tokens", "ttft_ms", "error"]
+    fields = [
+        "created_at",
+        "role",
+        "status",
+        "content",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "error",
+        "superseded_by",
+    ]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -17,8 +27,8 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "owner", "model", "created_at", "updated_at"]
-    list_filter = ["model", "created_at"]
+    list_display = ["__str__", "owner", "model", "created_at", "updated_at", "archived_at"]
+    list_filter = ["model", "created_at", "archived_at"]
     search_fields = ["title", "owner__username", "messages__content"]
     readonly_fields = ["id", "owner", "created_at", "updated_at"]
     list_select_related = ["owner", "model"]
@@ -35,4 +45,17 @@ class MessageAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         # Messages are written only through chat.services.
+        return False
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "user", "rating", "comment", "updated_at"]
+    list_filter = ["rating", "updated_at"]
+    search_fields = ["comment", "user__username", "message__content"]
+    readonly_fields = [f.name for f in Feedback._meta.fields]
+    list_select_related = ["user"]
+
+    def has_add_permission(self, request):
+        # Feedback is written only through chat.services.
         return False

@@ -3,45 +3,91 @@
 from asgiref.sync import async_to_sync
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.exceptions import ParleyError
 from config.schema import ErrorSerializer
 from inference.providers import ModelBusy
 from inference.providers.llama_cpp import BUSY_RETRY_AFTER
 
 from . import services, turns
-from .selectors import conversation_get, conversation_list, message_list
-from .serializers import ConversationOutputSerializer, MessageOutputSerializer
+from .models import Rating
+from .selectors import conversation_get, conversation_list, generation_active, message_get, message_list
+from .serializers import ConversationOutputSerializer, FeedbackOutputSerializer, MessageOutputSerializer
+
+CONVERSATION_EXAMPLE = {
+    "id": "5d6f3c1e-8a2b-4c7d-9e0f-1a2b3c4d5e6f",
+    "title": "Trip to Lyon",
+    "model": "smollm2-135m",
+    "archived": False,
+    "archived_at": None,
+    "created_at": "2026-01-05T09:30:00Z",
+    "updated_at": "2026-01-05T09:31:12Z",
+}
+
+
+def _error_example(status_code: int, code: str, detail: str) -> OpenApiExample:
+    return OpenApiExample(
+        code, value={"error": {"code": code, "detail": detail}}, status_codes=[status_code], response_only=True
+    )
+
+
+GENERATION_IN_PROGRESS = OpenApiResponse(
+    ErrorSerializer, description="A generation is already running (`generation_in_progress`)."
+)
+
+
+class ConversationPagination(PageNumberPagination):
+    """``?page=`` (from 1) and ``?page_size=`` (default 20, at most 100)."""
+
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
 
 
 class ConversationListApi(APIView):
-    """``GET``: the user's conversations, most recent first. ``POST {"title"?}``: a new conversation."""
+    """``GET ?q=&archived=&page=&page_size=``: the user's conversations, most recent first, paginated.
+
+    ``POST {"title"?}``: a new conversation.
+    """
+
+    pagination_class = ConversationPagination
+
+    class FilterSerializer(serializers.Serializer):
+        q = serializers.CharField(
+            required=False,
+            default="",
+            allow_blank=True,
+            max_length=500,
+            help_text='Full-text search over titles and message content: words, `"a phrase"`, `or`, `-word`.',
+        )
+        archived = serializers.BooleanField(
+            required=False, default=False, help_text="`true`: the archived conversations instead of the others."
+        )
 
     class InputSerializer(serializers.Serializer):
         title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 
     @extend_schema(
-        summary="List conversations",
-        responses=ConversationOutputSerializer(many=True),
-        examples=[
-            OpenApiExample(
-                "conversations",
-                value=[
-                    {
-                        "id": "5d6f3c1e-8a2b-4c7d-9e0f-1a2b3c4d5e6f",
-                        "title": "Trip to Lyon",
-                        "model": "smollm2-135m",
-                        "created_at": "2026-01-05T09:30:00Z",
-                        "updated_at": "2026-01-05T09:31:12Z",
-                    }
-                ],
-            )
-        ],
+        summary="List or search conversations",
+        parameters=[FilterSerializer],
+        responses={
+            200: ConversationOutputSerializer(many=True),
+            400: OpenApiResponse(ErrorSerializer, description="An invalid `archived`, `q` or `page_size`."),
+        },
+        examples=[OpenApiExample("conversations", value=CONVERSATION_EXAMPLE, response_only=True)],
     )
     def get(self, request):
-        conversations = conversation_list(user=request.user)
-        return Response(ConversationOutputSerializer(conversations, many=True).data)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        conversations = conversation_list(
+            user=request.user, query=filters.validated_data["q"], archived=filters.validated_data["archived"]
+        )
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(conversations, request, view=self)
+        return paginator.get_paginated_response(ConversationOutputSerializer(page, many=True).data)
 
     @extend_schema(
         summary="Create a conversation",
@@ -84,9 +130,7 @@ class MessageListApi(APIView):
                 "MessageSendResult",
                 fields={"user_message": MessageOutputSerializer(), "assistant_message": MessageOutputSerializer()},
             ),
-            409: OpenApiResponse(
-                ErrorSerializer, description="A generation is already running (`generation_in_progress`)."
-            ),
+            409: GENERATION_IN_PROGRESS,
             413: OpenApiResponse(ErrorSerializer, description="The message is too long (`message_too_long`)."),
             503: OpenApiResponse(
                 ErrorSerializer, description="The model is busy (`model_busy`, with `Retry-After`) or unavailable."
@@ -127,4 +171,164 @@ class MessageListApi(APIView):
                 "assistant_message": MessageOutputSerializer(assistant_message).data,
             },
             status=status.HTTP_201_CREATED,
+        )
+
+
+class ConversationDetailApi(APIView):
+    """``GET``: one conversation. ``PATCH {"title"?, "archived"?}``: rename, archive or unarchive.
+
+    ``DELETE``: delete it with its messages (204; 409 while an answer is being generated).
+    """
+
+    class InputSerializer(serializers.Serializer):
+        title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        archived = serializers.BooleanField(required=False)
+
+    @extend_schema(
+        summary="Get a conversation",
+        responses=ConversationOutputSerializer,
+        examples=[OpenApiExample("conversation", value=CONVERSATION_EXAMPLE, response_only=True)],
+    )
+    def get(self, request, conversation_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        return Response(ConversationOutputSerializer(conversation).data)
+
+    @extend_schema(
+        summary="Rename or archive a conversation",
+        request=InputSerializer,
+        responses=ConversationOutputSerializer,
+        examples=[
+            OpenApiExample("rename and archive", value={"title": "Lyon, May 2026", "archived": True}, request_only=True)
+        ],
+    )
+    def patch(self, request, conversation_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        conversation = services.conversation_update(conversation=conversation, **serializer.validated_data)
+        return Response(ConversationOutputSerializer(conversation).data)
+
+    @extend_schema(
+        summary="Delete a conversation",
+        responses={204: None, 409: GENERATION_IN_PROGRESS},
+        examples=[
+            _error_example(
+                409,
+                "generation_in_progress",
+                "An answer is still being generated in this conversation; stop it or wait.",
+            )
+        ],
+    )
+    def delete(self, request, conversation_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        services.conversation_delete(conversation=conversation)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ConversationStopApi(APIView):
+    """``POST``: ask the running generation of a conversation to stop; its partial text is kept.
+
+    202 ``{"stopping": true}``: the answer is finalised as ``cancelled`` shortly after (whichever
+    process generates it). 409 ``no_generation`` when nothing is being generated.
+    """
+
+    @extend_schema(
+        summary="Stop the running generation",
+        request=None,
+        responses={
+            202: inline_serializer("GenerationStopResult", fields={"stopping": serializers.BooleanField()}),
+            409: OpenApiResponse(ErrorSerializer, description="Nothing is being generated (`no_generation`)."),
+        },
+        examples=[OpenApiExample("stopping", value={"stopping": True}, response_only=True, status_codes=[202])],
+    )
+    def post(self, request, conversation_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        if generation_active(conversation=conversation) is None:
+            raise ParleyError(
+                "Nothing is being generated in this conversation.",
+                code="no_generation",
+                status_code=status.HTTP_409_CONFLICT,
+            )
+        async_to_sync(turns.generation_stop)(conversation.pk)
+        return Response({"stopping": True}, status=status.HTTP_202_ACCEPTED)
+
+
+class MessageRegenerateApi(APIView):
+    """``POST {"model"?, "params"?, "cache"?}``: answer the last question again and wait for the new answer.
+
+    Only the conversation's last message, an assistant answer, can be regenerated (400
+    ``not_regenerable`` otherwise). The old answer is kept but superseded: it leaves the message
+    list and the model's history. ``cache`` defaults to false. Returns the new answer (201), which
+    also streams to the conversation's open WebSockets.
+    """
+
+    class InputSerializer(serializers.Serializer):
+        model = serializers.SlugField(required=False, allow_blank=True)
+        params = serializers.DictField(required=False)
+        cache = serializers.BooleanField(required=False, default=False)
+
+    @extend_schema(
+        summary="Regenerate the last answer",
+        request=InputSerializer,
+        responses={
+            201: MessageOutputSerializer,
+            409: GENERATION_IN_PROGRESS,
+            503: OpenApiResponse(
+                ErrorSerializer, description="The model is busy (`model_busy`, with `Retry-After`) or unavailable."
+            ),
+        },
+        examples=[
+            OpenApiExample("warmer", value={"params": {"temperature": 0.8, "max_tokens": 128}}, request_only=True)
+        ],
+    )
+    def post(self, request, conversation_id, message_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        message = message_get(conversation=conversation, message_id=message_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        turn = services.message_regenerate(
+            conversation=conversation,
+            message=message,
+            model_slug=data.get("model") or None,
+            params=data.get("params"),
+            cache=data["cache"],
+        )
+        assistant_message = async_to_sync(turns.turn_run)(turn)
+        if assistant_message.metadata.get("error_code") == ModelBusy.code:
+            raise ModelBusy(assistant_message.error, retry_after=BUSY_RETRY_AFTER)
+        return Response(MessageOutputSerializer(assistant_message).data, status=status.HTTP_201_CREATED)
+
+
+class MessageFeedbackApi(APIView):
+    """``POST {"rating": "up"|"down", "comment"?}``: rate an assistant answer.
+
+    One feedback per user and answer: 201 the first time, 200 when it replaces the earlier one
+    (rating and comment both). 400 ``not_an_answer`` for other messages.
+    """
+
+    class InputSerializer(serializers.Serializer):
+        rating = serializers.ChoiceField(choices=Rating.choices)
+        comment = serializers.CharField(
+            max_length=services.FEEDBACK_COMMENT_LENGTH, required=False, allow_blank=True, default=""
+        )
+
+    @extend_schema(
+        summary="Rate an answer",
+        request=InputSerializer,
+        responses={201: FeedbackOutputSerializer, 200: FeedbackOutputSerializer},
+        examples=[
+            OpenApiExample(
+                "thumbs down", value={"rating": "down", "comment": "Lyon is not the capital."}, request_only=True
+            )
+        ],
+    )
+    def post(self, request, conversation_id, message_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        message = message_get(conversation=conversation, message_id=message_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        feedback, created = services.feedback_set(message=message, user=request.user, **serializer.validated_data)
+        return Response(
+            FeedbackOutputSerializer(feedback).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )

@@ -17,6 +17,9 @@ class Conversation(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    archived_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the owner archived it: hidden from the list unless asked for."
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -70,6 +73,14 @@ class Message(models.Model):
     error = models.TextField("error text", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    superseded_by = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="supersedes",
+        help_text="The regenerated answer that replaced this one; superseded answers are kept but hidden.",
+    )
 
     class Meta:
         ordering = ["created_at"]
@@ -82,3 +93,33 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+
+class Rating(models.TextChoices):
+    UP = "up"
+    DOWN = "down"
+
+
+class Feedback(models.Model):
+    """A user's thumbs up or down, and optional comment, on an assistant message. One per user and message.
+
+    Written only through chat.services.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.CharField(max_length=8, choices=Rating.choices)
+    comment = models.TextField(blank=True, max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "feedback"
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user"], name="chat_one_feedback_per_user_and_message"),
+            models.CheckConstraint(condition=Q(rating__in=["up", "down"]), name="chat_feedback_rating_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rating} on {self.message_id}"

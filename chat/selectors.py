@@ -2,7 +2,8 @@
 
 from datetime import timedelta
 
-from django.db.models import QuerySet
+from django.contrib.postgres.search import SearchQuery, SearchVector
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
@@ -14,26 +15,62 @@ from .models import Conversation, Message, MessageStatus, Role
 STALE_GENERATION_AFTER = timedelta(minutes=10)
 
 
-def conversation_list(*, user: User) -> QuerySet[Conversation]:
-    """Return ``user``'s conversations, most recently active first."""
+# PostgreSQL text search configuration: "simple" lower-cases and splits words without stemming or
+# stop words, so it works the same for every language people chat in.
+SEARCH_CONFIG = "simple"
+
+
+def _owned(*, user: User) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).select_related("model")
 
 
+def conversation_list(*, user: User, query: str = "", archived: bool = False) -> QuerySet[Conversation]:
+    """Return ``user``'s conversations, most recently active first.
+
+    ``archived``: the archived ones instead of the others. ``query``: only those whose title or any
+    message's content matches it, by PostgreSQL full-text search (``websearch_to_tsquery`` syntax:
+    words, ``"a phrase"``, ``or``, ``-word``; config :data:`SEARCH_CONFIG`). A query with no words
+    matches nothing.
+    """
+    conversations = _owned(user=user).filter(archived_at__isnull=not archived)
+    query = query.strip()
+    if query:
+        search = SearchQuery(query, search_type="websearch", config=SEARCH_CONFIG)
+        # EXISTS rather than a join: a conversation with many matching messages is listed once.
+        matching_messages = (
+            Message.objects.filter(conversation=OuterRef("pk"), superseded_by__isnull=True)
+            .annotate(document=SearchVector("content", config=SEARCH_CONFIG))
+            .filter(document=search)
+        )
+        conversations = conversations.annotate(title_document=SearchVector("title", config=SEARCH_CONFIG)).filter(
+            Q(title_document=search) | Exists(matching_messages)
+        )
+    return conversations
+
+
 def conversation_get(*, user: User, conversation_id) -> Conversation:
-    """Return ``user``'s conversation ``conversation_id``.
+    """Return ``user``'s conversation ``conversation_id``, archived or not.
 
     Raise ``Http404`` when it does not exist or belongs to someone else (the two are not told apart,
     so ids of other users' conversations are not revealed).
     """
-    conversation = conversation_list(user=user).filter(pk=conversation_id).first()
+    conversation = _owned(user=user).filter(pk=conversation_id).first()
     if conversation is None:
         raise Http404("No such conversation.")
     return conversation
 
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    """Return the conversation's messages, oldest first."""
-    return conversation.messages.order_by("created_at")
+    """Return the conversation's messages, oldest first, without answers replaced by a regeneration."""
+    return conversation.messages.filter(superseded_by__isnull=True).order_by("created_at")
+
+
+def message_get(*, conversation: Conversation, message_id) -> Message:
+    """Return message ``message_id`` of ``conversation`` (superseded or not); raise ``Http404`` if none."""
+    message = conversation.messages.filter(pk=message_id).first()
+    if message is None:
+        raise Http404("No such message.")
+    return message
 
 
 def generation_active(*, conversation: Conversation) -> Message | None:
@@ -53,7 +90,8 @@ def model_messages(*, conversation: Conversation, system_prompt: str = "") -> li
     """Return the conversation as chat messages for a model: ``[{"role", "content"}]``, oldest first.
 
     Includes the system prompt (when given), user messages and finished assistant answers (complete,
-    or the partial text of a cancelled one); leaves out failed answers and the one being generated.
+    or the partial text of a cancelled one); leaves out failed answers, the one being generated and
+    answers replaced by a regeneration (see :func:`message_list`).
     """
     messages = [{"role": Role.SYSTEM.value, "content": system_prompt}] if system_prompt else []
     rows = message_list(conversation=conversation).filter(

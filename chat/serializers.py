@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from .models import Conversation, Message
+from .models import Conversation, Feedback, Message
 
 
 class MessageOutputSerializer(serializers.ModelSerializer):
@@ -43,7 +43,19 @@ class MessageOutputSerializer(serializers.ModelSerializer):
 
 class ConversationOutputSerializer(serializers.ModelSerializer):
     model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    archived = serializers.SerializerMethodField()
 
     class Meta:
         model = Conversation
-        fields = ["id", "title", "model", "created_at", "updated_at"]
+        fields = ["id", "title", "model", "archived", "archived_at", "created_at", "updated_at"]
+
+    def get_archived(self, conversation: Conversation) -> bool:
+        return conversation.archived_at is not None
+
+
+class FeedbackOutputSerializer(serializers.ModelSerializer):
+    message = serializers.UUIDField(source="message_id", read_only=True)
+
+    class Meta:
+        model = Feedback
+        fields = ["id", "message", "rating", "comment", "created_at", "updated_at"]

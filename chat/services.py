@@ -17,8 +17,8 @@ from inference.providers import GenerationParams
 from inference.selectors import model_config_get
 from inference.services import generation_params
 
-from .models import Conversation, Message, MessageStatus, Role
-from .selectors import generation_active
+from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role
+from .selectors import generation_active, message_list
 
 TITLE_LENGTH = 60  # characters of the first message used as a conversation's title
 
@@ -26,6 +26,62 @@ TITLE_LENGTH = 60  # characters of the first message used as a conversation's ti
 def conversation_create(*, owner: User, title: str = "", model: ModelConfig | None = None) -> Conversation:
     """Create a conversation for ``owner``. An empty title is filled from the first message."""
     return Conversation.objects.create(owner=owner, title=title.strip()[:200], model=model)
+
+
+def conversation_update(
+    *, conversation: Conversation, title: str | None = None, archived: bool | None = None
+) -> Conversation:
+    """Rename and/or archive (``archived=True``) or unarchive ``conversation``; ``None`` leaves a field be.
+
+    The title is stripped and cut to 200 characters. Archiving keeps the first ``archived_at``.
+    Neither counts as activity: ``updated_at`` (the list's order) does not change. Return it.
+    """
+    update_fields = []
+    if title is not None:
+        conversation.title = title.strip()[:200]
+        update_fields.append("title")
+    if archived is not None and archived != (conversation.archived_at is not None):
+        conversation.archived_at = timezone.now() if archived else None
+        update_fields.append("archived_at")
+    if update_fields:
+        # Conversation.updated_at is auto_now, but only listed fields are written.
+        conversation.save(update_fields=update_fields)
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete ``conversation`` with its messages and their feedback.
+
+    Raise :class:`ParleyError` ``generation_in_progress`` (409) while an answer is being generated in
+    it: stop it first (the running turn would otherwise have no message to store its answer in).
+    """
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        _check_no_generation(locked)
+        locked.delete()
+
+
+def _check_no_generation(conversation: Conversation) -> None:
+    """Raise ``generation_in_progress`` (409) if ``conversation`` has a live generation.
+
+    Call while holding the conversation's row lock, so two writers cannot both pass.
+    """
+    if generation_active(conversation=conversation):
+        raise ParleyError(
+            "An answer is still being generated in this conversation; stop it or wait.",
+            code="generation_in_progress",
+            status_code=status.HTTP_409_CONFLICT,
+        )
+
+
+def _turn_model(
+    *, conversation: Conversation, model_slug: str | None, params: dict | None
+) -> tuple[ModelConfig, GenerationParams]:
+    """Return the model for a turn (``model_slug``, else the conversation's, else the default) and its params."""
+    if not model_slug and conversation.model_id and conversation.model.is_enabled:
+        model_slug = conversation.model.slug
+    model = model_config_get(slug=model_slug)
+    return model, generation_params(model=model, overrides=params)
 
 
 def message_validate(*, content: str) -> str:
@@ -78,19 +134,11 @@ def message_send(
     (see :func:`inference.services.generation_params`).
     """
     content = message_validate(content=content)
-    if not model_slug and conversation.model_id and conversation.model.is_enabled:
-        model_slug = conversation.model.slug
-    model = model_config_get(slug=model_slug)
-    generation = generation_params(model=model, overrides=params)
+    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
     with transaction.atomic():
         # Lock the conversation so two sends cannot both pass the in-progress check.
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-        if generation_active(conversation=locked):
-            raise ParleyError(
-                "An answer is still being generated in this conversation; stop it or wait.",
-                code="generation_in_progress",
-                status_code=status.HTTP_409_CONFLICT,
-            )
+        _check_no_generation(locked)
         user_message = Message.objects.create(
             conversation=locked, role=Role.USER, content=content, client_id=client_id[:64]
         )
@@ -113,6 +161,82 @@ def message_send(
         params=generation,
         use_cache=cache,
     )
+
+
+def message_regenerate(
+    *,
+    conversation: Conversation,
+    message: Message,
+    model_slug: str | None = None,
+    params: dict | None = None,
+    cache: bool = False,
+) -> Turn:
+    """Start a new answer to the question that ``message`` answered, replacing ``message``.
+
+    ``message`` must be the conversation's last (visible) message, an assistant answer following a
+    user message; it may be complete, failed or stopped. It is kept, with ``superseded_by`` set to
+    a new ``streaming`` placeholder, so it leaves :func:`chat.selectors.message_list` and the model's
+    history (its feedback stays). ``cache`` is off by default: asking again means wanting a fresh
+    generation, not the cached copy of the answer being replaced. Run the returned turn with
+    :func:`chat.turns.turn_run`. Raise :class:`ParleyError`: ``generation_in_progress`` (409),
+    ``not_regenerable`` (400) when ``message`` is not the last answer, and those of model and params
+    (see :func:`message_send`).
+    """
+    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        _check_no_generation(locked)
+        last_two = list(message_list(conversation=locked).order_by("-created_at")[:2])
+        if (
+            len(last_two) < 2
+            or last_two[0].pk != message.pk
+            or last_two[0].role != Role.ASSISTANT
+            or last_two[1].role != Role.USER
+        ):
+            raise ParleyError("Only the last answer of a conversation can be regenerated.", code="not_regenerable")
+        old_answer, user_message = last_two
+        assistant_message = Message.objects.create(
+            conversation=locked, role=Role.ASSISTANT, status=MessageStatus.STREAMING, model_slug=model.slug
+        )
+        old_answer.superseded_by = assistant_message
+        old_answer.save(update_fields=["superseded_by"])
+        update_fields = ["updated_at"]
+        if locked.model_id != model.pk:
+            locked.model = model
+            update_fields.append("model")
+        locked.save(update_fields=update_fields)
+    conversation.model = locked.model
+    return Turn(
+        user_message=user_message,
+        assistant_message=assistant_message,
+        model=model,
+        params=generation,
+        use_cache=cache,
+    )
+
+
+FEEDBACK_COMMENT_LENGTH = 2000  # characters
+
+
+def feedback_set(*, message: Message, user: User, rating: Rating | str, comment: str = "") -> tuple[Feedback, bool]:
+    """Record ``user``'s rating (``up``/``down``) and comment on the assistant ``message``.
+
+    One feedback per user and message: posting again replaces the rating and the comment. Return
+    ``(feedback, created)``. Raise :class:`ParleyError` ``not_an_answer`` (400) for a message that
+    is not an assistant answer, ``invalid`` (400) for an unknown rating or a comment longer than
+    :data:`FEEDBACK_COMMENT_LENGTH` characters.
+    """
+    if message.role != Role.ASSISTANT:
+        raise ParleyError("Feedback can only be given on assistant answers.", code="not_an_answer")
+    if rating not in Rating.values:
+        raise ParleyError(f"The rating must be one of {', '.join(Rating.values)}.", code="invalid")
+    comment = comment.strip()
+    if len(comment) > FEEDBACK_COMMENT_LENGTH:
+        raise ParleyError(f"The comment is limited to {FEEDBACK_COMMENT_LENGTH:,} characters.", code="invalid")
+    with transaction.atomic():
+        return Feedback.objects.update_or_create(
+            message=message, user=user, defaults={"rating": rating, "comment": comment}
+        )
 
 
 def message_finalize(

@@ -12,5 +12,17 @@ urlpatterns = [
 
 api_urlpatterns = [
     path("conversations/", apis.ConversationListApi.as_view(), name="api_conversations"),
+    path("conversations/<uuid:conversation_id>/", apis.ConversationDetailApi.as_view(), name="api_conversation"),
+    path("conversations/<uuid:conversation_id>/stop/", apis.ConversationStopApi.as_view(), name="api_stop"),
     path("conversations/<uuid:conversation_id>/messages/", apis.MessageListApi.as_view(), name="api_messages"),
+    path(
+        "conversations/<uuid:conversation_id>/messages/<uuid:message_id>/regenerate/",
+        apis.MessageRegenerateApi.as_view(),
+        name="api_message_regenerate",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/messages/<uuid:message_id>/feedback/",
+        apis.MessageFeedbackApi.as_view(),
+        name="api_message_feedback",
+    ),
 ]

@@ -18,7 +18,7 @@ def test_obtain_a_pair_and_use_the_access_token_on_conversations(user, local_mod
     assert created.status_code == 201
     listed = client.get("/api/v1/conversations/")
     assert listed.status_code == 200
-    assert [c["title"] for c in listed.json()] == ["Over JWT"]
+    assert [c["title"] for c in listed.json()["results"]] == ["Over JWT"]
 
 
 def test_refresh_gives_a_working_access_token(user, local_model):

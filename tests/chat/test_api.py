@@ -21,8 +21,8 @@ def test_create_and_list_conversations(api, local_model):
     assert response.status_code == 201
     conversation_id = response.json()["id"]
     listed = api.get("/api/v1/conversations/").json()
-    assert [c["id"] for c in listed] == [conversation_id]
-    assert listed[0]["title"] == "Trip"
+    assert [c["id"] for c in listed["results"]] == [conversation_id]
+    assert listed["results"][0]["title"] == "Trip"
 
 
 def test_send_returns_the_stored_user_and_assistant_messages(api, user, local_model):
@@ -75,7 +75,7 @@ def test_other_users_get_404_and_anonymous_clients_401(user, other_user, local_m
     mallory.force_login(other_user)
     assert mallory.get(url).status_code == 404
     assert mallory.post(url, {"content": "hi"}, format="json").status_code == 404
-    assert mallory.get("/api/v1/conversations/").json() == []
+    assert mallory.get("/api/v1/conversations/").json()["results"] == []
 
     anonymous = APIClient()
     response = anonymous.get(url)
