@@ -21,6 +21,7 @@ run: install
 	$(BIN)/python -m config.services run -- sh -c '\
 		python manage.py migrate --noinput && \
 		python manage.py ensure_operator && \
+		python manage.py finalize_orphans --all && \
 		exec honcho start -f Procfile'
 
 test: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -290,3 +291,19 @@ def message_finalize(
         ]
     )
     return message
+
+
+INTERRUPTED = "The server stopped while this answer was being generated."
+
+
+def message_finalize_orphans(*, older_than: timedelta) -> int:
+    """Finalise assistant messages left ``pending``/``streaming`` by a process that died mid-generation.
+
+    Only messages created more than ``older_than`` ago are touched, so a live generation on another
+    node is left alone (``timedelta(0)`` when no other process can be generating, as at a local start).
+    They end ``error`` with their partial text and the reason. Return how many were finalised.
+    """
+    cutoff = timezone.now() - older_than
+    return Message.objects.filter(
+        role=Role.ASSISTANT, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING], created_at__lt=cutoff
+    ).update(status=MessageStatus.ERROR, error=INTERRUPTED, finished_at=timezone.now())
