@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from inference.cache import canonical_key, semantic_lookup, semantic_store
+from inference.cache import answer_entry, canonical_key, replay_deltas, semantic_lookup, semantic_store
 from inference.cache import layer as cache_layer
 from inference.providers import Chunk, GenerationParams, InferenceError, ModelTimeout, Usage
 from inference.services import (
@@ -109,18 +108,13 @@ class _Outcome:
     cached: bool = False
 
 
-REPLAY_WORDS_PER_EVENT = 8  # a cached answer is sent as token events of this many words
-
-
 async def _replay(turn: Turn, cached: dict, started: float) -> _Outcome:
     """Send a cached answer through the same token events as a live one; return its outcome."""
     conversation_id = turn.assistant_message.conversation_id
     message_id = str(turn.assistant_message.pk)
     content = cached["content"]
-    words = re.findall(r"\S+\s*|\s+", content)
     ttft_ms = round((time.perf_counter() - started) * 1000)
-    for i in range(0, len(words), REPLAY_WORDS_PER_EVENT):
-        delta = "".join(words[i : i + REPLAY_WORDS_PER_EVENT])
+    for delta in replay_deltas(content):
         await send_event(conversation_id, {"type": "token", "message_id": message_id, "delta": delta})
     usage = Usage(prompt_tokens=cached.get("prompt_tokens", 0), completion_tokens=cached.get("completion_tokens", 0))
     return _Outcome(
@@ -188,12 +182,12 @@ async def _answer(turn: Turn, messages, cancel: threading.Event, started: float,
             renewer.cancel()
         metadata["cache"]["hit"] = False
         if outcome.finish_reason in ("stop", "length") and outcome.content:
-            answer = {
-                "content": outcome.content,
-                "finish_reason": outcome.finish_reason,
-                "prompt_tokens": outcome.usage.prompt_tokens if outcome.usage else 0,
-                "completion_tokens": outcome.usage.completion_tokens if outcome.usage else 0,
-            }
+            answer = answer_entry(
+                text=outcome.content,
+                finish_reason=outcome.finish_reason,
+                prompt_tokens=outcome.usage.prompt_tokens if outcome.usage else 0,
+                completion_tokens=outcome.usage.completion_tokens if outcome.usage else 0,
+            )
             await asyncio.to_thread(llm.set, key, answer)
             if question is not None:
                 await database_sync_to_async(semantic_store)(

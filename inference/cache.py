@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -230,6 +231,26 @@ class CacheLayer:
         except Exception as exc:
             breaker.trip(exc, f"{self.name} lock check")
             return False
+
+
+REPLAY_WORDS = 8  # a cached answer is sent again in pieces of this many words
+
+
+def answer_entry(*, text: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int) -> dict:
+    """Return the ``llm`` layer value of a whole answer, the one shape chat turns, the /v1 gateway and
+    ``cache warm`` store and replay: ``{"content", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
+    return {
+        "content": text,
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
+
+
+def replay_deltas(content: str) -> list[str]:
+    """Split a cached answer into deltas of ``REPLAY_WORDS`` words (whitespace kept) that join to ``content``."""
+    words = re.findall(r"\S+\s*|\s+", content)
+    return ["".join(words[i : i + REPLAY_WORDS]) for i in range(0, len(words), REPLAY_WORDS)]
 
 
 def layer(name: str) -> CacheLayer:

@@ -12,7 +12,6 @@ import base64
 import json
 import math
 import queue
-import re
 import struct
 import threading
 import time
@@ -31,6 +30,7 @@ from rest_framework.views import APIView
 from accounts.authentication import APIKeyAuthentication
 from config.exceptions import ParleyError
 
+from .cache import answer_entry, replay_deltas
 from .cache import layer as cache_layer
 from .embeddings import embed_texts
 from .models import ModelConfig
@@ -381,13 +381,12 @@ class ChatCompletionGateway(GatewayApi):
 
 
 def _cache_entry(text: str, finish_reason: str | None, usage: Usage) -> dict:
-    """Return an ``llm`` cache value in the shape chat turns store (inference.services.cache_warm)."""
-    return {
-        "content": text,
-        "finish_reason": finish_reason,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-    }
+    return answer_entry(
+        text=text,
+        finish_reason=finish_reason,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+    )
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -445,14 +444,10 @@ def _generate(config: ModelConfig, messages: list[dict[str, str]], params: Gener
         cancel.set()  # a no-op after a finished generation; stops an abandoned one
 
 
-REPLAY_WORDS_PER_CHUNK = 8  # a cached answer is streamed as chunks of this many words, as chat turns do
-
-
 def _replay(cached: dict) -> Iterator[Chunk]:
-    """Yield a cached answer as chunks of a few words, then the finish reason and usage."""
-    words = re.findall(r"\S+\s*|\s+", cached["content"])
-    for i in range(0, len(words), REPLAY_WORDS_PER_CHUNK):
-        yield Chunk(delta="".join(words[i : i + REPLAY_WORDS_PER_CHUNK]))
+    """Yield a cached answer as chunks of a few words (as chat turns replay it), then finish reason and usage."""
+    for delta in replay_deltas(cached["content"]):
+        yield Chunk(delta=delta)
     usage = Usage(cached.get("prompt_tokens", 0), cached.get("completion_tokens", 0))
     yield Chunk(finish_reason=cached.get("finish_reason", "stop"), usage=usage)
 

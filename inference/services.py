@@ -8,7 +8,7 @@ from django.conf import settings
 
 from config.exceptions import ParleyError
 
-from .cache import canonical_key
+from .cache import answer_entry, canonical_key
 from .cache import layer as cache_layer
 from .models import CachePolicy, ModelConfig, Provider
 from .providers import GenerationParams, ModelUnavailable
@@ -239,11 +239,11 @@ def cache_warm(*, config: ModelConfig, prompt: str) -> str:
     completion = provider_for(config=config).complete(messages, params)
     llm.set(
         key,
-        {
-            "content": completion.text,
-            "finish_reason": completion.finish_reason,
-            "prompt_tokens": completion.usage.prompt_tokens,
-            "completion_tokens": completion.usage.completion_tokens,
-        },
+        answer_entry(
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+        ),
     )
     return "cached"
