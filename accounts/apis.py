@@ -14,7 +14,8 @@ from config.schema import ERRORS
 
 from . import services
 from .permissions import IsNotAPIKey
-from .selectors import api_key_get, api_key_list
+from .quotas import quota_status
+from .selectors import api_key_get, api_key_list, usage_today
 from .throttling import LoginRateThrottle
 
 # Keys are managed with a login or a JWT, not with an API key (IsNotAPIKey).
@@ -69,14 +70,31 @@ class TokenRefreshApi(jwt_views.TokenRefreshView):
 
 
 class MeApi(APIView):
-    """``GET``: the authenticated user's profile."""
+    """``GET``: the authenticated user's profile, their usage today and their daily token quota (UTC days)."""
 
     class OutputSerializer(serializers.Serializer):
+        class UsageTodaySerializer(serializers.Serializer):
+            requests = serializers.IntegerField(help_text="Model requests today (chat turns and /v1 calls).")
+            prompt_tokens = serializers.IntegerField()
+            completion_tokens = serializers.IntegerField()
+            total_tokens = serializers.IntegerField()
+            cost = serializers.DecimalField(max_digits=14, decimal_places=6, help_text="USD.")
+
+        class QuotaSerializer(serializers.Serializer):
+            daily_tokens = serializers.IntegerField(
+                allow_null=True, help_text="Prompt + completion tokens allowed per UTC day; null: unlimited."
+            )
+            used = serializers.IntegerField(help_text="Tokens used today.")
+            remaining = serializers.IntegerField(allow_null=True, help_text="Tokens left today; null: unlimited.")
+            resets_at = serializers.DateTimeField(help_text="Next UTC midnight.")
+
         id = serializers.IntegerField()
         username = serializers.CharField()
-        email = serializers.EmailField()
+        email = serializers.CharField(allow_blank=True, help_text="Email address; empty when none is set.")
         is_staff = serializers.BooleanField()
         date_joined = serializers.DateTimeField()
+        usage_today = UsageTodaySerializer()
+        quota = QuotaSerializer()
 
     @extend_schema(
         summary="The current user",
@@ -90,12 +108,35 @@ class MeApi(APIView):
                     "email": "alice@example.com",
                     "is_staff": False,
                     "date_joined": "2026-01-02T10:00:00Z",
+                    "usage_today": {
+                        "requests": 12,
+                        "prompt_tokens": 5400,
+                        "completion_tokens": 2100,
+                        "total_tokens": 7500,
+                        "cost": "0.000000",
+                    },
+                    "quota": {
+                        "daily_tokens": 200000,
+                        "used": 7500,
+                        "remaining": 192500,
+                        "resets_at": "2026-01-06T00:00:00Z",
+                    },
                 },
             )
         ],
     )
     def get(self, request):
-        return Response(self.OutputSerializer(request.user).data)
+        user = request.user
+        data = {
+            "id": user.pk,
+            "username": user.username,
+            "email": user.email,
+            "is_staff": user.is_staff,
+            "date_joined": user.date_joined,
+            "usage_today": usage_today(user=user),
+            "quota": quota_status(user=user),
+        }
+        return Response(self.OutputSerializer(data).data)
 
 
 class APIKeyListApi(APIView):

@@ -8,7 +8,17 @@ from django.db.models import Q
 
 
 class User(AbstractUser):
-    """A person using Parley. Quotas attach here (later issues); API keys in :class:`APIKey`."""
+    """A person using Parley. API keys in :class:`APIKey`, usage in :class:`UsageRecord` / :class:`UsageDaily`."""
+
+    daily_token_quota = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Prompt + completion tokens allowed per day (UTC). Empty: the site default "
+        "(QUOTA_DAILY_TOKENS). 0: unlimited.",
+    )
+    memory_enabled = models.BooleanField(
+        default=True, help_text="Past conversations are embedded and recalled in new ones."
+    )
 
 
 # Every API key starts with this, so a Bearer token is told apart from a JWT (which never starts so).
@@ -59,3 +69,81 @@ class APIKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class UsageSource(models.TextChoices):
+    CHAT = "chat", "Chat (UI, REST, WebSocket)"
+    GATEWAY = "gateway", "OpenAI-compatible /v1"
+
+
+class UsageStatus(models.TextChoices):
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+class UsageRecord(models.Model):
+    """One model request: a chat turn or a /v1 call, with its tokens, cost and timings.
+
+    Kept for the windows the metrics need (hours to days) and pruned by ``manage.py usage prune``;
+    :class:`UsageDaily` keeps the per-day totals for longer.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_records")
+    model_slug = models.CharField(max_length=100)
+    provider = models.CharField(max_length=32, blank=True)
+    source = models.CharField(max_length=16, choices=UsageSource.choices)
+    status = models.CharField(max_length=16, choices=UsageStatus.choices)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField("cost (USD)", max_digits=12, decimal_places=6, default=0)
+    ttft_ms = models.PositiveIntegerField("TTFT (ms)", null=True, blank=True)
+    latency_ms = models.PositiveIntegerField("latency (ms)", null=True, blank=True)
+    cached = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "created_at"], name="usage_record_user_time")]
+
+    def __str__(self):
+        return f"{self.user_id} {self.model_slug} {self.status} {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class UsageDaily(models.Model):
+    """Per user, model and UTC day: requests, errors, cache hits, tokens and cost.
+
+    Written only by :func:`accounts.services.usage_record`, with atomic increments, so totals are
+    right however many processes record at once.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_days")
+    day = models.DateField()
+    model_slug = models.CharField(max_length=100)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cached_requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField("cost (USD)", max_digits=14, decimal_places=6, default=0)
+
+    class Meta:
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        ordering = ["-day", "user_id", "model_slug"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "day", "model_slug"], name="usage_daily_unique_user_day_model")
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} {self.day} {self.model_slug}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -1,9 +1,13 @@
 """Reads for accounts."""
 
-from django.db.models import QuerySet
-from django.http import Http404
+from datetime import UTC
+from decimal import Decimal
 
-from .models import API_KEY_PREFIX, APIKey, User, api_key_hash
+from django.db.models import QuerySet, Sum
+from django.http import Http404
+from django.utils import timezone
+
+from .models import API_KEY_PREFIX, APIKey, UsageDaily, User, api_key_hash
 
 
 def api_key_list(*, user: User) -> QuerySet[APIKey]:
@@ -30,3 +34,24 @@ def api_key_authenticate(*, key: str) -> APIKey | None:
     if not key.startswith(API_KEY_PREFIX):
         return None
     return APIKey.objects.select_related("user").filter(key_hash=api_key_hash(key), revoked_at__isnull=True).first()
+
+
+def usage_today(*, user: User) -> dict:
+    """Return ``user``'s usage today (UTC), all models together, from :class:`UsageDaily`.
+
+    ``{"requests", "prompt_tokens", "completion_tokens", "total_tokens": int, "cost": Decimal (USD)}``.
+    """
+    totals = UsageDaily.objects.filter(user=user, day=timezone.now().astimezone(UTC).date()).aggregate(
+        requests=Sum("requests"),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        cost=Sum("cost"),
+    )
+    prompt, completion = totals["prompt_tokens"] or 0, totals["completion_tokens"] or 0
+    return {
+        "requests": totals["requests"] or 0,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost": totals["cost"] or Decimal(0),
+    }

@@ -1,13 +1,29 @@
 """Writes for accounts."""
 
+import logging
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
-from django.db import transaction
-from django.db.models import Q
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
-from .models import API_KEY_PREFIX, API_KEY_PREFIX_LENGTH, APIKey, User, api_key_hash
+from config import prometheus
+
+from .models import (
+    API_KEY_PREFIX,
+    API_KEY_PREFIX_LENGTH,
+    APIKey,
+    UsageDaily,
+    UsageRecord,
+    UsageSource,
+    UsageStatus,
+    User,
+    api_key_hash,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -63,3 +79,128 @@ def api_key_mark_used(*, api_key: APIKey) -> None:
     stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
     if APIKey.objects.filter(stale, pk=api_key.pk).update(last_used_at=now):
         api_key.last_used_at = now
+
+
+def usage_record(
+    *,
+    user: User,
+    model_slug: str,
+    source: UsageSource | str,
+    status: UsageStatus | str,
+    provider: str = "",
+    prompt_tokens: int | None = 0,
+    completion_tokens: int | None = 0,
+    cost: Decimal | None = None,
+    ttft_ms: int | None = None,
+    latency_ms: int | None = None,
+    cached: bool = False,
+) -> UsageRecord:
+    """Record one model request and add it to the user's :class:`UsageDaily` row for today (UTC).
+
+    Tokens are counts (``None`` counts as 0), ``cost`` USD, ``ttft_ms``/``latency_ms`` milliseconds.
+    The daily row is incremented with ``F()`` expressions in SQL, so concurrent processes never lose
+    an update; the first request of a day creates the row (a racing creator retries as an update).
+    """
+    prompt_tokens, completion_tokens, cost = prompt_tokens or 0, completion_tokens or 0, cost or Decimal(0)
+    with transaction.atomic():
+        record = UsageRecord.objects.create(
+            user=user,
+            model_slug=model_slug,
+            provider=provider,
+            source=source,
+            status=status,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+            ttft_ms=ttft_ms,
+            latency_ms=latency_ms,
+            cached=cached,
+        )
+        increments = {
+            "requests": F("requests") + 1,
+            "errors": F("errors") + int(status == UsageStatus.ERROR),
+            "cached_requests": F("cached_requests") + int(cached),
+            "prompt_tokens": F("prompt_tokens") + prompt_tokens,
+            "completion_tokens": F("completion_tokens") + completion_tokens,
+            "cost": F("cost") + cost,
+        }
+        day = record.created_at.date()
+        rows = UsageDaily.objects.filter(user=user, day=day, model_slug=model_slug)
+        if not rows.update(**increments):
+            try:
+                with transaction.atomic():
+                    UsageDaily.objects.create(
+                        user=user,
+                        day=day,
+                        model_slug=model_slug,
+                        requests=1,
+                        errors=int(status == UsageStatus.ERROR),
+                        cached_requests=int(cached),
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        cost=cost,
+                    )
+            except IntegrityError:
+                rows.update(**increments)
+        # Count the tokens against the daily quota once they are stored. (Imported here: accounts.quotas
+        # imports DRF, whose settings import accounts.authentication, which imports this module.)
+        from .quotas import quota_add
+
+        transaction.on_commit(lambda: quota_add(user_id=user.pk, day=day, tokens=prompt_tokens + completion_tokens))
+    # The one place every model request passes: the Prometheus counters and histograms move here.
+    prometheus.llm_request_observe(
+        model=model_slug,
+        provider=provider,
+        status=status,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        ttft_ms=ttft_ms,
+        latency_ms=latency_ms,
+    )
+    return record
+
+
+def user_group(user_id: int) -> str:
+    """Return the channel-layer group every chat WebSocket of user ``user_id`` joins."""
+    return f"user.{user_id}"
+
+
+def user_deactivate(*, user: User) -> User:
+    """Deactivate ``user`` and close their open WebSockets.
+
+    An inactive user's sessions, JWTs and API keys stop authenticating at once (Django's backend,
+    simplejwt and :class:`accounts.authentication.APIKeyAuthentication` all check ``is_active``);
+    sockets already open get a ``session.close`` on the user's group once the change is committed.
+    """
+    if user.is_active:
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    transaction.on_commit(lambda: _user_sockets_close(user.pk))
+    return user
+
+
+def _user_sockets_close(user_id: int) -> None:
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    try:
+        async_to_sync(get_channel_layer().group_send)(user_group(user_id), {"type": "session.close"})
+    except Exception as exc:  # Redis down: the sockets cannot act for the user anyway, as auth now fails
+        logger.warning("Could not close the WebSockets of user %s (%s)", user_id, type(exc).__name__)
+
+
+def usage_prune(*, record_days: int, daily_days: int | None = None) -> tuple[int, int]:
+    """Delete usage older than the given ages; return ``(usage records deleted, daily rows deleted)``.
+
+    :class:`UsageRecord` rows created more than ``record_days`` days ago go, and :class:`UsageDaily`
+    rows of UTC days more than ``daily_days`` (default ``record_days``) days before today.
+    Raise ValueError for a negative age.
+    """
+    daily_days = record_days if daily_days is None else daily_days
+    if record_days < 0 or daily_days < 0:
+        raise ValueError("Retention must be 0 days or more.")
+    now = timezone.now()
+    with transaction.atomic():
+        records, _ = UsageRecord.objects.filter(created_at__lt=now - timedelta(days=record_days)).delete()
+        days, _ = UsageDaily.objects.filter(day__lt=now.date() - timedelta(days=daily_days)).delete()
+    return records, days

@@ -1,20 +1,175 @@
-"""DRF throttle policies for accounts. State lives in the default cache (Redis), shared by all processes."""
+"""Rate limits: DRF throttle policies, and the WebSocket's message limit. State lives in Redis, shared by all processes.
 
+Request rates (:class:`RequestRateThrottle`, every ``/api/v1/`` and ``/v1/`` view by default) and
+WebSocket messages (:func:`websocket_message_throttle`) count in a fixed window per user (or per
+anonymous client IP) that opens with the first request: one Lua ``INCR`` + ``PEXPIRE`` in Redis, atomic,
+so however many processes answer, no more than the limit get through in a window. Every throttled
+response carries::
+
+    X-RateLimit-Limit: <requests allowed per window>
+    X-RateLimit-Remaining: <requests left in this window>
+    X-RateLimit-Reset: <seconds until the window resets>   (a delta, as Retry-After; not an epoch)
+
+and a 429 also ``Retry-After`` (seconds), with the error code ``rate_limited``. Redis down: no limit
+(see :mod:`accounts.limits_store`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from django.conf import settings
+from rest_framework import status
 from rest_framework.settings import api_settings
-from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.throttling import BaseThrottle
+
+from .limits_store import limits_key, run_script
+
+# DRF's rate periods, by first letter: "10/s", "600/min", "1000/hour", "10000/day".
+PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# Count one request and return it with the milliseconds left in its window. The window (the key's
+# TTL) is set by the request that opens it; a key that lost its TTL somehow gets one back.
+HIT_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
 
 
-class LoginRateThrottle(ScopedRateThrottle):
+def parse_rate(rate: str | None) -> tuple[int, int] | None:
+    """Return ``(requests, seconds)`` of a DRF-style rate such as ``"600/min"``; None for no limit (empty).
+
+    Raise ``ValueError`` for a malformed rate.
+    """
+    if not rate:
+        return None
+    count, _, period = rate.partition("/")
+    try:
+        return int(count), PERIODS[period.strip()[0].lower()]
+    except (ValueError, KeyError, IndexError):
+        raise ValueError(f"Not a rate: {rate!r} (expected e.g. '600/min').") from None
+
+
+@dataclass
+class RateResult:
+    """One counted request: whether it is allowed, and the window's state after it."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window resets (rounded up)
+
+    def headers(self) -> dict[str, str]:
+        """Return the ``X-RateLimit-*`` headers (and ``Retry-After`` when refused)."""
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset)
+        return headers
+
+    def error(self, what: str = "requests") -> Exception:
+        """Return the 429 ``rate_limited`` :class:`~config.exceptions.ParleyError` for a refused request."""
+        # Imported here: config.exceptions imports DRF's views, which import this module (a default throttle).
+        from config.exceptions import ParleyError
+
+        return ParleyError(
+            f"Too many {what}: the limit is {self.limit} per window. Try again in {self.reset} s.",
+            code="rate_limited",
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            retry_after=self.reset,
+        )
+
+
+def rate_hit(*, scope: str, ident: str, rate: str | None) -> RateResult | None:
+    """Count one request of ``ident`` (a user id, an IP) in ``scope`` against ``rate`` (e.g. ``"600/min"``).
+
+    Return the outcome, or None when there is no limit (empty rate) or Redis is unreachable.
+    """
+    parsed = parse_rate(rate)
+    if parsed is None:
+        return None
+    limit, seconds = parsed
+    result = run_script(
+        HIT_SCRIPT, [limits_key("rate", scope, ident)], [seconds * 1000], default=None, what=f"rate limit {scope}"
+    )
+    if result is None:
+        return None
+    count, ttl_ms = int(result[0]), int(result[1])
+    return RateResult(
+        allowed=count <= limit, limit=limit, remaining=max(0, limit - count), reset=max(1, math.ceil(ttl_ms / 1000))
+    )
+
+
+class RequestRateThrottle(BaseThrottle):
+    """Limit each user to ``RATE_LIMIT_USER`` requests and each anonymous client IP to ``RATE_LIMIT_ANON``.
+
+    The default throttle of every DRF view (``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``), the
+    ``/v1/`` gateway included. Sets the ``X-RateLimit-*`` headers on the response, whatever its
+    status; over the limit raises 429 ``rate_limited`` with ``Retry-After``. The client IP honours
+    ``X-Forwarded-For`` only behind ``TRUSTED_PROXY_COUNT`` proxies (DRF's ``NUM_PROXIES``).
+
+    DRF checks throttles after authentication and permissions, so a request refused as
+    unauthenticated (401) is not counted.
+    """
+
+    def allow_request(self, request, view) -> bool:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            result = rate_hit(scope="user", ident=user.pk, rate=settings.RATE_LIMIT_USER)
+        else:
+            result = rate_hit(scope="anon", ident=self.get_ident(request), rate=settings.RATE_LIMIT_ANON)
+        if result is None:
+            return True
+        # APIView.finalize_response copies view.headers onto the response, error responses included.
+        headers = result.headers()
+        headers.pop("Retry-After", None)  # the 429 sets its own
+        view.headers.update(headers)
+        if not result.allowed:
+            raise result.error()
+        return True
+
+
+def websocket_message_throttle(*, user) -> None:
+    """Count one ``message.send`` frame of ``user`` against ``RATE_LIMIT_WS`` (e.g. ``"30/min"``).
+
+    Raise :class:`ParleyError` ``rate_limited`` (``retry_after`` in seconds) over the limit.
+    """
+    result = rate_hit(scope="ws", ident=user.pk, rate=settings.RATE_LIMIT_WS)
+    if result is not None and not result.allowed:
+        raise result.error("messages")
+
+
+class LoginRateThrottle(BaseThrottle):
     """Limit token requests per client IP with the view's ``throttle_scope`` rate (``RATE_LIMIT_LOGIN``).
 
     Keyed by IP even when the request carries a session: it is the password guesses from one
     address that are limited. The client IP honours ``X-Forwarded-For`` only behind
-    ``TRUSTED_PROXY_COUNT`` proxies (DRF's ``NUM_PROXIES``). Over the rate: 429 with ``Retry-After``.
+    ``TRUSTED_PROXY_COUNT`` proxies (DRF's ``NUM_PROXIES``). Counted atomically in Redis like
+    :class:`RequestRateThrottle`, with the same headers; over the rate DRF answers 429 ``throttled``
+    with ``Retry-After``.
     """
 
-    def get_rate(self) -> str | None:
-        # Read at request time, not import time as DRF does, so a changed setting takes effect.
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+    def allow_request(self, request, view) -> bool:
+        scope = getattr(view, "throttle_scope", None)
+        # Read at request time, not import time as DRF's throttles do, so a changed setting takes effect.
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
+        result = rate_hit(scope=f"scope-{scope}", ident=self.get_ident(request), rate=rate)
+        if result is None:
+            return True
+        headers = result.headers()
+        headers.pop("Retry-After", None)
+        view.headers.update(headers)
+        self.retry_after = result.reset
+        return result.allowed
 
-    def get_cache_key(self, request, view) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+    def wait(self) -> float | None:
+        return getattr(self, "retry_after", None)

@@ -1,6 +1,7 @@
 """One error shape for the whole API (DESIGN.md): ``{"error": {"code", "detail", "fields"?}}``."""
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -24,14 +25,28 @@ class ParleyError(Exception):
         code: str | None = None,
         status_code: int | None = None,
         retry_after: int | None = None,
+        extra: dict | None = None,
     ):
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after  # seconds, sent as the Retry-After header
+        self.extra = extra or {}  # more keys for the "error" object, e.g. quota_exceeded's "resets_at"
         if code is not None:
             self.code = code
         if status_code is not None:
             self.status_code = status_code
+
+
+def payload_too_large() -> ParleyError:
+    """Return the 413 ``payload_too_large`` error for a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` bytes.
+
+    Django raises ``RequestDataTooBig`` when such a body is read; it would otherwise answer 400.
+    """
+    return ParleyError(
+        f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes.",
+        code="payload_too_large",
+        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    )
 
 
 def _first_message(data) -> str:
@@ -40,14 +55,19 @@ def _first_message(data) -> str:
     if isinstance(data, dict) and data:
         key, value = next(iter(data.items()))
         message = _first_message(value)
-        return message if key == "non_field_errors" else f"{key}: {message}"
+        # DRF's own errors ({"detail": ...}, e.g. the paginator's "Invalid page.") are not a field's.
+        return message if key in ("non_field_errors", "detail") else f"{key}: {message}"
     return str(data)
 
 
 def api_exception_handler(exc, context):
     """Render DRF and Parley exceptions as the API error shape; leave others to a 500."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = payload_too_large()
     if isinstance(exc, ParleyError):
-        response = Response({"error": {"code": exc.code, "detail": exc.detail}}, status=exc.status_code)
+        response = Response(
+            {"error": {"code": exc.code, "detail": exc.detail, **getattr(exc, "extra", {})}}, status=exc.status_code
+        )
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
         return response
@@ -85,6 +105,9 @@ def _error(status_code: int, code: str, detail: str) -> JsonResponse:
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     """``handler400``: a request Django refused before any view (e.g. a disallowed Host header)."""
+    if _is_api(request) and isinstance(exception, RequestDataTooBig):
+        error = payload_too_large()
+        return _error(error.status_code, error.code, error.detail)
     if _is_api(request):
         return _error(400, "bad_request", "Bad request.")
     return defaults.bad_request(request, exception)

@@ -1,0 +1,281 @@
+"""Concurrent generations and daily token quotas per user, held in Redis and shared by all processes.
+
+A generation (a chat turn, a ``/v1/chat/completions`` request) is admitted by :func:`generation_admit`
+before anything is stored. One Lua script, atomic across processes, checks and takes both:
+
+- a **slot**: at most ``GENERATION_CONCURRENCY`` generations per user at once (0: no limit). A slot is
+  a lease of ``GENERATION_LEASE_SECONDS`` renewed while the generation runs
+  (:class:`GenerationKeepalive`), so a crashed process frees its slots on its own;
+- a **reservation** of the request's ``max_tokens`` against the user's daily token quota
+  (:func:`quota_limit`; prompt + completion tokens per UTC day).
+
+Keys, per user: ``limits:gen:<user>`` (sorted set: generation id → lease expiry, ms, Redis clock),
+``limits:gen:<user>:tokens`` (hash: generation id → reserved tokens) and ``limits:quota:<user>:<day>``
+(tokens used that day, added by :func:`quota_add` from ``accounts.services.usage_record``, the one
+place every request passes). A missing day counter (a Redis restart, a new day) is rebuilt from
+:class:`~accounts.models.UsageDaily`.
+
+Quota rule: a request is admitted while ``used + reserved < quota``, and then reserves its
+``max_tokens``; concurrent requests see each other's reservations, so together they overshoot the
+quota by at most one request's tokens. (Refusing whenever ``used + reserved + max_tokens`` would pass
+the quota would refuse every request of a user whose quota is smaller than the model's ``max_tokens``.)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.conf import settings
+from django.db.models import F, Sum
+from django.utils import timezone
+from rest_framework import status
+
+from config.exceptions import ParleyError
+
+from .limits_store import limits_key, run, run_script
+from .models import UsageDaily, User
+
+# Seconds a client refused for too many generations is told to wait: an answer usually takes a few.
+GENERATION_RETRY_AFTER = 5
+# Seconds a day counter outlives its day: long enough for requests finishing after midnight.
+DAY_COUNTER_TTL = 2 * 86400
+
+# KEYS: slots (zset), reserved tokens (hash), today's counter.
+# ARGV: generation id, max slots (0: none), lease ms, quota (0: none), tokens to reserve,
+#       counter seed ("": unknown), take a slot (1) or only check the quota (0).
+# Return {1} admitted, {-1} too many generations, {-2, used} over quota, {-3} counter unknown: seed it.
+ADMIT_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  for _, id in ipairs(expired) do redis.call('HDEL', KEYS[2], id) end
+end
+local take = ARGV[7] == '1'
+local max_slots = tonumber(ARGV[2])
+if take and max_slots > 0 and redis.call('ZCARD', KEYS[1]) >= max_slots then
+  return {-1}
+end
+local quota = tonumber(ARGV[4])
+if quota > 0 then
+  local used = redis.call('GET', KEYS[3])
+  if not used then
+    if ARGV[6] == '' then return {-3} end
+    redis.call('SET', KEYS[3], ARGV[6], 'EX', tonumber(ARGV[8]))
+    used = ARGV[6]
+  end
+  local held = 0
+  for _, tokens in ipairs(redis.call('HVALS', KEYS[2])) do held = held + tonumber(tokens) end
+  if tonumber(used) + held >= quota then return {-2, tonumber(used) + held} end
+end
+if take then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return {1}
+"""
+
+# KEYS: slots, reserved tokens. ARGV: generation id, lease ms. Return 1 if the slot was still held.
+RENEW_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Add tokens to a day counter that exists; a missing one is rebuilt from the database when needed.
+ADD_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return false
+"""
+
+
+def quota_limit(*, user: User) -> int:
+    """Return ``user``'s daily token quota: ``daily_token_quota``, else ``QUOTA_DAILY_TOKENS``; 0 = unlimited."""
+    return user.daily_token_quota if user.daily_token_quota is not None else settings.QUOTA_DAILY_TOKENS
+
+
+def quota_resets_at(now: datetime | None = None) -> datetime:
+    """Return the next UTC midnight after ``now`` (default: now), when daily quotas reset."""
+    now = (now or timezone.now()).astimezone(UTC)
+    return datetime.combine(now.date() + timedelta(days=1), time.min, tzinfo=UTC)
+
+
+def _today() -> date:
+    return timezone.now().astimezone(UTC).date()
+
+
+def quota_used_stored(*, user_id: int, day: date) -> int:
+    """Return the prompt + completion tokens of ``user_id``'s requests on ``day`` (UTC), from :class:`UsageDaily`."""
+    total = UsageDaily.objects.filter(user_id=user_id, day=day).aggregate(
+        total=Sum(F("prompt_tokens") + F("completion_tokens"))
+    )["total"]
+    return int(total or 0)
+
+
+def _keys(user_id: int, day: date) -> list[str]:
+    return [limits_key("gen", user_id), limits_key("gen", user_id, "tokens"), limits_key("quota", user_id, day)]
+
+
+def _quota_error(*, quota: int, now: datetime | None = None) -> ParleyError:
+    resets_at = quota_resets_at(now)
+    seconds = max(1, math.ceil((resets_at - (now or timezone.now())).total_seconds()))
+    return ParleyError(
+        f"Your daily quota of {quota:,} tokens is used up; it resets at {resets_at:%H:%M} UTC "
+        f"({resets_at.isoformat().replace('+00:00', 'Z')}).",
+        code="quota_exceeded",
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        retry_after=seconds,
+        extra={"resets_at": resets_at.isoformat().replace("+00:00", "Z")},
+    )
+
+
+def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool) -> None:
+    quota = quota_limit(user=user)
+    day = _today()
+    args = [
+        generation_id,
+        settings.GENERATION_CONCURRENCY,
+        settings.GENERATION_LEASE_SECONDS * 1000,
+        quota,
+        max(0, int(reserve_tokens)),
+        "",
+        int(take),
+        DAY_COUNTER_TTL,
+    ]
+    result = run_script(ADMIT_SCRIPT, _keys(user.pk, day), args, default=[1], what="generation limits")
+    if result[0] == -3:  # no counter for today yet: seed it from the database, atomically with the check
+        args[5] = quota_used_stored(user_id=user.pk, day=day)
+        result = run_script(ADMIT_SCRIPT, _keys(user.pk, day), args, default=[1], what="generation limits")
+    if result[0] == -1:
+        raise ParleyError(
+            f"You already have {settings.GENERATION_CONCURRENCY} answers being generated; "
+            "wait for one to finish or stop it.",
+            code="too_many_generations",
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            retry_after=GENERATION_RETRY_AFTER,
+        )
+    if result[0] == -2:
+        raise _quota_error(quota=quota)
+
+
+def generation_admit(*, user: User, generation_id: str, reserve_tokens: int) -> None:
+    """Take a generation slot for ``user`` and reserve ``reserve_tokens`` of their daily quota.
+
+    Call before storing anything for the request; end with :func:`generation_release` (chat: when
+    the answer is finalised). ``generation_id`` names the generation (e.g. the assistant message id)
+    and must be unique. Raise :class:`ParleyError` 429 ``too_many_generations`` (``retry_after``
+    :data:`GENERATION_RETRY_AFTER` s) when ``GENERATION_CONCURRENCY`` generations are running, or
+    429 ``quota_exceeded`` (``retry_after``: seconds until UTC midnight; ``extra["resets_at"]``) when
+    the quota is used up. Redis down: admitted, unlimited.
+    """
+    _admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens, take=True)
+
+
+def quota_check(*, user: User) -> None:
+    """Raise ``quota_exceeded`` (see :func:`generation_admit`) if ``user``'s daily quota is used up.
+
+    For requests that take no generation slot (embeddings).
+    """
+    _admit(user=user, generation_id="", reserve_tokens=0, take=False)
+
+
+def generation_renew(*, user_id: int, generation_id: str) -> bool:
+    """Extend a generation's lease by ``GENERATION_LEASE_SECONDS``; return False when it is gone."""
+    keys = _keys(user_id, _today())[:2]
+    lease_ms = settings.GENERATION_LEASE_SECONDS * 1000
+    return bool(run_script(RENEW_SCRIPT, keys, [generation_id, lease_ms], default=1, what="generation lease"))
+
+
+def generation_release(*, user_id: int, generation_id: str) -> None:
+    """Free a generation's slot and its quota reservation (a no-op when already free)."""
+    keys = _keys(user_id, _today())[:2]
+    run_script(RELEASE_SCRIPT, keys, [generation_id], default=None, what="generation release")
+
+
+def generations_running(*, user_id: int) -> int:
+    """Return how many generations of ``user_id`` hold a live slot (leases not lapsed)."""
+
+    def count(connection) -> int:
+        now_s, now_us = connection.time()
+        return connection.zcount(limits_key("gen", user_id), now_s * 1000 + now_us // 1000, "+inf")
+
+    return run(count, default=0, what="generation count")
+
+
+def quota_add(*, user_id: int, day: date, tokens: int) -> None:
+    """Add ``tokens`` used by ``user_id`` on ``day`` (UTC) to the quota counter, when it exists.
+
+    A missing counter is left missing: it is rebuilt from :class:`UsageDaily`, which already holds
+    these tokens, at the next admission.
+    """
+    if tokens:
+        run_script(ADD_SCRIPT, [limits_key("quota", user_id, day)], [int(tokens)], default=None, what="quota")
+
+
+@dataclass
+class QuotaStatus:
+    """``daily_tokens``: the quota (None: unlimited); ``used``/``remaining`` tokens today; ``resets_at`` UTC."""
+
+    daily_tokens: int | None
+    used: int
+    remaining: int | None
+    resets_at: datetime
+
+
+def quota_status(*, user: User) -> QuotaStatus:
+    """Return ``user``'s quota for today (UTC), from the stored usage of finished requests."""
+    quota = quota_limit(user=user)
+    used = quota_used_stored(user_id=user.pk, day=_today())
+    return QuotaStatus(
+        daily_tokens=quota or None,
+        used=used,
+        remaining=max(0, quota - used) if quota else None,
+        resets_at=quota_resets_at(),
+    )
+
+
+class GenerationKeepalive:
+    """Renew a generation's lease every third of ``GENERATION_LEASE_SECONDS`` from a daemon thread until :meth:`stop`.
+
+    Usable as a context manager. The thread only talks to Redis, so it works the same beside an
+    event loop (chat turns) or a blocking request (the gateway).
+    """
+
+    def __init__(self, *, user_id: int, generation_id: str):
+        self.user_id = user_id
+        self.generation_id = generation_id
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{generation_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(settings.GENERATION_LEASE_SECONDS / 3):
+            if not generation_renew(user_id=self.user_id, generation_id=self.generation_id):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def __enter__(self) -> GenerationKeepalive:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
