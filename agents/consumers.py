@@ -1,0 +1,37 @@
+"""``/ws/documents/``: a user's document ingestion progress, live.
+
+Relays the events of the user's group ``user.<id>.documents`` (see
+:func:`agents.services.document_event`) as JSON frames, ``{"type": "document.progress", ...}``.
+The socket only listens: it sends nothing back but ``pong`` to ``{"type": "ping"}``.
+"""
+
+from __future__ import annotations
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from .services import documents_group
+
+CLOSE_UNAUTHENTICATED = 4401
+
+
+class DocumentsConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope["user"]
+        if not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.group = documents_group(user.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+
+    async def documents_event(self, message: dict) -> None:
+        """Relay one progress event of the user's group to this socket."""
+        await self.send_json(message["event"])

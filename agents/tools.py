@@ -1,0 +1,344 @@
+"""The allow-listed tools a turn may call, and the two ways a model asks for them.
+
+Each tool is a :class:`Tool`: a name, a description, a JSON-schema of its arguments (the shape
+OpenAI function calling uses) and a function ``run(arguments, context) -> str``. Only tools in
+:data:`REGISTRY` can run; a model naming another one gets an error result, never a call.
+
+Tool-call formats:
+
+- remote (OpenAI-compatible) models: OpenAI function calling, ``tools=[{"type": "function",
+  "function": {...}}]``; see :func:`openai_tools` and :func:`parse_openai_tool_calls`.
+- small local models: a JSON object on one line, ``{"tool": "<name>", "arguments": {...}}`` or
+  ``{"tool": null}``; see :func:`json_tool_prompt` and :func:`parse_json_tool_call`.
+
+Results are cached in the ``tool`` layer (key: tool, arguments and, for per-user tools, the user),
+except those that depend on the moment (``datetime``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from inference.cache import canonical_key
+from inference.cache import layer as cache_layer
+
+
+class ToolError(ValueError):
+    """A tool could not run with these arguments; the message is shown to the model as the result."""
+
+
+@dataclass
+class ToolContext:
+    """Who is asking: tools that read data only ever read this user's."""
+
+    user_id: int
+    conversation_id: str | None = None
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str
+    parameters: dict
+    run: Callable[[dict, ToolContext], str]
+    cacheable: bool = True
+    per_user: bool = False  # the result depends on the user's data: the user is part of the cache key
+
+
+@dataclass
+class ToolResult:
+    tool: str
+    arguments: dict
+    result: str
+    ok: bool = True
+    cached: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "tool": self.tool,
+            "arguments": self.arguments,
+            "result": self.result,
+            "ok": self.ok,
+            "cached": self.cached,
+        }
+
+
+# Calculator: a safe evaluator over Python's AST. Never eval(): only numbers, + - * / // % ** and
+# parentheses, a few math functions and constants.
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_FUNCTIONS = {
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "round": round,
+    "log": math.log,
+    "log10": math.log10,
+    "exp": math.exp,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "floor": math.floor,
+    "ceil": math.ceil,
+}
+_CONSTANTS = {"pi": math.pi, "e": math.e}
+MAX_EXPRESSION_CHARS = 200
+MAX_EXPONENT = 1000  # 10**1000 is already far beyond any useful answer; larger ones could take minutes
+
+
+def calculate(expression: str) -> int | float:
+    """Evaluate an arithmetic expression safely (AST walk, no ``eval``) and return its value.
+
+    Accepts numbers, ``+ - * / // % **``, parentheses, ``x``/``×``/``÷`` for ``* /``, and
+    :data:`_FUNCTIONS` / :data:`_CONSTANTS`. Raise :class:`ToolError` for anything else, division by
+    zero, or an exponent above :data:`MAX_EXPONENT`.
+    """
+    text = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**")
+    text = re.sub(r"(?<=\d)\s*[xX]\s*(?=[\d(])", "*", text)
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # thousands separators: 1,000 is 1000
+    if not text or len(text) > MAX_EXPRESSION_CHARS:
+        raise ToolError("The expression is empty or too long.")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise ToolError(f"Not an arithmetic expression: {expression!r}.") from exc
+
+    def walk(node: ast.AST) -> int | float:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+                raise ToolError("The exponent is too large.")
+            return _BINARY[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](walk(node.operand))
+        if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+            return _CONSTANTS[node.id]
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+            and len(node.args) <= 2
+        ):
+            return _FUNCTIONS[node.func.id](*(walk(arg) for arg in node.args))
+        raise ToolError(f"Not allowed in a calculation: {ast.unparse(node) if hasattr(ast, 'unparse') else node}.")
+
+    try:
+        value = walk(tree)
+    except ZeroDivisionError as exc:
+        raise ToolError("Division by zero.") from exc
+    except (OverflowError, ValueError) as exc:
+        raise ToolError(f"The calculation failed: {exc}.") from exc
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    return value
+
+
+def format_number(value: int | float) -> str:
+    """Return ``value`` as a short string: integers as they are, floats with up to 12 significant digits."""
+    return str(value) if isinstance(value, int) else f"{value:.12g}"
+
+
+def _run_calculator(arguments: dict, context: ToolContext) -> str:
+    expression = str(arguments.get("expression", ""))
+    return f"{expression.strip()} = {format_number(calculate(expression))}"
+
+
+def _run_datetime(arguments: dict, context: ToolContext) -> str:
+    name = str(arguments.get("timezone") or "UTC")
+    try:
+        zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ToolError(f"Unknown time zone {name!r}.") from exc
+    now = datetime.now(UTC).astimezone(zone)
+    iso = now.isoformat(timespec="seconds")
+    return f"The current date and time is {now:%A %d %B %Y, %H:%M} ({name}); ISO 8601: {iso}."
+
+
+def _run_kb_search(arguments: dict, context: ToolContext) -> str:
+    from .selectors import chunk_search
+
+    query = str(arguments.get("query", "")).strip()
+    if not query:
+        raise ToolError("Give a query.")
+    hits = chunk_search(user_id=context.user_id, query=query, top_k=3)
+    if not hits:
+        return "No passage of the user's documents matches."
+    return "\n\n".join(f"[{h.title} #{h.index}, similarity {h.similarity:.2f}]\n{h.content}" for h in hits)
+
+
+def _run_conversation_search(arguments: dict, context: ToolContext) -> str:
+    from accounts.models import User
+    from chat.selectors import conversation_list
+
+    query = str(arguments.get("query", "")).strip()
+    if not query:
+        raise ToolError("Give a query.")
+    user = User.objects.get(pk=context.user_id)
+    found = conversation_list(user=user, query=query).exclude(pk=context.conversation_id)[:5]
+    if not found:
+        return "No earlier conversation matches."
+    return "Earlier conversations that match: " + "; ".join(
+        f"{c.title or 'Untitled'} ({c.updated_at:%Y-%m-%d})" for c in found
+    )
+
+
+REGISTRY: dict[str, Tool] = {
+    tool.name: tool
+    for tool in [
+        Tool(
+            name="calculator",
+            description="Evaluate an arithmetic expression exactly, e.g. '12.5 * 4' or 'sqrt(2) / 3'.",
+            parameters={
+                "type": "object",
+                "properties": {"expression": {"type": "string", "description": "The arithmetic expression."}},
+                "required": ["expression"],
+            },
+            run=_run_calculator,
+        ),
+        Tool(
+            name="datetime",
+            description="Get the current date and time, optionally in an IANA time zone such as 'Europe/Paris'.",
+            parameters={
+                "type": "object",
+                "properties": {"timezone": {"type": "string", "description": "IANA time zone; default UTC."}},
+            },
+            run=_run_datetime,
+            cacheable=False,  # the answer changes every minute
+        ),
+        Tool(
+            name="kb_search",
+            description="Search the user's uploaded documents for passages about a topic.",
+            parameters={
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "What to look for."}},
+                "required": ["query"],
+            },
+            run=_run_kb_search,
+            per_user=True,
+            cacheable=False,  # documents change (uploads, deletions): a cached search could show a deleted one
+        ),
+        Tool(
+            name="conversation_search",
+            description="Find the user's earlier conversations that mention some words.",
+            parameters={
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "Words to look for."}},
+                "required": ["query"],
+            },
+            run=_run_conversation_search,
+            per_user=True,
+            cacheable=False,
+        ),
+    ]
+}
+
+
+def tool_run(*, name: str, arguments: dict, context: ToolContext) -> ToolResult:
+    """Run the allow-listed tool ``name`` with ``arguments``; return its result (never raises for bad input).
+
+    An unknown tool or invalid arguments give a result with ``ok=False`` and the reason as text, so
+    the model can be told. Cacheable tools' results are kept in the ``tool`` cache layer
+    (``CACHE_TOOL_TTL``). Blocking (database, cache): call from a worker thread.
+    """
+    tool = REGISTRY.get(name)
+    if tool is None:
+        return ToolResult(tool=name, arguments=arguments, result=f"Unknown tool {name!r}.", ok=False)
+    if not isinstance(arguments, dict):
+        return ToolResult(tool=name, arguments={}, result="The arguments must be a JSON object.", ok=False)
+    cache = cache_layer("tool")
+    key = None
+    if tool.cacheable:
+        key = canonical_key({"tool": name, "arguments": arguments, "user": context.user_id if tool.per_user else None})
+        cached = cache.get(key)
+        if cached is not None:
+            return ToolResult(tool=name, arguments=arguments, result=cached["result"], ok=cached["ok"], cached=True)
+    try:
+        result, ok = tool.run(arguments, context), True
+    except ToolError as exc:
+        result, ok = str(exc), False
+    if key is not None:
+        cache.set(key, {"result": result, "ok": ok})
+    return ToolResult(tool=name, arguments=arguments, result=result, ok=ok)
+
+
+def openai_tools() -> list[dict]:
+    """Return the registry in OpenAI's function-calling shape (``tools=`` of a chat completion)."""
+    return [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in REGISTRY.values()
+    ]
+
+
+def parse_openai_tool_calls(tool_calls) -> list[tuple[str, dict]]:
+    """Return ``[(name, arguments)]`` from an OpenAI message's ``tool_calls`` (objects or dicts).
+
+    Arguments that are not a JSON object become ``{}`` (the tool then reports what is missing).
+    """
+    calls = []
+    for call in tool_calls or []:
+        function = call["function"] if isinstance(call, dict) else call.function
+        name = function["name"] if isinstance(function, dict) else function.name
+        raw = function["arguments"] if isinstance(function, dict) else function.arguments
+        try:
+            arguments = json.loads(raw or "{}")
+        except ValueError:
+            arguments = {}
+        calls.append((name, arguments if isinstance(arguments, dict) else {}))
+    return calls
+
+
+def json_tool_prompt() -> str:
+    """Return the system prompt that asks a small local model for one JSON tool call (or none)."""
+    lines = [
+        f"- {t.name}: {t.description} Arguments: {json.dumps(t.parameters.get('properties', {}))}"
+        for t in REGISTRY.values()
+    ]
+    return (
+        "Decide whether a tool is needed to answer the user's message. Tools:\n"
+        + "\n".join(lines)
+        + '\nAnswer with one line of JSON only: {"tool": "<name>", "arguments": {...}} '
+        'or {"tool": null} when no tool is needed.'
+    )
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_json_tool_call(text: str) -> tuple[str, dict] | None:
+    """Return ``(name, arguments)`` from a model's JSON tool call, or None for ``{"tool": null}`` or junk.
+
+    Tolerates text around the object (small models add some).
+    """
+    match = _JSON_OBJECT.search(text or "")
+    if not match:
+        return None
+    try:
+        data = json.loads(match.group(0))
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("tool"), str):
+        return None
+    arguments = data.get("arguments")
+    return data["tool"], arguments if isinstance(arguments, dict) else {}
