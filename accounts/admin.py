@@ -1,10 +1,173 @@
+"""Users, API keys and usage in the admin. Every operator action is recorded in the admin log."""
+
+from datetime import timedelta
+
+from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
+from django.utils import timezone
 
 from . import services
-from .models import APIKey, User
+from .models import APIKey, UsageDaily, UsageRecord, User
 
-admin.site.register(User, UserAdmin)
+
+def _usage_summary(user: User, *, days: int) -> str:
+    """``"<requests> requests, <tokens> tokens (<prompt> prompt + <completion> completion), $<cost>"``
+    over the last ``days`` UTC days, today included, from :class:`UsageDaily`."""
+    today = timezone.now().date()
+    totals = UsageDaily.objects.filter(user=user, day__gt=today - timedelta(days=days)).aggregate(
+        requests=Sum("requests"),
+        errors=Sum("errors"),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost"),
+    )
+    if not totals["requests"]:
+        return "no requests"
+    prompt, completion = totals["prompt"] or 0, totals["completion"] or 0
+    return (
+        f"{totals['requests']} requests ({totals['errors'] or 0} errors), {prompt + completion} tokens "
+        f"({prompt} prompt + {completion} completion), ${totals['cost'] or 0:.4f}"
+    )
+
+
+class APIKeyInlineForm(forms.ModelForm):
+    revoke = forms.BooleanField(required=False, help_text="Revoke this key on save: it stops working at once.")
+
+    class Meta:
+        model = APIKey
+        fields: list[str] = []
+
+
+class APIKeyInline(admin.TabularInline):
+    """A user's API keys (the hash is never shown); tick "revoke" and save to revoke one."""
+
+    model = APIKey
+    form = APIKeyInlineForm
+    fields = ["name", "prefix", "created_at", "last_used_at", "revoked_at", "revoke"]
+    readonly_fields = ["name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        # Keys are made by their owners (POST /api/v1/keys/): the key is shown to them only.
+        return False
+
+
+class RoleFilter(admin.SimpleListFilter):
+    title = "role"
+    parameter_name = "role"
+
+    def lookups(self, request, model_admin):
+        return [("superuser", "Superuser"), ("staff", "Staff"), ("user", "User")]
+
+    def queryset(self, request, queryset):
+        return {
+            "superuser": queryset.filter(is_superuser=True),
+            "staff": queryset.filter(is_staff=True, is_superuser=False),
+            "user": queryset.filter(is_staff=False, is_superuser=False),
+        }.get(self.value(), queryset)
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    list_display = [
+        "username",
+        "email",
+        "role",
+        "is_active",
+        "daily_token_quota",
+        "memory_enabled",
+        "tokens_today",
+        "api_key_count",
+        "last_login",
+        "date_joined",
+    ]
+    list_filter = [RoleFilter, "is_active", "memory_enabled", "date_joined"]
+    readonly_fields = ["role", "usage_today", "usage_30_days", "last_login", "date_joined"]
+    fieldsets = [
+        *DjangoUserAdmin.fieldsets,
+        ("Parley", {"fields": ["role", "daily_token_quota", "memory_enabled"]}),
+        ("Usage (UTC days)", {"fields": ["usage_today", "usage_30_days"]}),
+    ]
+    inlines = [APIKeyInline]
+    actions = ["deactivate", "revoke_api_keys"]
+
+    def get_queryset(self, request):
+        today = timezone.now().date()
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                # A subquery, not a join: joined with the API keys, a Sum would count each day once per key.
+                tokens_today_total=Subquery(
+                    UsageDaily.objects.filter(user=OuterRef("pk"), day=today)
+                    .values("user")
+                    .annotate(total=Sum(F("prompt_tokens") + F("completion_tokens")))
+                    .values("total")[:1]
+                ),
+                active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
+            )
+        )
+
+    @admin.display(description="role")
+    def role(self, user: User) -> str:
+        return "superuser" if user.is_superuser else "staff" if user.is_staff else "user"
+
+    @admin.display(description="tokens today", ordering="tokens_today_total")
+    def tokens_today(self, user: User) -> int:
+        return getattr(user, "tokens_today_total", None) or 0
+
+    @admin.display(description="active API keys", ordering="active_keys")
+    def api_key_count(self, user: User) -> int:
+        return getattr(user, "active_keys", 0)
+
+    @admin.display(description="today")
+    def usage_today(self, user: User) -> str:
+        return _usage_summary(user, days=1) if user.pk else "–"
+
+    @admin.display(description="last 30 days")
+    def usage_30_days(self, user: User) -> str:
+        return _usage_summary(user, days=30) if user.pk else "–"
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not APIKey:
+            return super().save_formset(request, form, formset, change)
+        # Only the "revoke" ticks are editable here; revocation goes through the service. save(commit=False)
+        # writes nothing but lists the changed rows, which the admin's change message needs.
+        formset.save(commit=False)
+        for inline_form in formset.forms:
+            api_key = inline_form.instance
+            if inline_form.cleaned_data.get("revoke") and api_key.pk and api_key.revoked_at is None:
+                services.api_key_revoke(api_key=api_key)
+                self.log_change(request, api_key, "Revoked")
+                self.message_user(request, f"Revoked API key {api_key}.", messages.SUCCESS)
+
+    @admin.action(
+        description="Deactivate selected users (ends their sessions and closes their WebSockets)",
+        permissions=["change"],
+    )
+    def deactivate(self, request, queryset):
+        count = 0
+        for user in queryset.filter(is_active=True):
+            if user.pk == request.user.pk:
+                self.message_user(request, "You cannot deactivate yourself.", messages.ERROR)
+                continue
+            services.user_deactivate(user=user)
+            self.log_change(request, user, "Deactivated; open WebSockets closed")
+            count += 1
+        self.message_user(request, f"Deactivated {count} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Revoke every API key of selected users", permissions=["change"])
+    def revoke_api_keys(self, request, queryset):
+        count = 0
+        for api_key in APIKey.objects.filter(user__in=queryset, revoked_at__isnull=True):
+            services.api_key_revoke(api_key=api_key)
+            self.log_change(request, api_key, "Revoked")
+            count += 1
+        self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)
 
 
 @admin.register(APIKey)
@@ -28,5 +191,57 @@ class APIKeyAdmin(admin.ModelAdmin):
         revoked = 0
         for api_key in queryset.filter(revoked_at__isnull=True):
             services.api_key_revoke(api_key=api_key)
+            self.log_change(request, api_key, "Revoked")
             revoked += 1
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written only by accounts.services.usage_record: viewable, never edited here."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "user",
+        "model_slug",
+        "provider",
+        "source",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "latency_ms",
+        "cost",
+        "cached",
+    ]
+    list_filter = ["status", "source", "cached", "model_slug", "provider", "created_at"]
+    search_fields = ["user__username", "model_slug"]
+    list_select_related = ["user"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ReadOnlyAdmin):
+    list_display = [
+        "day",
+        "user",
+        "model_slug",
+        "requests",
+        "errors",
+        "cached_requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+    ]
+    list_filter = ["day", "model_slug"]
+    search_fields = ["user__username", "model_slug"]
+    list_select_related = ["user"]
+    date_hierarchy = "day"

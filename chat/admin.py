@@ -1,6 +1,13 @@
-from django.contrib import admin
+"""Conversations, messages and feedback in the admin: browse, debug, export. Read-only: every write goes
+through chat.services; every operator action (exports included) is recorded in the admin log."""
 
-from .models import Conversation, Feedback, Message
+from django.contrib import admin
+from django.db.models import Count, Exists, OuterRef, Subquery
+from django.http import HttpResponse
+from django.utils import timezone
+
+from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
+from .models import Conversation, Feedback, Message, MessageStatus
 
 
 class MessageInline(admin.TabularInline):
@@ -10,9 +17,13 @@ class MessageInline(admin.TabularInline):
         "role",
         "status",
         "content",
+        "model_slug",
         "prompt_tokens",
         "completion_tokens",
         "ttft_ms",
+        "latency_ms",
+        "cost",
+        "cached",
         "error",
         "superseded_by",
     ]
@@ -24,28 +35,161 @@ class MessageInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def _last_message_status():
+    return Subquery(Message.objects.filter(conversation=OuterRef("pk")).order_by("-created_at").values("status")[:1])
+
+
+class LastMessageStatusFilter(admin.SimpleListFilter):
+    """The status of a conversation's latest message: e.g. the ones whose last answer failed."""
+
+    title = "status of last message"
+    parameter_name = "last_status"
+
+    def lookups(self, request, model_admin):
+        return MessageStatus.choices
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(last_status=self.value())
+        return queryset
+
+
+class HasErrorFilter(admin.SimpleListFilter):
+    """Conversations with (or without) any message that ended in an error."""
+
+    title = "any message with an error"
+    parameter_name = "has_error"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request, queryset):
+        errors = Message.objects.filter(conversation=OuterRef("pk"), status=MessageStatus.ERROR)
+        if self.value() == "yes":
+            return queryset.filter(Exists(errors))
+        if self.value() == "no":
+            return queryset.exclude(Exists(errors))
+        return queryset
+
+
+def _download(content: str, *, content_type: str, extension: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response["Content-Disposition"] = f'attachment; filename="parley-conversations-{stamp}.{extension}"'
+    return response
+
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "owner", "model", "created_at", "updated_at", "archived_at"]
-    list_filter = ["model", "created_at", "archived_at"]
-    search_fields = ["title", "owner__username", "messages__content"]
-    readonly_fields = ["id", "owner", "created_at", "updated_at"]
+    list_display = [
+        "__str__",
+        "owner",
+        "model",
+        "message_count",
+        "last_status",
+        "created_at",
+        "updated_at",
+        "archived_at",
+    ]
+    list_filter = ["model", LastMessageStatusFilter, HasErrorFilter, "created_at", "updated_at", "archived_at"]
+    search_fields = ["title", "owner__username", "owner__email", "messages__content"]
+    search_help_text = "Title, owner's username or email, or text of any message."
+    fields = ["id", "title", "owner", "model", "created_at", "updated_at", "archived_at"]
+    readonly_fields = fields
     list_select_related = ["owner", "model"]
+    date_hierarchy = "created_at"
     inlines = [MessageInline]
+    actions = ["export_json", "export_markdown"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(message_total=Count("messages", distinct=True), last_status=_last_message_status())
+        )
+
+    def has_add_permission(self, request):
+        # Conversations are written only through chat.services (the owner renames and archives them).
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="messages", ordering="message_total")
+    def message_count(self, conversation) -> int:
+        return conversation.message_total
+
+    @admin.display(description="last message", ordering="last_status")
+    def last_status(self, conversation) -> str:
+        return conversation.last_status or "–"
+
+    def _export(self, request, queryset, *, kind: str, render, content_type: str, extension: str):
+        conversations = list(conversations_for_export(queryset))
+        for conversation in conversations:
+            self.log_change(request, conversation, f"Exported as {kind}")
+        return _download(render(conversations), content_type=content_type, extension=extension)
+
+    @admin.action(description="Export selected conversations as JSON", permissions=["view"])
+    def export_json(self, request, queryset):
+        return self._export(
+            request,
+            queryset,
+            kind="JSON",
+            render=conversations_export_json,
+            content_type="application/json; charset=utf-8",
+            extension="json",
+        )
+
+    @admin.action(description="Export selected conversations as Markdown", permissions=["view"])
+    def export_markdown(self, request, queryset):
+        return self._export(
+            request,
+            queryset,
+            kind="Markdown",
+            render=conversations_export_markdown,
+            content_type="text/markdown; charset=utf-8",
+            extension="md",
+        )
 
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "conversation", "role", "status", "model_slug", "completion_tokens", "created_at"]
-    list_filter = ["status", "role", "model_slug", "created_at"]
-    search_fields = ["content", "conversation__title", "conversation__owner__username"]
+    """All messages, for debugging: ``?status__exact=error`` lists the failed answers with their reason."""
+
+    list_display = [
+        "__str__",
+        "conversation",
+        "owner",
+        "role",
+        "status",
+        "model_slug",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "cached",
+        "error",
+        "created_at",
+    ]
+    list_filter = ["status", "role", "cached", "model_slug", "created_at"]
+    search_fields = ["content", "error", "conversation__title", "conversation__owner__username"]
     readonly_fields = [f.name for f in Message._meta.fields]
-    list_select_related = ["conversation"]
+    list_select_related = ["conversation", "conversation__owner"]
+    date_hierarchy = "created_at"
 
     def has_add_permission(self, request):
         # Messages are written only through chat.services.
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="owner", ordering="conversation__owner__username")
+    def owner(self, message):
+        return message.conversation.owner
 
 
 @admin.register(Feedback)

@@ -84,7 +84,11 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created_at"]
-        indexes = [models.Index(fields=["conversation", "created_at"])]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"]),
+            # The admin's failed-answers list (?status__exact=error): small, as errors are rare.
+            models.Index(fields=["-created_at"], condition=Q(status="error"), name="chat_message_errors"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(role="assistant") | Q(status="complete"), name="chat_only_assistant_messages_stream"

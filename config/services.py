@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,28 @@ def start_valkey(root: Path):
     return server, f"redis://127.0.0.1:{server.port}/0"
 
 
+def prometheus_dir(root: Path) -> Path:
+    """Make an empty Prometheus multiprocess directory for this launcher's processes and return it.
+
+    One directory per launcher (``run/prometheus/<pid>``), so two launchers on the same data dir
+    (a server and a ``manage.py shell``) never wipe each other's live files; directories left by
+    launchers that are gone are removed.
+    """
+    parent = root / "run" / "prometheus"
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.iterdir():
+        try:
+            os.kill(int(stale.name), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
+    path = parent / str(os.getpid())
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
 def run(command: list[str]) -> int:
     """Run ``command`` with embedded services for every unset URL; return its exit code."""
     root = data_dir()
@@ -88,6 +111,12 @@ def run(command: list[str]) -> int:
             server, env["REDIS_URL"] = start_valkey(root)
             started.append(server.stop)
             print(f"parley: embedded Valkey ready on {env['REDIS_URL']}", file=sys.stderr)
+        if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Set before any child imports prometheus_client (it reads the variable at import), so
+            # Daphne and Celery all write there and /metrics adds them up.
+            metrics_dir = prometheus_dir(root)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            started.append(lambda: shutil.rmtree(metrics_dir, ignore_errors=True))
         # The child gets Ctrl-C from the terminal itself; this launcher waits for it to finish,
         # then stops the services.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

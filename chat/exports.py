@@ -1,0 +1,87 @@
+"""Conversations exported as JSON or Markdown (the admin's export actions)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from django.db.models import Prefetch, QuerySet
+
+from .models import Conversation, Message
+
+
+def conversations_for_export(queryset: QuerySet[Conversation]) -> QuerySet[Conversation]:
+    """Return ``queryset`` with owners, models and messages (oldest first) fetched in three queries."""
+    return queryset.select_related("owner", "model").prefetch_related(
+        Prefetch("messages", queryset=Message.objects.order_by("created_at"))
+    )
+
+
+def conversation_export_data(conversation: Conversation) -> dict:
+    """Return one conversation as plain data: ``{"id", "title", "owner", "model", "created_at", ..., "messages"}``.
+
+    Each message: ``role``, ``content``, ``status``, ``model``, tokens, ``ttft_ms``, ``latency_ms``,
+    ``cost`` (USD, string), ``cached``, ``error``, ``created_at`` (ISO 8601), ``superseded`` (replaced by
+    a regeneration).
+    """
+    return {
+        "id": str(conversation.pk),
+        "title": str(conversation),
+        "owner": conversation.owner.username,
+        "model": conversation.model.slug if conversation.model else None,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "archived_at": conversation.archived_at.isoformat() if conversation.archived_at else None,
+        "messages": [
+            {
+                "id": str(m.pk),
+                "role": m.role,
+                "content": m.content,
+                "status": m.status,
+                "model": m.model_slug or None,
+                "prompt_tokens": m.prompt_tokens,
+                "completion_tokens": m.completion_tokens,
+                "ttft_ms": m.ttft_ms,
+                "latency_ms": m.latency_ms,
+                "cost": str(m.cost) if m.cost is not None else None,
+                "cached": m.cached,
+                "error": m.error or None,
+                "created_at": m.created_at.isoformat(),
+                "superseded": m.superseded_by_id is not None,
+            }
+            for m in conversation.messages.all()
+        ],
+    }
+
+
+def conversations_export_json(conversations: Iterable[Conversation]) -> str:
+    """Return ``{"conversations": [...]}`` (see :func:`conversation_export_data`) as indented JSON."""
+    data = {"conversations": [conversation_export_data(c) for c in conversations]}
+    return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+def conversations_export_markdown(conversations: Iterable[Conversation]) -> str:
+    """Return the conversations as one Markdown document: a heading per conversation, a section per message."""
+    parts: list[str] = []
+    for conversation in conversations:
+        data = conversation_export_data(conversation)
+        parts.append(f"# {data['title']}\n")
+        parts.append(
+            f"- owner: {data['owner']}\n- model: {data['model'] or '–'}\n- created: {data['created_at']}\n"
+            f"- id: {data['id']}\n"
+        )
+        for m in data["messages"]:
+            facts = [m["created_at"], m["status"]]
+            if m["model"]:
+                facts.append(m["model"])
+            if m["completion_tokens"] is not None:
+                facts.append(f"{m['prompt_tokens']}+{m['completion_tokens']} tokens")
+            if m["cached"]:
+                facts.append("cached")
+            if m["superseded"]:
+                facts.append("superseded")
+            parts.append(f"## {m['role'].capitalize()}\n\n_{' · '.join(facts)}_\n\n{m['content']}\n")
+            if m["error"]:
+                parts.append(f"> Error: {m['error']}\n")
+        parts.append("---\n")
+    return "\n".join(parts)
