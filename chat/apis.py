@@ -2,8 +2,10 @@
 
 from asgiref.sync import async_to_sync
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
+from redis.exceptions import RedisError
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -12,7 +14,7 @@ from config.schema import ErrorSerializer
 from inference.providers import ModelBusy
 from inference.providers.llama_cpp import BUSY_RETRY_AFTER
 
-from . import services, turns
+from . import services, sse, turns
 from .models import Rating
 from .selectors import conversation_get, conversation_list, generation_active, message_get, message_list
 from .serializers import ConversationOutputSerializer, FeedbackOutputSerializer, MessageOutputSerializer
@@ -26,6 +28,58 @@ CONVERSATION_EXAMPLE = {
     "created_at": "2026-01-05T09:30:00Z",
     "updated_at": "2026-01-05T09:31:12Z",
 }
+
+
+USER_MESSAGE_EXAMPLE = {
+    "id": "6a1d2f0e-4b3c-4d5e-8f70-1a2b3c4d5e6f",
+    "conversation": CONVERSATION_EXAMPLE["id"],
+    "role": "user",
+    "content": "What is the capital of France?",
+    "status": "complete",
+    "client_id": "c-1",
+    "model_slug": "",
+    "usage": None,
+    "ttft_ms": None,
+    "latency_ms": None,
+    "tokens_per_s": None,
+    "cost": None,
+    "cached": False,
+    "citations": [],
+    "error": "",
+    "metadata": {},
+    "created_at": "2026-01-05T09:31:00Z",
+    "finished_at": None,
+}
+ANSWER_EXAMPLE = {
+    **USER_MESSAGE_EXAMPLE,
+    "id": "0b8f7c52-3d1e-4f6a-9b2c-7e5d4a3f2c10",
+    "role": "assistant",
+    "content": "The capital of France is Paris.",
+    "client_id": "",
+    "model_slug": "smollm2-135m",
+    "usage": {"prompt_tokens": 31, "completion_tokens": 8},
+    "ttft_ms": 42,
+    "latency_ms": 180,
+    "tokens_per_s": 57.1,
+    "cost": 0.0,
+    "created_at": "2026-01-05T09:31:00Z",
+    "finished_at": "2026-01-05T09:31:01Z",
+}
+
+
+_ANSWER_EVENTS = [
+    {"type": "generation.started", "message_id": ANSWER_EXAMPLE["id"], "model": "smollm2-135m"},
+    {"type": "token", "message_id": ANSWER_EXAMPLE["id"], "delta": "The capital"},
+    {"type": "token", "message_id": ANSWER_EXAMPLE["id"], "delta": " of France is Paris."},
+    {"type": "generation.completed", "message": ANSWER_EXAMPLE},
+]
+SEND_STREAM_RESPONSE = sse.event_stream_response_schema(
+    description="`Accept: text/event-stream`: the turn's events as server-sent events (see the description).",
+    events=[{"type": "message.created", "message": USER_MESSAGE_EXAMPLE}, *_ANSWER_EVENTS],
+)
+REGENERATE_STREAM_RESPONSE = sse.event_stream_response_schema(
+    description="`Accept: text/event-stream`: the new answer's events as server-sent events.", events=_ANSWER_EVENTS
+)
 
 
 def _error_example(status_code: int, code: str, detail: str) -> OpenApiExample:
@@ -102,13 +156,18 @@ class ConversationListApi(APIView):
         return Response(ConversationOutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
 
 
-class MessageListApi(APIView):
+class MessageListApi(sse.EventStreamMixin, APIView):
     """``GET``: a conversation's messages, oldest first.
 
     ``POST {"content", "model"?, "params"?: {"temperature", "max_tokens"}, "client_id"?, "cache"?}``: send a
     message and wait for the whole answer; returns ``{"user_message", "assistant_message"}`` (201).
-    The answer also streams to the conversation's open WebSockets.
+    With ``Accept: text/event-stream``: 200 and the WebSocket protocol's events as they happen
+    (chat.sse), from ``message.created`` to ``generation.completed``. The answer also streams to the
+    conversation's open WebSockets.
     """
+
+    renderer_classes = [JSONRenderer, sse.EventStreamRenderer]
+    schema = sse.EventStreamAutoSchema()
 
     class InputSerializer(serializers.Serializer):
         content = serializers.CharField(trim_whitespace=False, allow_blank=True)
@@ -117,19 +176,33 @@ class MessageListApi(APIView):
         client_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
         cache = serializers.BooleanField(required=False, default=True)
 
-    @extend_schema(summary="List a conversation's messages", responses=MessageOutputSerializer(many=True))
+    @extend_schema(
+        summary="List a conversation's messages",
+        responses=MessageOutputSerializer(many=True),
+        examples=[OpenApiExample("messages", value=[USER_MESSAGE_EXAMPLE, ANSWER_EXAMPLE], response_only=True)],
+    )
     def get(self, request, conversation_id):
         conversation = conversation_get(user=request.user, conversation_id=conversation_id)
         return Response(MessageOutputSerializer(message_list(conversation=conversation), many=True).data)
 
     @extend_schema(
-        summary="Send a message and wait for the answer",
+        summary="Send a message and wait for the answer (JSON), or stream it (SSE)",
+        description=(
+            "With `Accept: application/json` (the default): 201 once the answer is complete. With "
+            "`Accept: text/event-stream`: 200 at once, then the WebSocket protocol's events as they "
+            "happen (`event: <type>`, `data: <JSON>`): `message.created`, `generation.started`, "
+            "`node`, `token` (deltas that join to the answer), `error` (on failure), "
+            "`generation.completed` (then the stream ends), and `: ping` comments every 15 s of "
+            "silence. The user's message is stored before any model work; closing the stream does "
+            "not stop the generation (`POST .../stop/` does)."
+        ),
         request=InputSerializer,
         responses={
-            201: inline_serializer(
+            (201, "application/json"): inline_serializer(
                 "MessageSendResult",
                 fields={"user_message": MessageOutputSerializer(), "assistant_message": MessageOutputSerializer()},
             ),
+            (200, sse.MEDIA_TYPE): SEND_STREAM_RESPONSE,
             409: GENERATION_IN_PROGRESS,
             413: OpenApiResponse(ErrorSerializer, description="The message is too long (`message_too_long`)."),
             503: OpenApiResponse(
@@ -141,7 +214,14 @@ class MessageListApi(APIView):
                 "question",
                 value={"content": "What is the capital of France?", "params": {"temperature": 0.2, "max_tokens": 64}},
                 request_only=True,
-            )
+            ),
+            OpenApiExample(
+                "answered",
+                value={"user_message": USER_MESSAGE_EXAMPLE, "assistant_message": ANSWER_EXAMPLE},
+                response_only=True,
+                status_codes=[201],
+                media_type="application/json",
+            ),
         ],
     )
     def post(self, request, conversation_id):
@@ -157,9 +237,10 @@ class MessageListApi(APIView):
             params=data.get("params"),
             cache=data["cache"],
         )
-        async_to_sync(turns.send_event)(
-            conversation.pk, {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}
-        )
+        created = {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}
+        if self.wants_event_stream(request):
+            return sse.event_stream_response(sse.turn_events(turn, announce=created))
+        async_to_sync(turns.send_event)(conversation.pk, created)
         assistant_message = async_to_sync(turns.turn_run)(turn)
         if assistant_message.metadata.get("error_code") == ModelBusy.code:
             # Nothing was generated because the model's queue was full: say so the HTTP way. The
@@ -238,6 +319,7 @@ class ConversationStopApi(APIView):
         responses={
             202: inline_serializer("GenerationStopResult", fields={"stopping": serializers.BooleanField()}),
             409: OpenApiResponse(ErrorSerializer, description="Nothing is being generated (`no_generation`)."),
+            503: OpenApiResponse(ErrorSerializer, description="Redis is unreachable (`service_unavailable`)."),
         },
         examples=[OpenApiExample("stopping", value={"stopping": True}, response_only=True, status_codes=[202])],
     )
@@ -249,18 +331,29 @@ class ConversationStopApi(APIView):
                 code="no_generation",
                 status_code=status.HTTP_409_CONFLICT,
             )
-        async_to_sync(turns.generation_stop)(conversation.pk)
+        try:
+            async_to_sync(turns.generation_stop)(conversation.pk)
+        except (RedisError, OSError) as exc:  # the stop travels over the channel layer (Redis)
+            raise ParleyError(
+                "The stop could not be delivered right now; try again shortly.",
+                code="service_unavailable",
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            ) from exc
         return Response({"stopping": True}, status=status.HTTP_202_ACCEPTED)
 
 
-class MessageRegenerateApi(APIView):
+class MessageRegenerateApi(sse.EventStreamMixin, APIView):
     """``POST {"model"?, "params"?, "cache"?}``: answer the last question again and wait for the new answer.
 
     Only the conversation's last message, an assistant answer, can be regenerated (400
     ``not_regenerable`` otherwise). The old answer is kept but superseded: it leaves the message
     list and the model's history. ``cache`` defaults to false. Returns the new answer (201), which
-    also streams to the conversation's open WebSockets.
+    also streams to the conversation's open WebSockets; with ``Accept: text/event-stream``, 200 and
+    its events as they happen (chat.sse), from ``generation.started`` to ``generation.completed``.
     """
+
+    renderer_classes = [JSONRenderer, sse.EventStreamRenderer]
+    schema = sse.EventStreamAutoSchema()
 
     class InputSerializer(serializers.Serializer):
         model = serializers.SlugField(required=False, allow_blank=True)
@@ -268,17 +361,25 @@ class MessageRegenerateApi(APIView):
         cache = serializers.BooleanField(required=False, default=False)
 
     @extend_schema(
-        summary="Regenerate the last answer",
+        summary="Regenerate the last answer (JSON), or stream it (SSE)",
+        description=(
+            "With `Accept: text/event-stream`: 200 and the events of the new answer as they happen, "
+            "as for sending a message (without `message.created`)."
+        ),
         request=InputSerializer,
         responses={
-            201: MessageOutputSerializer,
+            (201, "application/json"): MessageOutputSerializer,
+            (200, sse.MEDIA_TYPE): REGENERATE_STREAM_RESPONSE,
             409: GENERATION_IN_PROGRESS,
             503: OpenApiResponse(
                 ErrorSerializer, description="The model is busy (`model_busy`, with `Retry-After`) or unavailable."
             ),
         },
         examples=[
-            OpenApiExample("warmer", value={"params": {"temperature": 0.8, "max_tokens": 128}}, request_only=True)
+            OpenApiExample("warmer", value={"params": {"temperature": 0.8, "max_tokens": 128}}, request_only=True),
+            OpenApiExample(
+                "answer", value=ANSWER_EXAMPLE, response_only=True, status_codes=[201], media_type="application/json"
+            ),
         ],
     )
     def post(self, request, conversation_id, message_id):
@@ -294,6 +395,8 @@ class MessageRegenerateApi(APIView):
             params=data.get("params"),
             cache=data["cache"],
         )
+        if self.wants_event_stream(request):
+            return sse.event_stream_response(sse.turn_events(turn))
         assistant_message = async_to_sync(turns.turn_run)(turn)
         if assistant_message.metadata.get("error_code") == ModelBusy.code:
             raise ModelBusy(assistant_message.error, retry_after=BUSY_RETRY_AFTER)

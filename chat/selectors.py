@@ -99,3 +99,20 @@ def model_messages(*, conversation: Conversation, system_prompt: str = "") -> li
     )
     messages += [{"role": m.role, "content": m.content} for m in rows if m.content]
     return messages
+
+
+def active_user_count(*, since) -> int:
+    """Return how many users sent a chat message, or made any model request (a ``UsageRecord``:
+    chat or /v1), at or after ``since`` (an aware datetime)."""
+    from accounts.models import UsageRecord
+
+    sent = Message.objects.filter(conversation__owner=OuterRef("pk"), role=Role.USER, created_at__gte=since)
+    requested = UsageRecord.objects.filter(user=OuterRef("pk"), created_at__gte=since)
+    return User.objects.filter(Q(Exists(sent)) | Q(Exists(requested))).count()
+
+
+def session_count() -> int:
+    """Return the number of unexpired sessions in the database (logins that have not ended or expired)."""
+    from django.contrib.sessions.models import Session
+
+    return Session.objects.filter(expire_date__gt=timezone.now()).count()

@@ -42,7 +42,8 @@ class MessageOutputSerializer(serializers.ModelSerializer):
 
 
 class ConversationOutputSerializer(serializers.ModelSerializer):
-    model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    # null until the conversation's first answer picks a model.
+    model = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     archived = serializers.SerializerMethodField()
 
     class Meta:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import apis, views
+from . import admin_apis, apis, views
 
 app_name = "chat"
 
@@ -11,6 +11,7 @@ urlpatterns = [
 ]
 
 api_urlpatterns = [
+    path("admin/sessions/count/", admin_apis.SessionCountApi.as_view(), name="api_admin_sessions_count"),
     path("conversations/", apis.ConversationListApi.as_view(), name="api_conversations"),
     path("conversations/<uuid:conversation_id>/", apis.ConversationDetailApi.as_view(), name="api_conversation"),
     path("conversations/<uuid:conversation_id>/stop/", apis.ConversationStopApi.as_view(), name="api_stop"),

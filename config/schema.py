@@ -46,16 +46,35 @@ ERRORS = {
     ),
     403: _error(403, "permission_denied", "You do not have permission to perform this action.", "Not allowed."),
     404: _error(404, "not_found", "Not found.", "No such object, or it belongs to someone else."),
-    429: _error(429, "throttled", "Request was throttled. Expected available in 42 seconds.", "Too many requests."),
+    415: _error(
+        415,
+        "unsupported_media_type",
+        'Unsupported media type "text/plain" in request.',
+        "The body is not JSON (or, where documented, a form or multipart upload).",
+    ),
+    429: _error(
+        429,
+        "rate_limited",
+        "Too many requests: the limit is 600 per window. Try again in 42 s.",
+        "Too many requests (`rate_limited`; `throttled` for token requests), or for generating "
+        "endpoints too many answers at once (`too_many_generations`) or the daily token quota used up "
+        "(`quota_exceeded`, with `resets_at`).",
+    ),
 }
-RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
+RETRY_AFTER = {
+    "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."},
+    "X-RateLimit-Limit": {"schema": {"type": "integer"}, "description": "Requests allowed per window."},
+    "X-RateLimit-Remaining": {"schema": {"type": "integer"}, "description": "Requests left in this window."},
+    "X-RateLimit-Reset": {"schema": {"type": "integer"}, "description": "Seconds until the window resets."},
+}
 
 
 class AutoSchema(openapi.AutoSchema):
     """drf-spectacular's schema, plus the error responses each operation can give, and clear names.
 
-    Added to each operation unless it documents the status itself: 400 for a request body, 401 and
-    403 when it needs authentication, 404 when its path has parameters, 429 (with ``Retry-After``)
+    Added to each operation unless it documents the status itself: 400 for a request body or query
+    parameters, 401 and 403 when it needs authentication, 404 when its path has parameters or it
+    is paginated (``?page=`` past the end), 415 for a request body, 429 (with ``Retry-After``)
     when it is throttled.
     """
 
@@ -70,12 +89,15 @@ class AutoSchema(openapi.AutoSchema):
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         codes = []
-        if self.method in ("POST", "PUT", "PATCH"):
+        query = {p["name"] for p in self._get_parameters() if p.get("in") == "query"}
+        if self.method in ("POST", "PUT", "PATCH") or query:
             codes.append(400)
         if self.view.get_authenticators() and not all(isinstance(p, AllowAny) for p in self.view.get_permissions()):
             codes += [401, 403]
-        if "{" in self.path:
+        if "{" in self.path or "page" in query:
             codes.append(404)
+        if self.method in ("POST", "PUT", "PATCH"):
+            codes.append(415)
         if self.view.get_throttles():
             codes.append(429)
         for code in codes:

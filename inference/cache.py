@@ -27,6 +27,8 @@ from django.conf import settings
 from django.core.cache import caches
 from django_redis import get_redis_connection
 
+from config import prometheus
+
 logger = logging.getLogger(__name__)
 
 LAYERS = ("llm", "tool", "intent", "semantic")
@@ -115,6 +117,8 @@ class CacheLayer:
         if errors:  # errors met while Redis was down, counted now that it answers again
             pipe.hincrby(self._meta_key("stats"), "errors", errors)
         pipe.execute()
+        if field in ("hits", "misses"):  # the same lookups, for Prometheus (per process, summed by /metrics)
+            prometheus.cache_lookup_observe(layer=self.name, hit=field == "hits")
 
     def get(self, key: str, *, count: bool = True) -> Any | None:
         """Return the value stored under ``key`` (a :func:`canonical_key`), or None on a miss."""

