@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench screenshot
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ lint: install
 bench: install
 	$(BIN)/python -m config.services run -- sh -c '\
 		python bench/stream.py && python bench/remote.py && python bench/cache.py'
+
+# docs/screenshot.png: the chat page with a short conversation, via Playwright and /usr/bin/chromium.
+screenshot: install
+	$(BIN)/python -m config.services run -- python scripts/screenshot.py

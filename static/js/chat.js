@@ -1,9 +1,19 @@
-// Chat page: render the stored messages, then stream new answers over the WebSocket.
-// Protocol: DESIGN.md "WebSocket protocol". Text is always set with textContent, never as HTML.
+// Chat page: render the stored messages, stream new answers over the WebSocket, and use the REST
+// API for the rest (regenerate, stop fallback, feedback). Protocol: DESIGN.md "WebSocket protocol".
+//
+// Safety: user text is set with textContent only. Answers are Markdown rendered by
+// ParleyRender.render (marked, then DOMPurify, then highlight.js), for stored and streaming
+// answers alike.
+//
+// Reconnecting: the server stores a streaming answer's text so far about once a second, and each
+// token event carries its `offset` in the answer. After a reconnect the page reloads the messages
+// over REST (the longer of the stored and the already shown text is kept), then places each new
+// token at its offset, so text sent while the socket was down is filled in and none is repeated.
 (function () {
   "use strict";
 
-  const chat = document.getElementById("chat");
+  const { api } = window.Parley;
+  const chat = document.getElementById("main");
   const list = document.getElementById("messages");
   const form = document.getElementById("composer");
   const prompt = document.getElementById("prompt");
@@ -12,99 +22,500 @@
   const modelSelect = document.getElementById("model");
   const statusLine = document.getElementById("status");
   const conversationId = chat.dataset.conversationId;
-  const bubbles = new Map(); // message id -> element
+  const draftKey = "parley:draft:" + conversationId;
 
-  function render(message) {
-    let el = bubbles.get(message.id);
-    if (!el) {
-      el = document.createElement("article");
-      el.className = "message " + message.role;
-      el.dataset.messageId = message.id;
-      const body = document.createElement("div");
-      body.className = "content";
-      const meta = document.createElement("div");
-      meta.className = "meta";
-      el.append(body, meta);
-      list.append(el);
-      bubbles.set(message.id, el);
+  const messages = new Map(); // id -> {data, el, raw, steps: [{name, status}]}
+  let streamingId = null; // the answer being generated, if any
+  let pendingSteps = []; // node events that arrived before generation.started
+  let replacing = null; // id of the answer a regenerate will supersede
+  let lastSent = ""; // for retrying a message the server refused
+
+  // ---- rendering ------------------------------------------------------------------------------
+
+  function button(label, iconName, handler, extra = "") {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "icon " + extra;
+    if (iconName) b.append(window.Parley.icon(iconName));
+    else b.textContent = label;
+    b.title = label;
+    b.setAttribute("aria-label", label);
+    b.addEventListener("click", handler);
+    return b;
+  }
+
+  function create(message) {
+    const el = document.createElement("article");
+    el.className = "message " + message.role;
+    el.dataset.messageId = message.id;
+    el.setAttribute("aria-label", message.role === "user" ? "You said" : "Answer");
+    const steps = document.createElement("ol");
+    steps.className = "steps";
+    steps.hidden = true;
+    steps.setAttribute("aria-label", "Steps");
+    const body = document.createElement("div");
+    body.className = "content";
+    const citations = document.createElement("div");
+    citations.className = "citations";
+    citations.hidden = true;
+    const error = document.createElement("div");
+    error.className = "error-box";
+    error.setAttribute("role", "alert");
+    error.hidden = true;
+    const footer = document.createElement("div");
+    footer.className = "footer";
+    const meta = document.createElement("span");
+    meta.className = "meta";
+    const actions = document.createElement("span");
+    actions.className = "actions";
+    footer.append(actions, meta);
+    el.append(steps, body, citations, error, footer);
+    const entry = { data: message, el, raw: "", steps: [] };
+    messages.set(message.id, entry);
+    actions.append(button("Copy", "copy", () => copy(entry.raw, actions.firstChild), "copy"));
+    if (message.role === "assistant") {
+      actions.append(
+        button("Good answer", "up", () => feedback(entry, "up"), "thumb up"),
+        button("Bad answer", "down", () => feedback(entry, "down"), "thumb down"),
+        button("Regenerate", "regenerate", () => regenerate(entry), "regenerate"),
+      );
     }
-    el.querySelector(".content").textContent = message.content;
-    el.dataset.status = message.status;
+    list.append(el);
+    return entry;
+  }
+
+  let frame = null;
+  const dirty = new Set();
+  function paint(entry) {
+    // Streaming re-renders at most once per animation frame, however many tokens arrive.
+    dirty.add(entry);
+    if (frame === null) {
+      frame = requestAnimationFrame(() => {
+        frame = null;
+        for (const e of dirty) paintNow(e);
+        dirty.clear();
+        scrollDown();
+      });
+    }
+  }
+
+  function paintNow(entry) {
+    const body = entry.el.querySelector(".content");
+    if (entry.data.role === "user") body.textContent = entry.raw;
+    else window.ParleyRender.render(body, entry.raw);
+  }
+
+  let stickToBottom = true;
+  list.addEventListener("scroll", () => {
+    stickToBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  });
+  function scrollDown() {
+    if (stickToBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  function renderSteps(entry) {
+    const ol = entry.el.querySelector(".steps");
+    ol.replaceChildren(
+      ...entry.steps.map((s) => {
+        const li = document.createElement("li");
+        li.className = "step " + s.status;
+        li.textContent = s.name.replaceAll("_", " ") + (s.status === "start" ? " …" : " ✓");
+        return li;
+      }),
+    );
+    ol.hidden = entry.steps.length === 0;
+  }
+
+  function addStep(entry, name, status) {
+    const step = entry.steps.find((s) => s.name === name && s.status === "start");
+    if (step && status === "end") step.status = "end";
+    else if (!step) entry.steps.push({ name, status });
+    renderSteps(entry);
+  }
+
+  function renderCitations(entry, citations) {
+    const box = entry.el.querySelector(".citations");
+    if (!Array.isArray(citations) || !citations.length) {
+      box.hidden = true;
+      return;
+    }
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = "Sources:";
+    const ul = document.createElement("ul");
+    const seen = new Set();
+    for (const c of citations) {
+      const key = c.document_id + ":" + c.chunk_id;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const li = document.createElement("li");
+      li.textContent = c.title || "Document";
+      if (typeof c.similarity === "number") {
+        const score = document.createElement("span");
+        score.className = "score";
+        score.textContent = " " + Math.round(c.similarity * 100) + "%";
+        score.title = "Similarity of the passage to your question";
+        li.append(score);
+      }
+      ul.append(li);
+    }
+    box.replaceChildren(label, ul);
+    box.hidden = false;
+  }
+
+  function showError(entry, text, retry) {
+    const box = entry.el.querySelector(".error-box");
+    box.replaceChildren();
+    if (!text) {
+      box.hidden = true;
+      return;
+    }
+    const p = document.createElement("span");
+    p.textContent = text;
+    box.append(p);
+    if (retry) box.append(button("Retry", null, retry, "retry text"));
+    box.hidden = false;
+  }
+
+  /** Create or update the bubble of ``message`` (the API's message shape). */
+  function render(message) {
+    const entry = messages.get(message.id) || create(message);
+    const keepLocal = message.status === "streaming" && (message.content || "").length < entry.raw.length;
+    entry.data = Object.assign(entry.data, message);
+    if (!keepLocal) entry.raw = message.content || "";
+    entry.el.dataset.status = message.status;
+    paintNow(entry);
+    if (message.role === "assistant") {
+      // History: the steps the agent workflow recorded (`agents_used`), when the live list is gone.
+      const stored = message.metadata && (message.metadata.steps || message.metadata.agents_used);
+      if (Array.isArray(stored) && stored.length && !entry.steps.length) {
+        entry.steps = stored.map((s) => ({ name: String((s && s.name) || s), status: "end" }));
+        renderSteps(entry);
+      }
+      renderCitations(entry, message.citations);
+      if (message.status === "error") {
+        showError(entry, "Error: " + (message.error || "the model failed."), () => regenerate(entry));
+      } else if (message.status === "cancelled") {
+        showError(entry, "");
+      } else {
+        showError(entry, "");
+      }
+    }
     const meta = [];
-    if (message.status === "error") meta.push("Error: " + (message.error || "the model failed"));
     if (message.status === "cancelled") meta.push("Stopped");
-    if (message.usage) meta.push(message.usage.completion_tokens + " tokens");
+    if (message.model_slug && message.role === "assistant") meta.push(message.model_slug);
+    if (message.usage && message.usage.completion_tokens != null) meta.push(message.usage.completion_tokens + " tokens");
     if (message.ttft_ms != null) meta.push("first token " + message.ttft_ms + " ms");
-    el.querySelector(".meta").textContent = meta.join(" · ");
-    list.scrollTop = list.scrollHeight;
-    return el;
+    if (message.cached) meta.push("cached");
+    entry.el.querySelector(".meta").textContent = meta.join(" · ");
+    updateRegenerate();
+    scrollDown();
+    return entry;
+  }
+
+  /** Only the conversation's last message, an answer that is not streaming, can be regenerated. */
+  function updateRegenerate() {
+    const entries = [...messages.values()];
+    entries.forEach((e, i) => {
+      const b = e.el.querySelector(".regenerate");
+      if (b) b.hidden = i !== entries.length - 1 || e.data.status === "streaming" || streamingId !== null;
+    });
   }
 
   function setGenerating(active) {
     sendButton.hidden = active;
     stopButton.hidden = !active;
+    list.setAttribute("aria-busy", String(active));
+    updateRegenerate();
   }
 
-  JSON.parse(document.getElementById("initial-messages").textContent).forEach(render);
+  function clearAll() {
+    messages.clear();
+    list.replaceChildren();
+  }
+
+  function load(data) {
+    const local = new Map([...messages].map(([id, e]) => [id, e]));
+    clearAll();
+    streamingId = null;
+    for (const message of data) {
+      const old = local.get(message.id);
+      const entry = render(message);
+      if (old && message.status === "streaming" && old.raw.length > entry.raw.length) {
+        entry.raw = old.raw; // the stored text lags the stream by up to a second: keep what we saw
+        entry.steps = old.steps;
+        renderSteps(entry);
+        paintNow(entry);
+      }
+      if (message.role === "assistant" && message.status === "streaming") streamingId = message.id;
+    }
+    setGenerating(streamingId !== null);
+  }
+
+  // ---- actions -------------------------------------------------------------------------------
+
+  async function copy(text, target) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (error) {
+      const area = document.createElement("textarea");
+      area.value = text;
+      document.body.append(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+    }
+    if (target) {
+      const old = [...target.childNodes];
+      target.replaceChildren(target.classList.contains("copy-code") ? "Copied" : window.Parley.icon("check"));
+      setTimeout(() => target.replaceChildren(...old), 1200);
+    }
+    statusLine.textContent = "Copied.";
+  }
+
+  async function feedback(entry, rating) {
+    try {
+      await api(`conversations/${conversationId}/messages/${entry.data.id}/feedback/`, {
+        method: "POST",
+        body: { rating },
+      });
+      for (const b of entry.el.querySelectorAll(".thumb")) {
+        b.setAttribute("aria-pressed", String(b.classList.contains(rating)));
+      }
+      statusLine.textContent = "Thanks for the feedback.";
+    } catch (error) {
+      statusLine.textContent = error.detail;
+    }
+  }
+
+  async function regenerate(entry) {
+    if (streamingId) return;
+    replacing = entry.data.id;
+    showError(entry, "");
+    statusLine.textContent = "";
+    try {
+      // Waits for the whole answer; its tokens stream to this page over the WebSocket meanwhile.
+      const message = await api(`conversations/${conversationId}/messages/${entry.data.id}/regenerate/`, {
+        method: "POST",
+        body: { model: modelSelect.value },
+      });
+      render(message);
+    } catch (error) {
+      replacing = null;
+      if (messages.has(entry.data.id)) showError(entry, error.detail, () => regenerate(entry));
+      else statusLine.textContent = error.detail;
+    }
+  }
+
+  function send(content) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      statusLine.textContent = "Not connected yet; your message is kept. Try again in a moment.";
+      return false;
+    }
+    lastSent = content;
+    removeSendErrors();
+    statusLine.textContent = "";
+    socket.send(JSON.stringify({ type: "message.send", content, model: modelSelect.value }));
+    return true;
+  }
+
+  function removeSendErrors() {
+    list.querySelectorAll(".send-error").forEach((el) => el.remove());
+  }
+
+  function sendError(detail) {
+    // The server refused the message (too long, quota, a generation already running...).
+    removeSendErrors();
+    const box = document.createElement("div");
+    box.className = "error-box send-error";
+    box.setAttribute("role", "alert");
+    const text = document.createElement("span");
+    text.textContent = detail;
+    box.append(text);
+    if (lastSent) {
+      const content = lastSent;
+      box.append(button("Retry", null, () => send(content), "retry text"));
+    }
+    list.append(box);
+    scrollDown();
+  }
+
+  function stop() {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "generation.stop" }));
+    else api(`conversations/${conversationId}/stop/`, { method: "POST" }).catch(() => {});
+    statusLine.textContent = "Stopping…";
+  }
+
+  // ---- WebSocket -----------------------------------------------------------------------------
 
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  let socket;
-  let retry = 0;
+  let socket = null;
+  let attempt = 0;
+  let everOpened = false;
+  let pinger = null;
 
   function connect() {
     socket = new WebSocket(`${scheme}://${location.host}/ws/chat/${conversationId}/`);
-    socket.addEventListener("open", () => { retry = 0; statusLine.textContent = ""; });
-    socket.addEventListener("close", () => {
-      setGenerating(false);
-      const delay = Math.min(10000, 500 * 2 ** retry++);
-      statusLine.textContent = "Disconnected; reconnecting…";
+    socket.addEventListener("open", async () => {
+      const reconnected = everOpened;
+      everOpened = true;
+      attempt = 0;
+      statusLine.textContent = "";
+      chat.dataset.connected = "true";
+      clearInterval(pinger);
+      pinger = setInterval(() => socket.readyState === WebSocket.OPEN && socket.send('{"type":"ping"}'), 25000);
+      if (reconnected) {
+        // Catch up with what happened while disconnected; resume an answer still streaming.
+        try {
+          load(await api(`conversations/${conversationId}/messages/`));
+        } catch (error) {
+          /* keep what is shown */
+        }
+      }
+    });
+    socket.addEventListener("close", (event) => {
+      chat.dataset.connected = "false";
+      clearInterval(pinger);
+      if (event.code === 4401) {
+        statusLine.textContent = "You are signed out. Reload the page to sign in again.";
+        return;
+      }
+      if (event.code === 4404) {
+        statusLine.textContent = "This conversation no longer exists.";
+        return;
+      }
+      // Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to 15 s.
+      const delay = Math.min(15000, 500 * 2 ** attempt++) * (0.8 + Math.random() * 0.4);
+      statusLine.textContent = `Connection lost; reconnecting in ${Math.round(delay / 1000)} s…`;
       setTimeout(connect, delay);
     });
     socket.addEventListener("message", (event) => {
-      const data = JSON.parse(event.data);
-      switch (data.type) {
-        case "message.created":
-          render(data.message);
-          break;
-        case "generation.started":
-          render({ id: data.message_id, role: "assistant", content: "", status: "streaming" });
-          setGenerating(true);
-          break;
-        case "token": {
-          const el = bubbles.get(data.message_id) ||
-            render({ id: data.message_id, role: "assistant", content: "", status: "streaming" });
-          el.querySelector(".content").textContent += data.delta;
-          list.scrollTop = list.scrollHeight;
-          break;
-        }
-        case "generation.completed":
-          render(data.message);
-          setGenerating(false);
-          break;
-        case "error":
-          statusLine.textContent = data.detail;
-          break;
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (error) {
+        return;
       }
+      handle(data);
     });
   }
-  connect();
+
+  function handle(data) {
+    switch (data.type) {
+      case "message.created":
+        removeSendErrors();
+        render(data.message);
+        break;
+      case "generation.started": {
+        if (replacing && messages.has(replacing)) {
+          messages.get(replacing).el.remove();
+          messages.delete(replacing);
+        }
+        replacing = null;
+        streamingId = data.message_id;
+        const entry = messages.get(data.message_id) ||
+          render({ id: data.message_id, role: "assistant", content: "", status: "streaming", model_slug: data.model });
+        for (const s of pendingSteps) addStep(entry, s.name, s.status);
+        pendingSteps = [];
+        setGenerating(true);
+        break;
+      }
+      case "node": {
+        const entry = streamingId && messages.get(streamingId);
+        if (entry) addStep(entry, data.name, data.status);
+        else pendingSteps.push({ name: data.name, status: data.status });
+        break;
+      }
+      case "token": {
+        const entry = messages.get(data.message_id) ||
+          render({ id: data.message_id, role: "assistant", content: "", status: "streaming" });
+        if (!streamingId) {
+          streamingId = data.message_id;
+          setGenerating(true);
+        }
+        // Place the delta at its offset: overlapping text (already shown) is replaced, not repeated.
+        const at = typeof data.offset === "number" && data.offset <= entry.raw.length ? data.offset : entry.raw.length;
+        entry.raw = entry.raw.slice(0, at) + data.delta;
+        paint(entry);
+        break;
+      }
+      case "generation.completed": {
+        const entry = messages.get(data.message.id);
+        if (entry) entry.steps.forEach((s) => { s.status = "end"; });
+        if (entry) renderSteps(entry);
+        if (streamingId === data.message.id) streamingId = null;
+        render(data.message);
+        setGenerating(streamingId !== null);
+        statusLine.textContent = "";
+        window.Parley.refreshConversations();
+        window.Parley.refreshUsage();
+        break;
+      }
+      case "error":
+        // Errors of a generation come back with its message (generation.completed, status error).
+        if (!data.message_id) sendError(data.detail || "Something went wrong.");
+        break;
+      default:
+        break;
+    }
+  }
+
+  // ---- composer ------------------------------------------------------------------------------
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const content = prompt.value;
-    if (!content.trim() || socket.readyState !== WebSocket.OPEN) return;
-    statusLine.textContent = "";
-    socket.send(JSON.stringify({ type: "message.send", content, model: modelSelect.value }));
-    prompt.value = "";
+    if (!content.trim()) return;
+    if (streamingId) {
+      statusLine.textContent = "An answer is still being generated: stop it (Esc) or wait.";
+      return;
+    }
+    if (send(content)) {
+      prompt.value = "";
+      localStorage.removeItem(draftKey);
+    }
   });
   prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }
   });
-  stopButton.addEventListener("click", () => socket.send(JSON.stringify({ type: "generation.stop" })));
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !stopButton.hidden) stopButton.click();
+  prompt.addEventListener("input", () => {
+    if (prompt.value) localStorage.setItem(draftKey, prompt.value);
+    else localStorage.removeItem(draftKey);
   });
+  stopButton.addEventListener("click", stop);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !stopButton.hidden) {
+      event.preventDefault();
+      stop();
+    }
+  });
+  list.addEventListener("click", (event) => {
+    const b = event.target.closest(".copy-code");
+    if (b) copy(b.parentElement.querySelector("code")?.textContent || "", b);
+  });
+
+  // Models: the enabled ones from the API (the server-rendered options stay if it fails).
+  api("models/")
+    .then((models) => {
+      if (!Array.isArray(models) || !models.length) return;
+      const current = modelSelect.dataset.current || modelSelect.value;
+      modelSelect.replaceChildren(
+        ...models.map((m) => {
+          const option = document.createElement("option");
+          option.value = m.slug;
+          option.textContent = m.display_name;
+          option.selected = current ? m.slug === current : m.is_default;
+          return option;
+        }),
+      );
+    })
+    .catch(() => {});
+
+  prompt.value = localStorage.getItem(draftKey) || "";
+  load(JSON.parse(document.getElementById("initial-messages").textContent));
+  connect();
+  prompt.focus();
 })();

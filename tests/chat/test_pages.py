@@ -1,8 +1,14 @@
-import pytest
+import re
 
+import pytest
+from django.conf import settings as settings_module
+
+from accounts.models import User
 from chat.services import conversation_create, message_send
 
 pytestmark = pytest.mark.django_db
+
+NEW_PASSWORD = "a long new passphrase"  # noqa: S105 - a test account
 
 
 def test_pages_redirect_anonymous_visitors_to_login(client, conversation):
@@ -64,3 +70,80 @@ def test_admin_shows_conversations_with_their_messages(admin_client, conversatio
     assert b"Stored for the operator" in page.content
     assert admin_client.get("/admin/chat/message/").status_code == 200
     assert admin_client.get("/admin/inference/modelconfig/").status_code == 200
+
+
+def test_signup_creates_an_account_and_signs_in(client, db):
+    page = client.get("/signup/")
+    assert page.status_code == 200
+    assert b'name="password1"' in page.content
+    response = client.post(
+        "/signup/",
+        {"username": "bob", "email": "bob@example.com", "password1": NEW_PASSWORD, "password2": NEW_PASSWORD},
+    )
+    assert response.status_code == 302
+    assert client.get("/").status_code == 200  # signed in
+    assert User.objects.get(username="bob").check_password(NEW_PASSWORD)
+
+
+def test_signup_rejects_a_weak_or_mismatched_password(client, db):
+    response = client.post("/signup/", {"username": "bob", "password1": "123", "password2": "123"})
+    assert response.status_code == 200
+    assert b"too short" in response.content
+    response = client.post("/signup/", {"username": "bob", "password1": NEW_PASSWORD, "password2": "other"})
+    assert b"didn\xe2\x80\x99t match" in response.content or b"didn't match" in response.content
+    assert not User.objects.filter(username="bob").exists()
+
+
+def test_signup_can_be_switched_off(client, db, settings):
+    settings.SIGNUP_ENABLED = False
+    assert client.get("/signup/").status_code == 404
+    response = client.post("/signup/", {"username": "bob", "password1": NEW_PASSWORD, "password2": NEW_PASSWORD})
+    assert response.status_code == 404
+    assert not User.objects.filter(username="bob").exists()
+    assert b"/signup/" not in client.get("/login/").content
+    settings.SIGNUP_ENABLED = True
+    assert b"/signup/" in client.get("/login/").content
+
+
+def test_password_change(client, user):
+    client.force_login(user)
+    assert client.get("/password/").status_code == 200
+    response = client.post(
+        "/password/",
+        {"old_password": "correct horse battery", "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
+    )
+    assert response.status_code == 302 and response.url == "/password/done/"
+    assert client.get("/").status_code == 200  # this session stays signed in
+    user.refresh_from_db()
+    assert user.check_password(NEW_PASSWORD)
+
+
+def test_password_change_needs_the_old_password(client, user):
+    client.force_login(user)
+    response = client.post(
+        "/password/", {"old_password": "wrong", "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}
+    )
+    assert response.status_code == 200
+    user.refresh_from_db()
+    assert user.check_password("correct horse battery")
+
+
+def test_logout_is_post_only(client, user):
+    client.force_login(user)
+    assert client.get("/logout/").status_code == 405
+    assert client.get("/").status_code == 200
+
+
+def test_chat_page_loads_vendored_libraries_from_this_server(client, user, conversation):
+    client.force_login(user)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    for name in ["marked.umd.js", "purify.min.js", "highlight.min.js", "render.js", "chat.js"]:
+        assert re.search(rf'src="/static/[\w/.-]*{re.escape(name)}"', page)
+    # No CDN: every script and stylesheet comes from /static/.
+    assert not re.findall(r'(?:src|href)="(?:https?:)?//', page)
+    vendor = settings_module.BASE_DIR / "static" / "vendor"
+    readme = (vendor / "README.md").read_text()
+    for library, version in [("marked", "18.2.1"), ("dompurify", "3.4.18"), ("highlight.js", "11.12.0")]:
+        assert library in readme and version in readme
+    for license_file in ["marked.LICENSE", "dompurify.LICENSE", "highlight.js.LICENSE"]:
+        assert (vendor / license_file).stat().st_size > 500

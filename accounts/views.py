@@ -1,0 +1,45 @@
+"""Account pages of the web UI: sign up (switchable by ``SIGNUP_ENABLED``) and log in.
+
+Password change and logout are Django's own views (``config/urls.py``); logout is POST only.
+"""
+
+from django.conf import settings
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import UserCreationForm
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.debug import sensitive_post_parameters
+
+
+class SignupForm(UserCreationForm):
+    """Username, optional email and a password checked by ``AUTH_PASSWORD_VALIDATORS``."""
+
+    class Meta(UserCreationForm.Meta):
+        model = get_user_model()
+        fields = ("username", "email")
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login view; the page links to sign-up only when sign-up is on."""
+
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(signup_enabled=settings.SIGNUP_ENABLED, **kwargs)
+
+
+@sensitive_post_parameters("password1", "password2")
+def signup(request):
+    """Create an account and sign in. 404 when ``SIGNUP_ENABLED`` is off (the operator creates accounts)."""
+    if not settings.SIGNUP_ENABLED:
+        raise Http404("Sign-up is switched off on this server.")
+    if request.user.is_authenticated:
+        return redirect(settings.LOGIN_REDIRECT_URL)
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect(settings.LOGIN_REDIRECT_URL)
+    return render(request, "registration/signup.html", {"form": form})
