@@ -2,6 +2,8 @@
 
 import pytest
 from channels.db import database_sync_to_async
+from daphne.testing import DaphneProcess
+from django.db import connections
 from django.test import Client
 
 from accounts.models import User
@@ -25,6 +27,21 @@ def fresh_caches():
         layer(name).reset_stats()
     breaker._open_until = 0.0
     breaker._pending.clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits():
+    """Start every test with no rate-limit counts, generation slots or quota counters (they live in Redis)."""
+    from django.conf import settings
+    from django_redis import get_redis_connection
+
+    from accounts.limits_store import reset_breaker
+
+    connection = get_redis_connection("default")
+    keys = list(connection.scan_iter(f"{settings.REDIS_KEY_PREFIX}:limits:*", count=1000))
+    if keys:
+        connection.delete(*keys)
+    reset_breaker()
 
 
 @pytest.fixture
@@ -85,3 +102,24 @@ async def ws_headers(user: User | None, origin: str = "http://testserver") -> li
         cookie = await database_sync_to_async(session_cookie)(user)
         headers.append((b"cookie", f"sessionid={cookie}".encode()))
     return headers
+
+
+def _application():
+    from config.asgi import application
+
+    return application
+
+
+@pytest.fixture
+def daphne_url(transactional_db):
+    """A real Daphne server (HTTP and WebSocket, as in production) in a child process, on the test database."""
+    connections.close_all()  # the child is forked: it must open its own database connections
+    process = DaphneProcess("127.0.0.1", _application)
+    process.start()
+    if not process.ready.wait(30):
+        error = "no error caught" if process.errors.empty() else process.errors.get(timeout=1)[1]
+        process.terminate()
+        raise RuntimeError(f"Daphne did not start: {error}")
+    yield f"http://127.0.0.1:{process.port.value}"
+    process.terminate()
+    process.join(10)

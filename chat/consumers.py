@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 
+from accounts.services import user_group
+from accounts.throttling import websocket_message_throttle
+from config import prometheus
 from config.exceptions import ParleyError
+from config.log import websocket_message_begin
 
-from . import services, turns
+from . import presence, services, turns
 from .selectors import conversation_get
 from .serializers import MessageOutputSerializer
 
@@ -19,6 +24,7 @@ logger = logging.getLogger(__name__)
 # Close codes (RFC 6455 leaves 4000-4999 to applications).
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_SESSION_ENDED = 4403  # an operator deactivated the user (accounts.services.user_deactivate)
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -41,17 +47,38 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.group = turns.conversation_group(self.conversation.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        # The user's group: a "session.close" sent there closes every socket of theirs.
+        self.user_group = user_group(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
+        # Counted before the handshake completes, so a client that sees the socket open is counted.
+        self.presence = await presence.ws_connection_open(channel_name=self.channel_name, user_id=user.pk)
         await self.accept()
+        prometheus.ws_connection_opened()
+        self.counted = True
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            prometheus.ws_connection_closed()
+            self.counted = False
+        if hasattr(self, "user_group"):
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+        await presence.ws_connection_close(getattr(self, "presence", None))
         # Leaving the group does not stop a generation: other tabs, and the stored message, still get it.
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    async def send_error(self, code: str, detail: str) -> None:
-        await self.send_json({"type": "error", "code": code, "detail": detail})
+    async def send_error(self, code: str, detail: str, **extra) -> None:
+        await self.send_json({"type": "error", "code": code, "detail": detail, **extra})
+
+    async def send_parley_error(self, exc: ParleyError) -> None:
+        """Send ``exc`` as an ``error`` frame, with ``retry_after`` (seconds) and its extra keys when it has them."""
+        extra = dict(getattr(exc, "extra", {}))
+        if exc.retry_after is not None:
+            extra["retry_after"] = exc.retry_after
+        await self.send_error(exc.code, exc.detail, **extra)
 
     async def receive_json(self, content, **kwargs) -> None:
+        websocket_message_begin(self.scope)  # logs of this message (and the turn it starts) carry its id
         if not isinstance(content, dict):
             await self.send_error("invalid_json", "Each frame must be a JSON object.")
             return
@@ -72,6 +99,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return None
 
     async def message_send(self, content: dict) -> None:
+        try:  # RATE_LIMIT_WS: over it, an error frame with retry_after; the socket stays open
+            await sync_to_async(websocket_message_throttle)(user=self.scope["user"])
+        except ParleyError as exc:
+            await self.send_parley_error(exc)
+            return
         text = content.get("content")
         if not isinstance(text, str):
             await self.send_error("invalid", "content must be a string.")
@@ -89,14 +121,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 params=content.get("params"),
                 cache=use_cache,
             )
-        except ParleyError as exc:  # includes InferenceError: no model to run
-            await self.send_error(exc.code, exc.detail)
+        except ParleyError as exc:  # includes InferenceError (no model), too_many_generations, quota_exceeded
+            await self.send_parley_error(exc)
             return
         await turns.send_event(
             self.conversation.pk,
             {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data},
         )
         turns.turn_start(turn)
+
+    async def session_close(self, message: dict) -> None:
+        """Close this socket: its user was deactivated (a ``session.close`` on the user's group)."""
+        await self.close(code=CLOSE_SESSION_ENDED)
 
     async def chat_event(self, message: dict) -> None:
         """Relay one event of the conversation's group to this socket."""

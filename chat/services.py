@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -11,7 +14,9 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
-from accounts.models import User
+from accounts.models import UsageSource, User
+from accounts.quotas import generation_admit, generation_release
+from accounts.services import usage_record
 from config.exceptions import ParleyError
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
@@ -116,6 +121,24 @@ class Turn:
     use_cache: bool = True  # False: the request asked to bypass the response caches
 
 
+@contextmanager
+def _admitted(*, conversation: Conversation, params: GenerationParams) -> Iterator[uuid.UUID]:
+    """Admit a generation for the conversation's owner (slot + quota reservation) and yield its id.
+
+    The id is the new assistant message's: :func:`message_finalize` frees the slot by it. If the
+    block fails (nothing stored), the slot is freed at once.
+    """
+    assistant_id = uuid.uuid4()
+    # Read afresh: a long-lived socket's conversation may hold an owner from before a quota change.
+    owner = User.objects.get(pk=conversation.owner_id)
+    generation_admit(user=owner, generation_id=str(assistant_id), reserve_tokens=params.max_tokens)
+    try:
+        yield assistant_id
+    except BaseException:
+        generation_release(user_id=conversation.owner_id, generation_id=str(assistant_id))
+        raise
+
+
 def message_send(
     *,
     conversation: Conversation,
@@ -132,28 +155,35 @@ def message_send(
     ``empty_message`` / ``message_too_long`` (see :func:`message_validate`),
     ``generation_in_progress`` (409) when an answer is still being generated in this conversation,
     ``model_unavailable`` when no enabled model matches, ``invalid_params`` for bad ``params``
-    (see :func:`inference.services.generation_params`).
+    (see :func:`inference.services.generation_params`), and before storing anything, 429
+    ``too_many_generations`` / ``quota_exceeded`` (see :func:`accounts.quotas.generation_admit`). The
+    generation slot taken here is freed by :func:`message_finalize`.
     """
     content = message_validate(content=content)
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
-    with transaction.atomic():
-        # Lock the conversation so two sends cannot both pass the in-progress check.
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-        _check_no_generation(locked)
-        user_message = Message.objects.create(
-            conversation=locked, role=Role.USER, content=content, client_id=client_id[:64]
-        )
-        assistant_message = Message.objects.create(
-            conversation=locked, role=Role.ASSISTANT, status=MessageStatus.STREAMING, model_slug=model.slug
-        )
-        update_fields = ["updated_at"]
-        if not locked.title:
-            locked.title = " ".join(content.split())[:TITLE_LENGTH]
-            update_fields.append("title")
-        if locked.model_id != model.pk:
-            locked.model = model
-            update_fields.append("model")
-        locked.save(update_fields=update_fields)
+    with _admitted(conversation=conversation, params=generation) as assistant_id:
+        with transaction.atomic():
+            # Lock the conversation so two sends cannot both pass the in-progress check.
+            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+            _check_no_generation(locked)
+            user_message = Message.objects.create(
+                conversation=locked, role=Role.USER, content=content, client_id=client_id[:64]
+            )
+            assistant_message = Message.objects.create(
+                id=assistant_id,
+                conversation=locked,
+                role=Role.ASSISTANT,
+                status=MessageStatus.STREAMING,
+                model_slug=model.slug,
+            )
+            update_fields = ["updated_at"]
+            if not locked.title:
+                locked.title = " ".join(content.split())[:TITLE_LENGTH]
+                update_fields.append("title")
+            if locked.model_id != model.pk:
+                locked.model = model
+                update_fields.append("model")
+            locked.save(update_fields=update_fields)
     conversation.title, conversation.model = locked.title, locked.model
     return Turn(
         user_message=user_message,
@@ -181,10 +211,10 @@ def message_regenerate(
     generation, not the cached copy of the answer being replaced. Run the returned turn with
     :func:`chat.turns.turn_run`. Raise :class:`ParleyError`: ``generation_in_progress`` (409),
     ``not_regenerable`` (400) when ``message`` is not the last answer, and those of model and params
-    (see :func:`message_send`).
+    (see :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` (429) before anything changes.
     """
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
-    with transaction.atomic():
+    with _admitted(conversation=conversation, params=generation) as assistant_id, transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)
         last_two = list(message_list(conversation=locked).order_by("-created_at")[:2])
@@ -197,7 +227,11 @@ def message_regenerate(
             raise ParleyError("Only the last answer of a conversation can be regenerated.", code="not_regenerable")
         old_answer, user_message = last_two
         assistant_message = Message.objects.create(
-            conversation=locked, role=Role.ASSISTANT, status=MessageStatus.STREAMING, model_slug=model.slug
+            id=assistant_id,
+            conversation=locked,
+            role=Role.ASSISTANT,
+            status=MessageStatus.STREAMING,
+            model_slug=model.slug,
         )
         old_answer.superseded_by = assistant_message
         old_answer.save(update_fields=["superseded_by"])
@@ -254,14 +288,17 @@ def message_finalize(
     cached: bool = False,
     error: str = "",
     metadata: dict | None = None,
+    citations: list[dict] | None = None,
 ) -> Message:
     """Finish an assistant message: its text (partial on error or stop), status, usage and timings.
 
     ``ttft_ms`` and ``latency_ms`` are milliseconds from the start of the turn to the first token
     and to the end; ``tokens_per_s`` completion tokens per second; ``cost`` USD. ``metadata`` is
-    merged into the message's metadata. Return the stored message.
+    merged into the message's metadata. ``citations`` (the knowledge-base passages the answer drew
+    on: ``[{document_id, title, chunk_id, similarity}]``) replace the message's when given. Return the
+    stored message.
     """
-    message = Message.objects.get(pk=message_id)
+    message = Message.objects.select_related("conversation").get(pk=message_id)
     message.content = content
     message.status = status
     message.prompt_tokens = prompt_tokens
@@ -273,6 +310,8 @@ def message_finalize(
     message.cached = cached
     message.error = error
     message.metadata = {**message.metadata, **(metadata or {})}
+    if citations is not None:
+        message.citations = citations
     message.finished_at = timezone.now()
     message.save(
         update_fields=[
@@ -287,10 +326,43 @@ def message_finalize(
             "cached",
             "error",
             "metadata",
+            "citations",
             "finished_at",
         ]
     )
+    # The generation is over: free its slot and quota reservation (taken by message_send/regenerate).
+    generation_release(user_id=message.conversation.owner_id, generation_id=str(message.pk))
     return message
+
+
+def turn_usage_record(*, turn: Turn, message: Message) -> None:
+    """Record the model request behind ``turn``, finished as ``message``, for the conversation's owner.
+
+    See :func:`accounts.services.usage_record`: source ``chat``, the model's provider, the message's
+    status (``complete``, ``error``, ``cancelled``), tokens, cost, TTFT, latency and cache flag.
+    """
+    usage_record(
+        user=message.conversation.owner,
+        model_slug=turn.model.slug,
+        provider=turn.model.provider,
+        source=UsageSource.CHAT,
+        status=message.status,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        cost=message.cost,
+        ttft_ms=message.ttft_ms,
+        latency_ms=message.latency_ms,
+        cached=message.cached,
+    )
+
+
+def message_partial_save(*, message_id, content: str) -> bool:
+    """Store the text so far of an answer still ``streaming`` (for clients that reconnect midway).
+
+    Never touches a finalised message, so a late save cannot undo :func:`message_finalize`.
+    Return whether the message was updated.
+    """
+    return bool(Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING).update(content=content))
 
 
 INTERRUPTED = "The server stopped while this answer was being generated."

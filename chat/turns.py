@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from accounts.quotas import GenerationKeepalive
+from agents.graph import turn_graph_run
+from agents.services import memory_after_turn
 from inference.cache import answer_entry, canonical_key, replay_deltas, semantic_lookup, semantic_store
 from inference.cache import layer as cache_layer
 from inference.providers import Chunk, GenerationParams, InferenceError, ModelTimeout, Usage
@@ -34,11 +38,14 @@ from inference.services import (
 from .models import Message, MessageStatus
 from .selectors import model_messages
 from .serializers import MessageOutputSerializer
-from .services import Turn, message_finalize
+from .services import Turn, message_finalize, message_partial_save, turn_usage_record
 
 logger = logging.getLogger(__name__)
 
 STOPPED_BY_USER = "Stopped by the user."
+STOP_POLL_SECONDS = 0.25  # longest a stop waits to be noticed while no token arrives
+STOP_GRACE_SECONDS = 1.0  # how long a stopped provider may take to end with its usage
+PARTIAL_SAVE_SECONDS = 1.0  # how often a streaming answer's text so far is stored
 
 # Strong references to running turns: asyncio keeps only weak ones, and a turn must outlive the
 # socket that started it.
@@ -125,6 +132,9 @@ async def _replay(turn: Turn, cached: dict, started: float) -> _Outcome:
 def _first_question(messages: list[dict[str, str]]) -> str | None:
     """Return the user's question when ``messages`` is a conversation's first turn, else None."""
     turns = [m for m in messages if m["role"] != "system"]
+    if any(m["role"] == "system" for m in messages[1:]):
+        # Context the agent graph added (passages, tool results): the answer depends on more than the question.
+        return None
     return turns[0]["content"] if len(turns) == 1 and turns[0]["role"] == "user" else None
 
 
@@ -289,16 +299,33 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
     message_id = str(turn.assistant_message.pk)
     conversation_id = turn.assistant_message.conversation_id
 
+    stop_deadline: float | None = None  # set when a stop is seen: when to stop waiting for the provider
+    sent = 0  # characters sent so far: each token event's offset into the answer
+    saved, saved_at = 0, loop.time()  # characters stored so far (message_partial_save), and when
+
     async def flush() -> None:
-        nonlocal batch, deadline
+        nonlocal batch, deadline, sent
         if batch:
             delta, batch, deadline = "".join(batch), [], None
-            await send_event(conversation_id, {"type": "token", "message_id": message_id, "delta": delta})
+            event = {"type": "token", "message_id": message_id, "delta": delta, "offset": sent}
+            await send_event(conversation_id, event)
+            sent += len(delta)
+
+    async def save_partial() -> None:
+        # A client that reconnects mid-answer reads the text so far over REST, then merges later
+        # tokens by their offset, so no text is lost or repeated.
+        nonlocal saved, saved_at
+        if sent > saved and loop.time() - saved_at >= PARTIAL_SAVE_SECONDS:
+            saved, saved_at = sent, loop.time()
+            await database_sync_to_async(message_partial_save)(message_id=message_id, content="".join(parts)[:sent])
 
     try:
         done = False
         while not done:
             wake_at = stall_deadline if deadline is None else min(deadline, stall_deadline)
+            # A stop sets ``cancel`` from another task; look at it at least this often, so a stop
+            # takes effect even while the model sends nothing (a stalled server, a long prompt).
+            wake_at = min(wake_at, loop.time() + STOP_POLL_SECONDS, stop_deadline or math.inf)
             try:
                 # Event.wait is safe to time out: nothing is taken from the inbox unless it returns.
                 await asyncio.wait_for(inbox.event.wait(), timeout=max(0.0, wake_at - loop.time()))
@@ -330,8 +357,18 @@ async def _stream(turn: Turn, messages, params: GenerationParams, cancel: thread
                     stall_deadline = loop.time() + turn.model.idle_timeout
             if done:
                 break
+            if cancel.is_set():
+                # Stopped: the provider ends at its next token, with its usage. One that sends
+                # nothing (a stalled server) is not waited for beyond a short grace: the text so far
+                # is kept, its completion tokens counted as the deltas received (one token each).
+                if stop_deadline is None:
+                    stop_deadline = loop.time() + STOP_GRACE_SECONDS
+                elif loop.time() >= stop_deadline:
+                    outcome.finish_reason, outcome.usage = "cancelled", Usage(0, len(parts))
+                    break
             if deadline is not None and loop.time() >= deadline:
                 await flush()
+            await save_partial()
             if not items and loop.time() >= stall_deadline:
                 await flush()
                 waited = "first token" if outcome.ttft_ms is None else "next token"
@@ -383,9 +420,12 @@ async def turn_run(turn: Turn) -> Message:
                 return
 
     listener = asyncio.create_task(listen_for_stop())
+    # Hold the generation slot (accounts.quotas) while generating; message_finalize frees it.
+    keepalive = GenerationKeepalive(user_id=message.conversation.owner_id, generation_id=str(message.pk))
     status, error, error_code = MessageStatus.COMPLETE, "", ""
     outcome = _Outcome()
     metadata: dict = {}
+    agents_report: dict = {}  # citations and agents metadata, filled by the graph
     try:
         await send_event(
             conversation_id, {"type": "generation.started", "message_id": str(message.pk), "model": turn.model.slug}
@@ -395,7 +435,16 @@ async def turn_run(turn: Turn) -> Message:
         )
         if turn.model.orchestrator_id and turn.model.orchestrator.is_enabled:
             messages, metadata["orchestrator"] = await _orchestrate(turn, messages)
-        outcome = await _answer(turn, messages, cancel, started, metadata)
+        # The agent workflow (agents.graph): classify_intent → retrieve → tools → generate, where
+        # generate is this module's _answer with the gathered context in the messages.
+        outcome = await turn_graph_run(
+            messages=messages,
+            user_id=message.conversation.owner_id,
+            conversation_id=conversation_id,
+            emit=lambda event: send_event(conversation_id, event),
+            generate=lambda final: _answer(turn, final, cancel, started, metadata),
+            report=agents_report,
+        )
         if outcome.finish_reason == "cancelled":
             status, error = MessageStatus.CANCELLED, STOPPED_BY_USER
     except InferenceError as exc:
@@ -407,6 +456,7 @@ async def turn_run(turn: Turn) -> Message:
         status, error, error_code = MessageStatus.ERROR, "The model failed unexpectedly.", "upstream_error"
     finally:
         listener.cancel()
+        keepalive.stop()
         try:
             await layer.group_discard(control_group(conversation_id), control_channel)
         except Exception:  # noqa: S110 (Redis down: the group entry expires on its own)
@@ -433,8 +483,18 @@ async def turn_run(turn: Turn) -> Message:
         else None,
         cached=outcome.cached,
         error=error,
-        metadata=metadata,
+        metadata={**metadata, **agents_report.get("metadata", {})},
+        citations=agents_report.get("citations", []),
     )
+    try:  # usage and quotas (accounts.services.usage_record); never fails the turn
+        await database_sync_to_async(turn_usage_record)(turn=turn, message=message)
+    except Exception:
+        logger.exception("Could not record usage for message %s", message.pk)
+    if status == MessageStatus.COMPLETE:
+        try:  # remember the exchange (Celery); never fails the turn
+            await database_sync_to_async(memory_after_turn)(message_id=message.pk)
+        except Exception:
+            logger.exception("Could not queue memory for message %s", message.pk)
     if error_code:
         await send_event(
             conversation_id, {"type": "error", "code": error_code, "detail": error, "message_id": str(message.pk)}
@@ -454,3 +514,16 @@ def turn_start(turn: Turn) -> asyncio.Task:
     _running_turns.add(task)
     task.add_done_callback(_running_turns.discard)
     return task
+
+
+async def turns_drain(*, timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for the turns this process started on this loop to finish.
+
+    A turn outlives its socket and keeps writing (message, usage, memory) after the message turns
+    ``complete``; wait here before tearing down what it writes to. Return how many are still running.
+    """
+    loop = asyncio.get_running_loop()
+    pending = {task for task in _running_turns if task.get_loop() is loop}
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+    return len(pending)

@@ -9,12 +9,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 # Set up Django (apps, models) before importing anything that touches the ORM.
 django_asgi_app = get_asgi_application()
 
+import threading  # noqa: E402
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config.log import RequestIdASGIMiddleware  # noqa: E402
+from inference.embeddings import embedding_preload  # noqa: E402
+
+if settings.EMBEDDING_PRELOAD:
+    # Retrieval and memory embed every question once a user has documents or memories: load the
+    # model while the server starts, not inside someone's first turn.
+    threading.Thread(target=embedding_preload, name="embedding-preload", daemon=True).start()
 
 application = ProtocolTypeRouter(
     {

@@ -3,26 +3,37 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from accounts import views as account_views
+from accounts.admin_apis import AdminMetricsApi
+from accounts.admin_views import metrics_dashboard
 from accounts.urls import api_urlpatterns as accounts_api
+from agents.urls import api_urlpatterns as agents_api
 from chat.urls import api_urlpatterns as chat_api
 from inference.admin_views import cache_dashboard
 from inference.urls import api_urlpatterns as inference_api
 
-from . import health
+from . import health, prometheus
 
 urlpatterns = [
     path("admin/cache/", admin.site.admin_view(cache_dashboard), name="admin_cache"),
+    path("admin/metrics/", admin.site.admin_view(metrics_dashboard), name="admin_metrics"),
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
+    path("login/", account_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("signup/", account_views.signup, name="signup"),
+    path("password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("api/v1/admin/metrics/", AdminMetricsApi.as_view(), name="api_admin_metrics"),
     path("api/v1/", include(chat_api)),
     path("api/v1/", include(inference_api)),
     path("api/v1/", include(accounts_api)),
+    path("api/v1/", include(agents_api)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
     path("health/", health.liveness, name="health"),
     path("health/ready/", health.readiness, name="health_ready"),
+    path("metrics", prometheus.metrics_view, name="prometheus_metrics"),
     path("v1/", include("inference.gateway_urls")),
     path("", include("chat.urls")),
 ]

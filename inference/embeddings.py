@@ -243,3 +243,17 @@ def embed_text(text: str) -> list[float]:
     Raise as :func:`embed_texts` does.
     """
     return embed_texts([text])[0]
+
+
+def embedding_preload() -> None:
+    """Load the local embedding model now, so the first retrieval of a turn does not wait ~13 s for it.
+
+    Meant for a background thread at server start (``EMBEDDING_PRELOAD``); a remote embedding model
+    needs no loading. Logs and returns on failure: the first real use then reports the error.
+    """
+    if settings.EMBEDDING_MODEL != LOCAL:
+        return
+    try:
+        load_local_model()
+    except ModelUnavailable as exc:
+        logger.warning("Embedding model not preloaded: %s", exc)

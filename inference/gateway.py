@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import queue
 import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
@@ -28,7 +30,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import APIKeyAuthentication
-from config.exceptions import ParleyError
+from accounts.models import UsageSource, UsageStatus
+from accounts.quotas import GenerationKeepalive, generation_admit, generation_release, quota_check
+from accounts.services import usage_record
+from config.exceptions import ParleyError, payload_too_large
 
 from .cache import answer_entry, replay_deltas
 from .cache import layer as cache_layer
@@ -36,7 +41,9 @@ from .embeddings import embed_texts
 from .models import ModelConfig
 from .providers import Chunk, GenerationParams, ModelTimeout, ModelUnavailable, Usage
 from .selectors import model_config_get, model_config_list
-from .services import cache_allowed, generation_params, llm_cache_key, provider_for
+from .services import cache_allowed, generation_params, llm_cache_key, provider_for, usage_cost
+
+logger = logging.getLogger(__name__)
 
 # --- Errors -----------------------------------------------------------------------------------
 
@@ -78,10 +85,11 @@ def _error_type(status_code: int) -> str:
 def _from_parley(exc: ParleyError, param: str | None = None) -> OpenAIError:
     """Map a Parley (inference) error to its OpenAI equivalent, keeping its status and code.
 
-    ``model_busy``/``model_unavailable`` → 503 (``Retry-After`` when known), ``upstream_rate_limited`` → 429
-    ``rate_limit_exceeded``, ``model_timeout`` → 504, ``context_length_exceeded`` → 400 of that code.
+    ``model_busy``/``model_unavailable`` → 503 (``Retry-After`` when known), ``upstream_rate_limited``
+    and Parley's own ``rate_limited`` → 429 ``rate_limit_exceeded``, ``model_timeout`` → 504,
+    ``context_length_exceeded`` → 400 of that code.
     """
-    code = "rate_limit_exceeded" if exc.code == "upstream_rate_limited" else exc.code
+    code = "rate_limit_exceeded" if exc.code in ("upstream_rate_limited", "rate_limited") else exc.code
     return OpenAIError(
         exc.detail,
         status_code=exc.status_code,
@@ -111,6 +119,8 @@ def _validation_param(detail, prefix: str = "") -> tuple[str | None, str]:
 
 def openai_exception_handler(exc, context) -> Response | None:
     """Render errors of the ``/v1/`` views in OpenAI's shape; leave unexpected ones to a 500."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = payload_too_large()
     if isinstance(exc, ParleyError):
         exc = _from_parley(exc)
     elif isinstance(exc, Http404):
@@ -296,21 +306,31 @@ class ChatCompletionGateway(GatewayApi):
         params = self._params(config, data)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        # 429 too_many_generations / quota_exceeded here, before any work; recorded once it ends.
+        self.meter = meter = _Meter(user=request.user, config=config, generation_id=completion_id, params=params)
 
         llm = cache_layer("llm")
         key = None
         cached = None
+        lease = None
         if cache_allowed(config=config, params=params):
             key = llm_cache_key(config=config, params=params, messages=messages)
-            cached = llm.get(key)
+            # Single flight: of concurrent identical misses one generates (holding the lease), the
+            # others wait for its answer, as chat turns do.
+            cached, lease = _cache_lookup(llm, key, config)
 
         if data.get("stream"):
             include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
             chunks = _replay(cached) if cached is not None else _generate(config, messages, params)
+            chunks = _metered(chunks, meter, cached=cached is not None)
             if cached is None:
                 # Wait for the first chunk here, so a model that is busy, missing or too slow is an
                 # HTTP error (503, 504, ...) rather than an error event in a 200 stream.
-                first = next(chunks, None)
+                try:
+                    first = next(chunks, None)
+                except BaseException:
+                    _release(lease)
+                    raise
                 chunks = _chain(first, chunks)
             events = _sse(
                 chunks,
@@ -320,7 +340,14 @@ class ChatCompletionGateway(GatewayApi):
                 include_usage=include_usage,
                 store=(lambda answer: llm.set(key, answer)) if key is not None and cached is None else None,
             )
-            response = StreamingHttpResponse(events, content_type="text/event-stream")
+            response = StreamingHttpResponse(
+                _served(request, _holding(events, lease)), content_type="text/event-stream"
+            )
+            # A stream never read (the client left at once) still frees its slot and is recorded.
+            response._resource_closers.append(lambda: meter.finish(status=UsageStatus.CANCELLED))
+            if lease is not None:
+                # Also when the stream is never read (the client left at once): Django closes every response.
+                response._resource_closers.append(lease.release)
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"  # nginx: pass events on as they come
             return response
@@ -329,15 +356,19 @@ class ChatCompletionGateway(GatewayApi):
             text = cached["content"]
             finish_reason = cached.get("finish_reason", "stop")
             usage = Usage(cached.get("prompt_tokens", 0), cached.get("completion_tokens", 0))
+            meter.finish(status=UsageStatus.COMPLETE, usage=usage, cached=True)
         else:
             parts: list[str] = []
             last = Chunk()
-            for chunk in _generate(config, messages, params):
-                parts.append(chunk.delta)
-                last = chunk
-            text, finish_reason, usage = "".join(parts), last.finish_reason, last.usage or Usage()
-            if key is not None and finish_reason in ("stop", "length") and text:
-                llm.set(key, _cache_entry(text, finish_reason, usage))
+            try:
+                for chunk in _metered(_generate(config, messages, params), meter):
+                    parts.append(chunk.delta)
+                    last = chunk
+                text, finish_reason, usage = "".join(parts), last.finish_reason, last.usage or Usage()
+                if key is not None and finish_reason in ("stop", "length") and text:
+                    llm.set(key, _cache_entry(text, finish_reason, usage))
+            finally:
+                _release(lease)
         return Response(
             {
                 "id": completion_id,
@@ -355,6 +386,14 @@ class ChatCompletionGateway(GatewayApi):
                 "usage": _usage(usage),
             }
         )
+
+    meter: _Meter | None = None
+
+    def handle_exception(self, exc):
+        # Any failure after admission frees the generation slot and is recorded as an error (once).
+        if self.meter is not None:
+            self.meter.finish(status=UsageStatus.ERROR)
+        return super().handle_exception(exc)
 
     @staticmethod
     def _params(config: ModelConfig, data: dict) -> GenerationParams:
@@ -387,6 +426,174 @@ def _cache_entry(text: str, finish_reason: str | None, usage: Usage) -> dict:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
     )
+
+
+SINGLE_FLIGHT_POLL_SECONDS = 0.05
+
+
+class _Lease:
+    """This request's single-flight lease on an ``llm`` key: renewed in a thread until released.
+
+    Renewed every third of ``CACHE_SINGLE_FLIGHT_LEASE``, so a waiter takes over only if this
+    process dies. :meth:`release` is idempotent.
+    """
+
+    def __init__(self, llm, key: str, token: str):
+        self.llm, self.key, self.token = llm, key, token
+        self._done = threading.Event()
+        threading.Thread(target=self._renew, name="gateway-lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self._done.wait(settings.CACHE_SINGLE_FLIGHT_LEASE / 3):
+            self.llm.renew(self.key, self.token)
+
+    def release(self) -> None:
+        if not self._done.is_set():
+            self._done.set()
+            self.llm.release(self.key, self.token)
+
+
+def _release(lease: _Lease | None) -> None:
+    if lease is not None:
+        lease.release()
+
+
+def _cache_lookup(llm, key: str, config: ModelConfig) -> tuple[dict | None, _Lease | None]:
+    """Return ``(answer, None)`` from the ``llm`` layer, or ``(None, lease)``: generate, store, then release.
+
+    While another request holds the lease on ``key`` (it is generating this very answer), wait for
+    its answer, polling every ``SINGLE_FLIGHT_POLL_SECONDS``; take over if its lease lapses or it
+    stored nothing (it failed). Count a hit or a miss. Raise :class:`ModelTimeout` after waiting the
+    model's ``ttft_timeout`` (seconds). When Redis is down every request gets a lease (no caching).
+    """
+    cached = llm.get(key, count=False)
+    wait_until = time.monotonic() + config.ttft_timeout
+    while cached is None:
+        token = llm.acquire(key)
+        if token is not None:
+            # The holder may have stored its answer and released just before this acquire.
+            cached = llm.get(key, count=False)
+            if cached is not None:
+                llm.release(key, token)
+                break
+            llm.record("misses")
+            return None, _Lease(llm, key, token)
+        time.sleep(SINGLE_FLIGHT_POLL_SECONDS)
+        cached = llm.get(key, count=False)
+        if cached is None and time.monotonic() > wait_until:
+            raise ModelTimeout(f"Waited {config.ttft_timeout:g} s for an identical request's answer.")
+    llm.record("hits")
+    return cached, None
+
+
+class _Meter:
+    """One ``/v1`` chat completion, admitted and metered (accounts.quotas, accounts.services.usage_record).
+
+    Creating it takes a generation slot and reserves ``params.max_tokens`` of the user's daily quota,
+    or raises 429 ``too_many_generations`` / ``quota_exceeded``. :meth:`finish` (idempotent) frees
+    the slot and records the request (source ``gateway``) with its usage, TTFT and latency.
+    """
+
+    def __init__(self, *, user, config: ModelConfig, generation_id: str, params: GenerationParams):
+        generation_admit(user=user, generation_id=generation_id, reserve_tokens=params.max_tokens)
+        self.user, self.config, self.generation_id = user, config, generation_id
+        self.started = time.perf_counter()
+        self.ttft_ms: int | None = None
+        self._finished = False
+        self._lock = threading.Lock()
+        self._keepalive = GenerationKeepalive(user_id=user.pk, generation_id=generation_id)
+
+    def first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = round((time.perf_counter() - self.started) * 1000)
+
+    def finish(self, *, status: UsageStatus, usage: Usage | None = None, cached: bool = False) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        self._keepalive.stop()
+        generation_release(user_id=self.user.pk, generation_id=self.generation_id)
+        usage = usage or Usage()
+        try:
+            usage_record(
+                user=self.user,
+                model_slug=self.config.slug,
+                provider=self.config.provider,
+                source=UsageSource.GATEWAY,
+                status=status,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost=None
+                if cached
+                else usage_cost(
+                    model=self.config, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+                ),
+                ttft_ms=self.ttft_ms,
+                latency_ms=round((time.perf_counter() - self.started) * 1000),
+                cached=cached,
+            )
+        except Exception:  # the answer matters more than its bookkeeping
+            logger.exception("Could not record usage of %s", self.generation_id)
+
+
+def _metered(chunks: Iterator[Chunk], meter: _Meter, *, cached: bool = False) -> Iterator[Chunk]:
+    """Yield ``chunks``, then finish ``meter``: complete, error (an exception) or cancelled (closed early).
+
+    Without usage from the provider (a stream cut short) the completion tokens are counted as the
+    deltas received: one token each, as llama.cpp and OpenAI-compatible servers stream them.
+    """
+    status, last, deltas = UsageStatus.ERROR, Chunk(), 0
+    try:
+        for chunk in chunks:
+            if chunk.delta:
+                meter.first_token()
+                deltas += 1
+            last = chunk
+            yield chunk
+        status = UsageStatus.COMPLETE
+    except GeneratorExit:
+        status = UsageStatus.CANCELLED
+        raise
+    finally:
+        chunks.close()
+        meter.finish(status=status, usage=last.usage or Usage(0, deltas), cached=cached)
+
+
+def _holding(events: Iterator[bytes], lease: _Lease | None) -> Iterator[bytes]:
+    """Yield ``events``, then release ``lease`` (also when the client goes away midway)."""
+    try:
+        yield from events
+    finally:
+        _release(lease)
+
+
+_END = object()
+
+
+async def _pulled(events: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield ``events`` (a blocking iterator) to an async server, one item at a time.
+
+    Each ``next()`` runs in the request's own sync thread (``thread_sensitive``: the one Django's
+    ASGI handler gives the request, so database connections stay in one thread). Closing early (the
+    client left) closes ``events`` there too, which cancels the generation.
+    """
+    pull = sync_to_async(next, thread_sensitive=True)
+    try:
+        while (event := await pull(events, _END)) is not _END:
+            yield event
+    finally:
+        await sync_to_async(events.close, thread_sensitive=True)()
+
+
+def _served(request, events: Iterator[bytes]) -> Iterator[bytes] | AsyncIterator[bytes]:
+    """Return ``events`` as the server streams them: async under ASGI (Daphne), as is under WSGI.
+
+    Django's ASGI handler reads a sync iterator whole before sending anything (with a warning), so
+    a streamed answer would arrive in one piece at the end; and a WSGI server cannot stream an async one.
+    """
+    # DRF's Request hands attribute reads to Django's: only an ASGIRequest has an ASGI ``scope``.
+    return _pulled(events) if getattr(request, "scope", None) is not None else events
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -554,9 +761,17 @@ class EmbeddingGateway(GatewayApi):
                 code="model_not_found",
             )
         texts = data["input"]
-        vectors = embed_texts(texts)
-        base64_encoded = data["encoding_format"] == "base64"
+        quota_check(user=request.user)  # 429 quota_exceeded when today's tokens are used up
         tokens = sum(math.ceil(len(text) / CHARS_PER_TOKEN) for text in texts)
+        started = time.perf_counter()
+        provider = "local" if settings.EMBEDDING_MODEL == "local" else "openai_compatible"
+        try:
+            vectors = embed_texts(texts)
+        except BaseException:
+            _embedding_usage(request.user, served, provider, UsageStatus.ERROR, 0, started)
+            raise
+        _embedding_usage(request.user, served, provider, UsageStatus.COMPLETE, tokens, started)
+        base64_encoded = data["encoding_format"] == "base64"
         return Response(
             {
                 "object": "list",
@@ -572,6 +787,23 @@ class EmbeddingGateway(GatewayApi):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+
+def _embedding_usage(user, model: str, provider: str, status: UsageStatus, tokens: int, started: float) -> None:
+    """Record one ``/v1/embeddings`` request (source ``gateway``; ``tokens`` are prompt tokens)."""
+    try:
+        usage_record(
+            user=user,
+            model_slug=model,
+            provider=provider,
+            source=UsageSource.GATEWAY,
+            status=status,
+            prompt_tokens=tokens,
+            completion_tokens=0,
+            latency_ms=round((time.perf_counter() - started) * 1000),
+        )
+    except Exception:  # the vectors matter more than their bookkeeping
+        logger.exception("Could not record usage of an embeddings request")
 
 
 def _base64(vector: list[float]) -> str:

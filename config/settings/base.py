@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.log.request_id_middleware",  # first: every later log record carries the request id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -89,6 +91,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
+# Anyone may create an account at /signup/; off: only the operator creates accounts (admin, manage.py).
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -159,6 +163,15 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Seconds before a task taken by a worker that died without acknowledging it is delivered again
+# (acks_late); longer than any task runs, or a slow task would be run twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+# Workers log through LOGGING below (JSON, request ids, redaction), not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery beat (the `beat` process): nightly usage retention (manage.py usage prune).
+CELERY_BEAT_SCHEDULE = {
+    "usage-prune-nightly": {"task": "accounts.tasks.usage_prune_task", "schedule": crontab(hour=3, minute=30)},
+}
 
 REST_FRAMEWORK = {
     # API keys first: a ``Bearer pk_...`` token is an API key, any other Bearer token a JWT. The first
@@ -175,9 +188,25 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     # Throttle state lives in the default cache (Redis), shared by every process.
     "DEFAULT_THROTTLE_RATES": {"login": env("RATE_LIMIT_LOGIN", default="10/min")},
+    # RATE_LIMIT_USER per user, RATE_LIMIT_ANON per anonymous IP, on every view (accounts.throttling).
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.RequestRateThrottle"],
+    # DRF's parsers, honouring DATA_UPLOAD_MAX_MEMORY_SIZE (413 payload_too_large beyond it).
+    "DEFAULT_PARSER_CLASSES": [
+        "config.parsers.JSONParser",
+        "config.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     # X-Forwarded-For is trusted only behind this many proxies; 0 uses the peer address (REMOTE_ADDR).
     "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
 }
+
+# Rate limits and quotas (README, "Rate limits and quotas"); rates as DRF's "N/s", "N/min", "N/hour", "N/day"
+RATE_LIMIT_USER = env("RATE_LIMIT_USER", default="600/min")  # requests per authenticated user
+RATE_LIMIT_ANON = env("RATE_LIMIT_ANON", default="200/min")  # requests per anonymous client IP
+RATE_LIMIT_WS = env("RATE_LIMIT_WS", default="30/min")  # WebSocket message.send frames per user
+GENERATION_CONCURRENCY = env.int("GENERATION_CONCURRENCY", default=2)  # generations per user at once; 0: no limit
+GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a crashed process's slots free after
+QUOTA_DAILY_TOKENS = env.int("QUOTA_DAILY_TOKENS", default=200_000)  # per user per UTC day; 0: unlimited
 
 # Inference
 LLM_DEFAULT_MODEL = env("LLM_DEFAULT_MODEL", default="")
@@ -195,14 +224,37 @@ CHAT_TOKEN_BATCH_MS = env.int("CHAT_TOKEN_BATCH_MS", default=50)
 # ...or when it holds this many deltas, whichever comes first.
 CHAT_TOKEN_BATCH_SIZE = env.int("CHAT_TOKEN_BATCH_SIZE", default=16)
 
+# Logs: one JSON object a line (LOG_FORMAT=json) or plain text, each record with the request id
+# (config.log), secrets redacted before any handler writes (README, "Logs and metrics").
+LOG_FORMAT = env("LOG_FORMAT", default="json")  # json | plain
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "request_id": {"()": "config.log.RequestIdFilter"},
+        "redact": {"()": "config.log.RedactSecretsFilter"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
+    },
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# Prometheus: /metrics answers `Authorization: Bearer <METRICS_TOKEN>`; unset, only loopback.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
+# Usage retention (manage.py usage prune, nightly in Celery beat), in days.
+USAGE_RECORD_RETENTION_DAYS = env.int("USAGE_RECORD_RETENTION_DAYS", default=30)
+USAGE_DAILY_RETENTION_DAYS = env.int("USAGE_DAILY_RETENTION_DAYS", default=400)
 
 # Embeddings
 # "local" (all-MiniLM-L6-v2, bundled, on CPU) or a model name on the OpenAI-compatible EMBEDDING_BASE_URL.
@@ -210,6 +262,23 @@ EMBEDDING_MODEL = env("EMBEDDING_MODEL", default="local")
 EMBEDDING_BASE_URL = env("EMBEDDING_BASE_URL", default="")  # e.g. http://127.0.0.1:8080/v1
 EMBEDDING_API_KEY_ENV = env("EMBEDDING_API_KEY_ENV", default="")  # NAME of the variable holding the key
 EMBEDDING_DIMENSIONS = env.int("EMBEDDING_DIMENSIONS", default=384)  # vector length; 384 for "local"
+# Load the local embedding model in the background when the web server starts (~13 s, ~0.5 GB).
+EMBEDDING_PRELOAD = env.bool("EMBEDDING_PRELOAD", default=True)
+
+# Knowledge base and agents (agents app; README, "Knowledge base, memory and tools")
+MEDIA_URL = "media/"  # uploads are never served directly: documents are read through the API
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(PARLEY_DATA_DIR / "media")))
+KB_MAX_UPLOAD_MB = env.int("KB_MAX_UPLOAD_MB", default=10)  # per uploaded document, MiB
+KB_CHUNK_TOKENS = env.int("KB_CHUNK_TOKENS", default=200)  # MiniLM word pieces per chunk (it reads 256 at most)
+KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=40)  # word pieces shared by consecutive chunks
+KB_TOP_K = env.int("KB_TOP_K", default=4)  # passages retrieved per question
+KB_MIN_SIMILARITY = env.float("KB_MIN_SIMILARITY", default=0.3)  # cosine; below it a passage is not used or cited
+KB_HNSW_EF_SEARCH = env.int("KB_HNSW_EF_SEARCH", default=64)  # HNSW candidate list size at query time
+AGENTS_INTENT_MODEL = env("AGENTS_INTENT_MODEL", default="")  # model slug classifying what rules cannot; "" = rules
+AGENTS_MAX_TOOL_CALLS = env.int("AGENTS_MAX_TOOL_CALLS", default=3)  # per turn
+AGENTS_MEMORY_TOP_K = env.int("AGENTS_MEMORY_TOP_K", default=3)  # memories recalled per question
+AGENTS_SUMMARY_EVERY_PAIRS = env.int("AGENTS_SUMMARY_EVERY_PAIRS", default=10)  # 0: no summaries
+AGENTS_SUMMARY_MAX_TOKENS = env.int("AGENTS_SUMMARY_MAX_TOKENS", default=200)
 
 # Authentication and API keys (README, "Authentication and API keys")
 SIMPLE_JWT = {
@@ -244,4 +313,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Choice sets that share a field name ("status") get names of their own.
     "ENUM_NAME_OVERRIDES": {"CacheStatusEnum": ["ok", "degraded"]},
+    # An example for every request and response body (config.schema_examples), after the enum hook.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema_examples.add_missing_examples",
+    ],
 }

@@ -17,3 +17,6 @@ CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_KEY_PREFIX}:asgi"
 
 # Small, fast generations from the real bundled model.
 LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=2)
+
+# The suite loads the embedding model where a test needs it, not in every Daphne it starts.
+EMBEDDING_PRELOAD = env.bool("EMBEDDING_PRELOAD", default=False)

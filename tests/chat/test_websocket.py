@@ -6,11 +6,13 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from chat import turns
 from chat.models import Message, MessageStatus, Role
 from chat.services import conversation_create
 from config.asgi import application
 from conftest import make_user, ws_headers
-from inference.models import ModelConfig
+from inference.models import ModelConfig, Provider
+from tests.servers import ScriptedServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -130,6 +132,42 @@ async def test_stop_keeps_the_partial_answer(local_model):
     assert final["usage"]["completion_tokens"] < 1500
 
 
+async def test_a_stalled_answer_shows_its_text_so_far_and_a_stop_ends_it(local_model):
+    user, conversation = await setup_conversation(local_model)
+    # Two words, then silence for far longer than this test may wait: only the stop can end it.
+    with ScriptedServer(["stall-midway"], stall_seconds=120) as server:
+        await ModelConfig.objects.acreate(
+            slug="remote",
+            display_name="Remote",
+            provider=Provider.OPENAI_COMPATIBLE,
+            model="scripted",
+            base_url=server.base_url,
+            idle_timeout=120,
+            cache_policy="never",
+        )
+        communicator, _, _ = await connect(user, conversation.pk)
+        await communicator.send_json_to({"type": "message.send", "content": "Hi", "model": "remote"})
+        seen = ""
+        while seen != "Hello there":
+            token = (await receive_until(communicator, "token"))[-1]
+            assert token["offset"] == len(seen), "each delta says where it goes in the answer"
+            seen += token["delta"]
+        # A client connecting now (a reload, a reconnect) reads the text so far over REST.
+        answer = await Message.objects.aget(conversation=conversation, role=Role.ASSISTANT)
+        for _ in range(TIMEOUT * 10):
+            if answer.content:
+                break
+            await asyncio.sleep(0.1)
+            await answer.arefresh_from_db()
+        assert (answer.status, answer.content) == (MessageStatus.STREAMING, "Hello there")
+        await communicator.send_json_to({"type": "generation.stop"})
+        events = await receive_until(communicator, "generation.completed")
+        await communicator.disconnect()
+    final = events[-1]["message"]
+    assert final["status"] == "cancelled"
+    assert final["content"] == "Hello there"
+
+
 async def test_disconnecting_does_not_cancel_the_turn(local_model):
     user, conversation = await setup_conversation(local_model)
     communicator, _, _ = await connect(user, conversation.pk)
@@ -144,6 +182,7 @@ async def test_disconnecting_does_not_cancel_the_turn(local_model):
         await asyncio.sleep(0.1)
     assert answer.status == MessageStatus.COMPLETE
     assert answer.content
+    assert await turns.turns_drain(timeout=TIMEOUT) == 0
 
 
 async def test_a_second_socket_of_the_same_user_sees_the_stream(local_model):
