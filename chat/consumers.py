@@ -86,7 +86,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if kind == "message.send":
             await self.message_send(content)
         elif kind == "generation.stop":
-            await turns.generation_stop(self.conversation.pk)
+            try:
+                await turns.generation_stop(self.conversation.pk)
+            except Exception as exc:  # the channel layer (Redis) is down: say so, keep the socket
+                logger.warning("generation.stop not sent (%s)", type(exc).__name__)
+                await self.send_error("service_unavailable", "The stop could not be sent; try again shortly.")
         elif kind == "ping":
             await self.send_json({"type": "pong"})
         else:

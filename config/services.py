@@ -117,13 +117,17 @@ def run(command: list[str]) -> int:
             metrics_dir = prometheus_dir(root)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             started.append(lambda: shutil.rmtree(metrics_dir, ignore_errors=True))
-        # The child gets Ctrl-C from the terminal itself; this launcher waits for it to finish,
-        # then stops the services.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The child gets Ctrl-C from the terminal itself; a SIGTERM (a process manager, `kill`) is
+        # passed on to it. Either way this launcher waits for the child to finish, then stops the
+        # services: dying at once would leave PostgreSQL and Valkey running with nobody to stop them.
+        child = subprocess.Popen(command, env=env, cwd=BASE_DIR)  # noqa: S603 (the operator's own command)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
         try:
-            return subprocess.call(command, env=env, cwd=BASE_DIR)  # noqa: S603 (the operator's own command)
+            return child.wait()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
     finally:
         for stop in reversed(started):
             stop()
