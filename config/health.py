@@ -4,7 +4,9 @@
   is up and serving requests.
 - ``GET /health/ready/``: readiness. ``{"status": "ok"|"down", "components": {name: {"status":
   "ok"|"down", "latency_ms": float, "required": bool, "detail"?: str}}}`` for ``database``,
-  ``redis``, ``model`` and ``celery``; 503 when a required component is down, else 200.
+  ``redis``, ``model`` and ``celery``; 503 when a required component is down, else 200. ``detail``
+  (error texts, file paths, worker host names) is shown to staff only: the endpoint is public, and
+  a database error can name hosts and users. Failures are always logged with their detail.
 
 ``celery`` is ok when the broker accepts a connection and a worker answers a ping within
 ``HEALTH_CELERY_TIMEOUT`` seconds. It is required only when ``HEALTH_CELERY_REQUIRED`` is true, by
@@ -84,7 +86,7 @@ def check_celery() -> str:
     return f"{', '.join(name for reply in replies for name in reply)} answered"
 
 
-def _probe(name: str, check: Callable[[], str | None], required: bool) -> dict:
+def _probe(name: str, check: Callable[[], str | None], required: bool, *, verbose: bool) -> dict:
     start = time.perf_counter()
     try:
         detail = check()
@@ -96,7 +98,7 @@ def _probe(name: str, check: Callable[[], str | None], required: bool) -> dict:
         logger.log(logging.WARNING if required else logging.DEBUG, "health: %s is down: %s", name, detail)
     result["latency_ms"] = round((time.perf_counter() - start) * 1000, 2)
     result["required"] = required
-    if detail:
+    if detail and verbose:
         result["detail"] = detail
     return result
 
@@ -111,6 +113,7 @@ def readiness(request: HttpRequest) -> JsonResponse:
         "model": (check_model, True),
         "celery": (check_celery, settings.HEALTH_CELERY_REQUIRED),
     }
-    components = {name: _probe(name, check, required) for name, (check, required) in checks.items()}
+    verbose = request.user.is_authenticated and request.user.is_staff
+    components = {name: _probe(name, check, required, verbose=verbose) for name, (check, required) in checks.items()}
     ready = all(c["status"] == "ok" for c in components.values() if c["required"])
     return JsonResponse({"status": "ok" if ready else "down", "components": components}, status=200 if ready else 503)

@@ -11,6 +11,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from config.celery import app as celery_app
+from conftest import make_user
 from inference.models import ModelConfig
 
 pytestmark = pytest.mark.django_db
@@ -28,8 +29,12 @@ def redis_down(settings) -> None:
     settings.CACHES = {**settings.CACHES, "default": default}
 
 
-def ready() -> tuple[int, dict]:
-    response = Client().get("/health/ready/")
+def ready(*, staff: bool = True) -> tuple[int, dict]:
+    """GET /health/ready/, as staff (who see each component's detail) or anonymously."""
+    client = Client()
+    if staff:
+        client.force_login(make_user("operator", is_staff=True))
+    response = client.get("/health/ready/")
     assert response["Content-Type"] == "application/json"
     return response.status_code, response.json()
 
@@ -68,6 +73,16 @@ def test_redis_down_makes_ready_503_naming_redis(local_model, settings):
     assert redis["status"] == "down"
     assert "refused" in redis["detail"].lower() or "connect" in redis["detail"].lower()
     assert body["components"]["database"]["status"] == "ok"
+
+
+def test_anonymous_probes_see_status_but_no_error_text(local_model, settings):
+    redis_down(settings)
+    ModelConfig.objects.filter(pk=local_model.pk).update(model="/nonexistent/model.gguf")
+    status, body = ready(staff=False)
+    assert status == 503
+    for component in body["components"].values():
+        assert set(component) == {"status", "latency_ms", "required"}
+    assert body["components"]["redis"]["status"] == body["components"]["model"]["status"] == "down"
 
 
 def test_a_missing_model_file_makes_ready_503(local_model):
