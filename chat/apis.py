@@ -241,7 +241,7 @@ class MessageListApi(sse.EventStreamMixin, APIView):
         if self.wants_event_stream(request):
             return sse.event_stream_response(sse.turn_events(turn, announce=created))
         async_to_sync(turns.send_event)(conversation.pk, created)
-        assistant_message = async_to_sync(turns.turn_run)(turn)
+        assistant_message = async_to_sync(turns.turn_execute)(turn)
         if assistant_message.metadata.get("error_code") == ModelBusy.code:
             # Nothing was generated because the model's queue was full: say so the HTTP way. The
             # user's message and the failed answer stay stored, as for any failure.
@@ -397,7 +397,7 @@ class MessageRegenerateApi(sse.EventStreamMixin, APIView):
         )
         if self.wants_event_stream(request):
             return sse.event_stream_response(sse.turn_events(turn))
-        assistant_message = async_to_sync(turns.turn_run)(turn)
+        assistant_message = async_to_sync(turns.turn_execute)(turn)
         if assistant_message.metadata.get("error_code") == ModelBusy.code:
             raise ModelBusy(assistant_message.error, retry_after=BUSY_RETRY_AFTER)
         return Response(MessageOutputSerializer(assistant_message).data, status=status.HTTP_201_CREATED)

@@ -250,6 +250,36 @@ def message_regenerate(
     )
 
 
+def turn_load(*, message_id, params: dict, use_cache: bool = True) -> Turn | None:
+    """Rebuild the :class:`Turn` that assistant message ``message_id`` answers, in another process.
+
+    ``params`` is ``dataclasses.asdict`` of its :class:`GenerationParams`. Return None when the
+    message is gone or already finalised (nothing left to generate). Raise :class:`ParleyError`
+    ``model_unavailable`` when its model was disabled meanwhile.
+    """
+    answer = (
+        Message.objects.select_related("conversation")
+        .filter(pk=message_id, role=Role.ASSISTANT, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING])
+        .first()
+    )
+    if answer is None:
+        return None
+    question = (
+        Message.objects.filter(
+            conversation_id=answer.conversation_id, role=Role.USER, created_at__lte=answer.created_at
+        )
+        .order_by("-created_at")
+        .first()
+    )
+    return Turn(
+        user_message=question,
+        assistant_message=answer,
+        model=model_config_get(slug=answer.model_slug),
+        params=GenerationParams(**params),
+        use_cache=use_cache,
+    )
+
+
 FEEDBACK_COMMENT_LENGTH = 2000  # characters
 
 

@@ -13,8 +13,9 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -505,12 +506,36 @@ async def turn_run(turn: Turn) -> Message:
     return message
 
 
+TURN_WAIT_POLL_SECONDS = 0.2  # how often a caller waiting for a turn in a worker looks at its message
+
+
+async def turn_execute(turn: Turn) -> Message:
+    """Run ``turn`` where ``INFERENCE_EXECUTION`` says and return its finalised assistant message.
+
+    ``inline``: here, with :func:`turn_run`. ``celery``: in a Celery worker (``chat.turn_run``),
+    whose events reach the conversation's group as an inline turn's do; this waits for the stored
+    result, up to ``TURN_WAIT_SECONDS``, then returns the message as it is (still ``streaming``).
+    """
+    if settings.INFERENCE_EXECUTION != "celery":
+        return await turn_run(turn)
+    from .tasks import turn_run_task
+
+    message_id = turn.assistant_message.pk
+    await sync_to_async(turn_run_task.delay)(str(message_id), asdict(turn.params), turn.use_cache)
+    deadline = time.monotonic() + settings.TURN_WAIT_SECONDS
+    while True:
+        message = await Message.objects.select_related("conversation").aget(pk=message_id)
+        if message.status not in (MessageStatus.PENDING, MessageStatus.STREAMING) or time.monotonic() > deadline:
+            return message
+        await asyncio.sleep(TURN_WAIT_POLL_SECONDS)
+
+
 def turn_start(turn: Turn) -> asyncio.Task:
-    """Run :func:`turn_run` in the background of the current event loop and return its task.
+    """Run :func:`turn_execute` in the background of the current event loop and return its task.
 
     The task is not tied to the caller: it finishes even if the socket that started it closes.
     """
-    task = asyncio.get_running_loop().create_task(turn_run(turn))
+    task = asyncio.get_running_loop().create_task(turn_execute(turn))
     _running_turns.add(task)
     task.add_done_callback(_running_turns.discard)
     return task
