@@ -25,6 +25,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
 from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 (needs BASE_DIR on the path)
+from tests.servers import stop_process  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -110,11 +111,7 @@ def main() -> None:
             browser.close()
         print(f"Wrote {args.output}")
     finally:
-        daphne.terminate()
-        try:
-            daphne.wait(10)
-        except subprocess.TimeoutExpired:
-            daphne.kill()
+        stop_process(daphne)
         log.close()
         Conversation.objects.filter(owner=user).delete()
 

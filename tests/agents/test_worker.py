@@ -11,8 +11,7 @@ from rest_framework.test import APIClient
 
 from agents.models import Chunk, Document, DocumentStatus
 from agents.services import document_create
-
-from .conftest import start_worker, stop_worker
+from tests.servers import start_worker, stop_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

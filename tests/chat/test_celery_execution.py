@@ -6,7 +6,7 @@ from rest_framework.test import APIClient
 
 from chat.models import Message, MessageStatus, Role
 from chat.services import conversation_create
-from tests.agents.conftest import start_worker, stop_worker
+from tests.servers import start_worker, stop_worker
 
 from .test_websocket import connect, receive_until
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import session_cookie
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -90,11 +90,7 @@ def live_server_url(chromium, django_db_setup, django_db_blocker) -> str:
     try:
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         if os.environ.get("PARLEY_UI_SERVER_LOG"):  # debugging aid: print what the server logged
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-5000:])
