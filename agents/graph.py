@@ -1,10 +1,11 @@
-"""The turn workflow, a LangGraph ``StateGraph``: classify_intent → retrieve → tools → generate.
+"""The turn workflow, a LangGraph ``StateGraph`` run once per chat turn and streamed as it runs.
 
-Each node sends ``{"type": "node", "name": <node>, "status": "start"|"end"}`` through the ``emit``
-callable it is given. The first three only gather context; ``generate`` puts it in a system message
-just before the user's question and calls back into the chat turn (``generate(messages)``), which
-streams the answer through inference with its caches, stop and timeouts. This module imports
-nothing from ``chat``: the turn hands it what it needs.
+``START → [orchestrate] → classify_intent → [retrieve] → [tools] → generate → END``. The steps in
+brackets run only when they have something to do, so plain chat is classify_intent (rules, no model
+call) then generate. Each step writes ``{"type": "node", "name", "status": "start"|"end"}`` to the
+graph's custom stream; ``generate`` streams the answer from the inference pipeline
+(:class:`inference.pipeline.Generation`: caches, single flight, timeouts, stop) as ``chunks``
+events. The chat turn reads them with :func:`turn_graph_stream`. This module imports nothing from ``chat``.
 
 Keeping plain chat fast: intent is decided by rules first (no model call for the obvious cases);
 a model classifies the rest only when ``AGENTS_INTENT_MODEL`` names one (cached in the ``intent``
@@ -16,15 +17,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypedDict
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
 
+from accounts.models import User
 from inference.cache import canonical_key
 from inference.cache import layer as cache_layer
+from inference.embeddings import embed_text
+from inference.models import ModelConfig, Provider
+from inference.pipeline import Generation, first_question
+from inference.providers import GenerationParams, InferenceError
+from inference.selectors import model_config_get
+from inference.services import orchestrate, provider_for
 
+from .selectors import chunk_search, knowledge_available, memory_search
 from .tools import (
     REGISTRY,
     ToolContext,
@@ -38,7 +51,7 @@ from .tools import (
 
 logger = logging.getLogger(__name__)
 
-NODES = ("classify_intent", "retrieve", "tools", "generate")
+NODES = ("orchestrate", "classify_intent", "retrieve", "tools", "generate")
 
 
 class TurnState(TypedDict, total=False):
@@ -56,7 +69,11 @@ class TurnState(TypedDict, total=False):
     citations: list[dict]  # {document_id, title, chunk_id, similarity}
     agents_used: list[str]
     confidence: float | None  # top cosine similarity of what was retrieved
-    outcome: Any  # what generate() returned
+    has_chunks: bool  # the user has documents to search
+    has_memories: bool  # the user has memory on and memories to search
+    orchestrate: bool  # the model has an orchestrator that rewrites the question first
+    orchestrator: dict  # what the orchestrator did (inference.services.orchestrate's metadata)
+    outcome: Any  # the generation's inference.pipeline.Outcome
 
 
 # classify_intent: rules first.
@@ -129,11 +146,6 @@ def intent_from_model(*, text: str, model_slug: str) -> dict:
     :mod:`agents.tools`). Cached in the ``intent`` layer by model and text. Any failure gives
     ``{"intent": "chat"}``. Blocking.
     """
-    from inference.models import Provider
-    from inference.providers import GenerationParams, InferenceError
-    from inference.selectors import model_config_get
-    from inference.services import provider_for
-
     cache = cache_layer("intent")
     try:
         config = model_config_get(slug=model_slug)
@@ -196,17 +208,9 @@ async def classify_intent(state: TurnState) -> dict:
 # retrieve: pgvector over the user's chunks and memories.
 
 
-def _retrieve(*, user_id: int, conversation_id, query: str, knowledge: bool) -> tuple[list[dict], list[dict]]:
-    from accounts.models import User
-    from inference.embeddings import embed_text
-    from inference.providers import InferenceError
-
-    from .selectors import chunk_search, knowledge_available, memory_search
-
-    memory_enabled = User.objects.filter(pk=user_id, memory_enabled=True).exists()
-    has_chunks, has_memories = knowledge_available(user_id=user_id, memory=memory_enabled)
-    if not (has_chunks or has_memories):
-        return [], []  # nothing to search: no embedding, no query
+def _retrieve(
+    *, user_id: int, conversation_id, query: str, knowledge: bool, has_chunks: bool, has_memories: bool
+) -> tuple[list[dict], list[dict]]:
     try:
         embedding = embed_text(query)
     except InferenceError as exc:
@@ -232,6 +236,16 @@ def _retrieve(*, user_id: int, conversation_id, query: str, knowledge: bool) -> 
     return chunks, memories
 
 
+def turn_knowledge(*, user_id: int) -> dict:
+    """Return ``{"has_chunks", "has_memories"}`` for a turn's first state: whether retrieval has anything to search.
+
+    Blocking (two ``EXISTS`` queries); the turn reads it in the same database call as its messages.
+    """
+    memory_enabled = User.objects.filter(pk=user_id, memory_enabled=True).exists()
+    has_chunks, has_memories = knowledge_available(user_id=user_id, memory=memory_enabled)
+    return {"has_chunks": has_chunks, "has_memories": has_memories}
+
+
 async def retrieve(state: TurnState) -> dict:
     if state.get("intent") in ("calculate", "datetime"):
         return {"retrieved": [], "memories": [], "citations": [], "confidence": None}
@@ -241,6 +255,8 @@ async def retrieve(state: TurnState) -> dict:
             conversation_id=state.get("conversation_id"),
             query=_question(state),
             knowledge=state.get("intent") == "knowledge",
+            has_chunks=state.get("has_chunks", False),
+            has_memories=state.get("has_memories", False),
         )
     except Exception:  # the answer can still be given without its context
         logger.exception("Retrieval failed; answering without it")
@@ -325,89 +341,179 @@ def with_context(messages: list[dict[str, str]], context: str | None) -> list[di
 
 
 async def generate(state: TurnState, config) -> dict:
-    generate_answer = config["configurable"]["generate"]
+    """Stream the answer through the inference pipeline, each batch of chunks as a ``chunks`` stream event."""
+    options = config["configurable"]
+    model = options["model"]
     messages = with_context(state["messages"], context_message(state))
-    outcome = await generate_answer(messages)
-    return {"outcome": outcome, "agents_used": list(state.get("agents_used", [])) + ["generate"]}
+    generation = Generation(
+        config=model,
+        messages=messages,
+        params=options["params"],
+        use_cache=options["use_cache"],
+        owner_id=None if model.semantic_cache_shared else state["user_id"],
+        semantic_prompt=first_question(messages),
+        started=options["started"],
+        cancel=options["cancel"],
+    )
+    write = get_stream_writer()
+    async for batch in generation.batches():
+        write({"type": "chunks", "chunks": batch})
+    return {"outcome": generation.outcome, "agents_used": list(state.get("agents_used", [])) + ["generate"]}
+
+
+ORCHESTRATE_NODE = "orchestrate"
+
+
+async def orchestrate_request(state: TurnState, config) -> dict:
+    """Rewrite the question with the model's orchestrator (inference.services.orchestrate) within its timeout.
+
+    On timeout the raw request goes through. Metadata: see :func:`inference.services.orchestrate`.
+    """
+    model = config["configurable"]["model"]
+    messages = state["messages"]
+    started = time.perf_counter()
+    try:
+        messages, metadata = await asyncio.wait_for(
+            asyncio.to_thread(orchestrate, executor=model, messages=messages),
+            timeout=model.orchestrator.ttft_timeout,
+        )
+    except TimeoutError:
+        raw = messages[-1]["content"]
+        metadata = {"model": model.orchestrator.slug, "raw_prompt": raw, "prompt": raw, "status": "timeout"}
+        metadata["ms"] = round((time.perf_counter() - started) * 1000)
+    return {"messages": messages, "orchestrator": metadata}
 
 
 # The graph
 
 
 def _observed(name: str, node: Callable) -> Callable:
-    """Wrap ``node`` so it sends node start/end events and records its outcome in the turn's report."""
-    takes_config = node is generate
+    """Wrap ``node`` so it writes ``node`` start/end events to the graph's custom stream."""
 
     async def run(state: TurnState, config) -> dict:
-        emit = config["configurable"]["emit"]
-        report = config["configurable"]["report"]
-        await emit({"type": "node", "name": name, "status": "start"})
+        write = get_stream_writer()
+        write({"type": "node", "name": name, "status": "start"})
         try:
-            update = await (node(state, config) if takes_config else node(state))
+            return await node(state, config)
         finally:
-            await emit({"type": "node", "name": name, "status": "end"})
-        merged = {**state, **update}
-        report["citations"] = merged.get("citations", [])
-        report["metadata"] = {
-            "agents_used": merged.get("agents_used", []),
-            "retrieval_confidence": merged.get("confidence"),
-            "intent": {"name": merged.get("intent"), "source": merged.get("intent_source")},
-            "tools": merged.get("tool_results", []),
-            "memories": [
-                {
-                    "memory_id": m["memory_id"],
-                    "conversation_id": m["conversation_id"],
-                    "similarity": round(m["similarity"], 4),
-                }
-                for m in merged.get("memories", [])
-            ],
-        }
-        return update
+            write({"type": "node", "name": name, "status": "end"})
 
     run.__name__ = name
     return run
+
+
+def _state_only(node: Callable) -> Callable:
+    async def run(state: TurnState, config) -> dict:
+        return await node(state)
+
+    return run
+
+
+def _after_start(state: TurnState) -> str:
+    return ORCHESTRATE_NODE if state.get("orchestrate") else "classify_intent"
+
+
+def _after_intent(state: TurnState) -> str:
+    # Plain chat goes straight to generate: retrieval only when there is something to search.
+    searchable = state.get("has_chunks") or state.get("has_memories")
+    if searchable and state.get("intent") not in ("calculate", "datetime"):
+        return "retrieve"
+    return _after_retrieve(state)
+
+
+def _after_retrieve(state: TurnState) -> str:
+    return "tools" if state.get("tool_calls") else "generate"
 
 
 _graph = None
 
 
 def turn_graph():
-    """Return the compiled graph (built once per process)."""
+    """Return the compiled graph (built once per process).
+
+    ``START → [orchestrate] → classify_intent → [retrieve] → [tools] → generate → END``: a step in
+    brackets runs only when it has something to do (an orchestrator model; documents or memories to
+    search; a tool call).
+    """
     global _graph
     if _graph is None:
-        from langgraph.graph import END, START, StateGraph
-
         builder = StateGraph(TurnState)
-        for name, node in zip(NODES, (classify_intent, retrieve, tools, generate), strict=True):
-            builder.add_node(name, _observed(name, node))
-        builder.add_edge(START, "classify_intent")
-        builder.add_edge("classify_intent", "retrieve")
-        builder.add_edge("retrieve", "tools")
+        builder.add_node(ORCHESTRATE_NODE, _observed(ORCHESTRATE_NODE, orchestrate_request))
+        builder.add_node("classify_intent", _observed("classify_intent", _state_only(classify_intent)))
+        builder.add_node("retrieve", _observed("retrieve", _state_only(retrieve)))
+        builder.add_node("tools", _observed("tools", _state_only(tools)))
+        builder.add_node("generate", _observed("generate", generate))
+        builder.add_conditional_edges(START, _after_start, [ORCHESTRATE_NODE, "classify_intent"])
+        builder.add_edge(ORCHESTRATE_NODE, "classify_intent")
+        builder.add_conditional_edges("classify_intent", _after_intent, ["retrieve", "tools", "generate"])
+        builder.add_conditional_edges("retrieve", _after_retrieve, ["tools", "generate"])
         builder.add_edge("tools", "generate")
         builder.add_edge("generate", END)
         _graph = builder.compile()
     return _graph
 
 
-async def turn_graph_run(
+def turn_report(state: dict) -> tuple[list[dict], dict]:
+    """Return ``(citations, metadata)`` of a turn from its (possibly partial) state.
+
+    Citations: ``[{document_id, title, chunk_id, similarity}]``; metadata: ``{"agents_used",
+    "retrieval_confidence", "intent", "tools", "memories", "orchestrator"?}``.
+    """
+    metadata = {
+        "agents_used": state.get("agents_used", []),
+        "retrieval_confidence": state.get("confidence"),
+        "intent": {"name": state.get("intent"), "source": state.get("intent_source")},
+        "tools": state.get("tool_results", []),
+        "memories": [
+            {
+                "memory_id": m["memory_id"],
+                "conversation_id": m["conversation_id"],
+                "similarity": round(m["similarity"], 4),
+            }
+            for m in state.get("memories", [])
+        ],
+    }
+    if state.get("orchestrator"):
+        metadata["orchestrator"] = state["orchestrator"]
+    return state.get("citations", []), metadata
+
+
+async def turn_graph_stream(
     *,
     messages: list[dict[str, str]],
     user_id: int,
     conversation_id,
-    emit: Callable[[dict], Awaitable[None]],
-    generate: Callable[[list[dict[str, str]]], Awaitable[Any]],
-    report: dict,
-) -> Any:
-    """Run the workflow for one turn and return what ``generate`` returned.
+    model: ModelConfig,
+    params: GenerationParams,
+    use_cache: bool,
+    started: float,
+    cancel: threading.Event,
+    knowledge: dict,
+) -> AsyncIterator[tuple[str, dict]]:
+    """Run the workflow for one turn, yielding ``("event", event)`` and ``("update", state update)`` in order.
 
-    ``messages`` end with the user's question; ``emit(event)`` sends a protocol event; ``generate
-    (messages)`` produces the answer from the final messages (context included). ``report`` is
-    filled as the nodes run, so it holds what is known even when generation fails:
-    ``{"citations": [{document_id, title, chunk_id, similarity}], "metadata": {"agents_used",
-    "retrieval_confidence", "intent", "tools", "memories"}}``. Errors of ``generate`` propagate.
+    ``messages`` end with the user's question; ``knowledge`` is :func:`turn_knowledge`'s answer.
+    Events are the protocol's ``node`` events and ``{"type": "chunks", "chunks": [Chunk]}`` batches
+    of the answer; updates are what each step added to the state (the last one, of ``generate``,
+    holds ``outcome``: an :class:`inference.pipeline.Outcome`). ``cancel`` stops the generation
+    (its text so far kept); ``started`` is the ``time.perf_counter()`` TTFT counts from. Errors of
+    the generation propagate, with the text so far as ``partial``.
     """
-    state = await turn_graph().ainvoke(
-        {"messages": messages, "user_id": user_id, "conversation_id": str(conversation_id), "agents_used": []},
-        config={"configurable": {"emit": emit, "generate": generate, "report": report}},
-    )
-    return state["outcome"]
+    state = {
+        "messages": messages,
+        "user_id": user_id,
+        "conversation_id": str(conversation_id),
+        "agents_used": [],
+        "orchestrate": bool(model.orchestrator_id and model.orchestrator.is_enabled),
+        **knowledge,
+    }
+    options = {"model": model, "params": params, "use_cache": use_cache, "started": started, "cancel": cancel}
+    async for mode, payload in turn_graph().astream(
+        state, config={"configurable": options}, stream_mode=["custom", "updates"]
+    ):
+        if mode == "custom":
+            yield "event", payload
+        else:
+            for update in payload.values():
+                if update:
+                    yield "update", update

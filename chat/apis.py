@@ -13,6 +13,7 @@ from config.exceptions import ParleyError
 from config.schema import ErrorSerializer
 from inference.providers import ModelBusy
 from inference.providers.llama_cpp import BUSY_RETRY_AFTER
+from inference.sse import event_stream_response
 
 from . import services, sse, turns
 from .models import Rating
@@ -239,7 +240,7 @@ class MessageListApi(sse.EventStreamMixin, APIView):
         )
         created = {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}
         if self.wants_event_stream(request):
-            return sse.event_stream_response(sse.turn_events(turn, announce=created))
+            return event_stream_response(sse.turn_events(turn, announce=created))
         async_to_sync(turns.send_event)(conversation.pk, created)
         assistant_message = async_to_sync(turns.turn_execute)(turn)
         if assistant_message.metadata.get("error_code") == ModelBusy.code:
@@ -396,7 +397,7 @@ class MessageRegenerateApi(sse.EventStreamMixin, APIView):
             cache=data["cache"],
         )
         if self.wants_event_stream(request):
-            return sse.event_stream_response(sse.turn_events(turn))
+            return event_stream_response(sse.turn_events(turn))
         assistant_message = async_to_sync(turns.turn_execute)(turn)
         if assistant_message.metadata.get("error_code") == ModelBusy.code:
             raise ModelBusy(assistant_message.error, retry_after=BUSY_RETRY_AFTER)

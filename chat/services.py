@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
@@ -14,9 +15,9 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
+from accounts.metering import Admission
 from accounts.models import UsageSource, User
-from accounts.quotas import generation_admit, generation_release
-from accounts.services import usage_record
+from accounts.quotas import generation_release
 from config.exceptions import ParleyError
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
@@ -118,24 +119,28 @@ class Turn:
     assistant_message: Message
     model: ModelConfig
     params: GenerationParams
+    admission: Admission  # the generation slot and quota reservation taken for it (accounts.metering)
     use_cache: bool = True  # False: the request asked to bypass the response caches
+    started: float = field(default_factory=time.perf_counter)  # when the turn began: TTFT counts from here
 
 
 @contextmanager
-def _admitted(*, conversation: Conversation, params: GenerationParams) -> Iterator[uuid.UUID]:
-    """Admit a generation for the conversation's owner (slot + quota reservation) and yield its id.
+def _admitted(*, conversation: Conversation, params: GenerationParams) -> Iterator[Admission]:
+    """Admit a generation for the conversation's owner (slot + quota reservation) and yield it.
 
-    The id is the new assistant message's: :func:`message_finalize` frees the slot by it. If the
-    block fails (nothing stored), the slot is freed at once.
+    Its ``generation_id`` is the new assistant message's id; the turn finishes it
+    (:meth:`~accounts.metering.Admission.finish`). If the block fails (nothing stored), the slot is
+    freed at once.
     """
-    assistant_id = uuid.uuid4()
     # Read afresh: a long-lived socket's conversation may hold an owner from before a quota change.
     owner = User.objects.get(pk=conversation.owner_id)
-    generation_admit(user=owner, generation_id=str(assistant_id), reserve_tokens=params.max_tokens)
+    admission = Admission.admit(
+        user=owner, generation_id=str(uuid.uuid4()), reserve_tokens=params.max_tokens, source=UsageSource.CHAT
+    )
     try:
-        yield assistant_id
+        yield admission
     except BaseException:
-        generation_release(user_id=conversation.owner_id, generation_id=str(assistant_id))
+        admission.release()
         raise
 
 
@@ -161,7 +166,7 @@ def message_send(
     """
     content = message_validate(content=content)
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
-    with _admitted(conversation=conversation, params=generation) as assistant_id:
+    with _admitted(conversation=conversation, params=generation) as admission:
         with transaction.atomic():
             # Lock the conversation so two sends cannot both pass the in-progress check.
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
@@ -170,7 +175,7 @@ def message_send(
                 conversation=locked, role=Role.USER, content=content, client_id=client_id[:64]
             )
             assistant_message = Message.objects.create(
-                id=assistant_id,
+                id=admission.generation_id,
                 conversation=locked,
                 role=Role.ASSISTANT,
                 status=MessageStatus.STREAMING,
@@ -190,6 +195,7 @@ def message_send(
         assistant_message=assistant_message,
         model=model,
         params=generation,
+        admission=admission,
         use_cache=cache,
     )
 
@@ -214,7 +220,7 @@ def message_regenerate(
     (see :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` (429) before anything changes.
     """
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
-    with _admitted(conversation=conversation, params=generation) as assistant_id, transaction.atomic():
+    with _admitted(conversation=conversation, params=generation) as admission, transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)
         last_two = list(message_list(conversation=locked).order_by("-created_at")[:2])
@@ -227,7 +233,7 @@ def message_regenerate(
             raise ParleyError("Only the last answer of a conversation can be regenerated.", code="not_regenerable")
         old_answer, user_message = last_two
         assistant_message = Message.objects.create(
-            id=assistant_id,
+            id=admission.generation_id,
             conversation=locked,
             role=Role.ASSISTANT,
             status=MessageStatus.STREAMING,
@@ -246,6 +252,7 @@ def message_regenerate(
         assistant_message=assistant_message,
         model=model,
         params=generation,
+        admission=admission,
         use_cache=cache,
     )
 
@@ -258,7 +265,7 @@ def turn_load(*, message_id, params: dict, use_cache: bool = True) -> Turn | Non
     ``model_unavailable`` when its model was disabled meanwhile.
     """
     answer = (
-        Message.objects.select_related("conversation")
+        Message.objects.select_related("conversation__owner")
         .filter(pk=message_id, role=Role.ASSISTANT, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING])
         .first()
     )
@@ -276,6 +283,7 @@ def turn_load(*, message_id, params: dict, use_cache: bool = True) -> Turn | Non
         assistant_message=answer,
         model=model_config_get(slug=answer.model_slug),
         params=GenerationParams(**params),
+        admission=Admission(user=answer.conversation.owner, generation_id=str(answer.pk), source=UsageSource.CHAT),
         use_cache=use_cache,
     )
 
@@ -360,30 +368,15 @@ def message_finalize(
             "finished_at",
         ]
     )
-    # The generation is over: free its slot and quota reservation (taken by message_send/regenerate).
+    # The generation is over: free its slot and quota reservation (taken by message_send/regenerate),
+    # whoever finalises it (the turn's Admission.finish frees it too; freeing twice is harmless).
     generation_release(user_id=message.conversation.owner_id, generation_id=str(message.pk))
     return message
 
 
-def turn_usage_record(*, turn: Turn, message: Message) -> None:
-    """Record the model request behind ``turn``, finished as ``message``, for the conversation's owner.
-
-    See :func:`accounts.services.usage_record`: source ``chat``, the model's provider, the message's
-    status (``complete``, ``error``, ``cancelled``), tokens, cost, TTFT, latency and cache flag.
-    """
-    usage_record(
-        user=message.conversation.owner,
-        model_slug=turn.model.slug,
-        provider=turn.model.provider,
-        source=UsageSource.CHAT,
-        status=message.status,
-        prompt_tokens=message.prompt_tokens,
-        completion_tokens=message.completion_tokens,
-        cost=message.cost,
-        ttft_ms=message.ttft_ms,
-        latency_ms=message.latency_ms,
-        cached=message.cached,
-    )
+def turn_abandon(*, message_id, error: str) -> None:
+    """End an answer that cannot be generated (its model was disabled meanwhile): ``error``, slot freed."""
+    message_finalize(message_id=message_id, content="", status=MessageStatus.ERROR, error=error)
 
 
 def message_partial_save(*, message_id, content: str) -> bool:

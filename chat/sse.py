@@ -19,13 +19,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 from channels.layers import get_channel_layer
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
 from config.schema import AutoSchema
+from inference.sse import MEDIA_TYPE, sse_frame
 
 from . import turns
 from .serializers import MessageOutputSerializer
@@ -33,7 +33,6 @@ from .services import Turn
 
 logger = logging.getLogger(__name__)
 
-MEDIA_TYPE = "text/event-stream"
 # A comment line every this many seconds of silence keeps proxies and browsers from closing an idle
 # stream (nginx's proxy_read_timeout defaults to 60 s; the HTML standard suggests ~15 s).
 KEEPALIVE_SECONDS = 15.0
@@ -94,8 +93,7 @@ def event_stream_response_schema(*, description: str, events: list[dict]) -> Ope
 
 def sse_event(event: dict) -> bytes:
     """Return one protocol event as an SSE event: ``event: <type>``, ``data: <compact JSON>``."""
-    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    return sse_frame(event, event=event["type"])
 
 
 def _belongs(event: dict, message_id: str) -> bool:
@@ -210,11 +208,3 @@ async def turn_events(turn: Turn, *, announce: dict | None = None) -> AsyncItera
                 await layer.group_discard(group, channel)
             except Exception:  # noqa: S110 (Redis down: the group entry expires on its own)
                 pass
-
-
-def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    """Return ``events`` as a ``text/event-stream`` response that proxies pass on unbuffered."""
-    response = StreamingHttpResponse(events, content_type=MEDIA_TYPE)
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx: pass events on as they come
-    return response

@@ -7,7 +7,7 @@ from celery import shared_task
 
 from config.exceptions import ParleyError
 
-from . import services, turns
+from . import services
 from .models import MessageStatus
 
 
@@ -17,10 +17,12 @@ from .models import MessageStatus
 @shared_task(name="chat.turn_run", acks_late=False)
 def turn_run_task(message_id: str, params: dict, use_cache: bool) -> str | None:
     """Generate the answer ``message_id`` (see :func:`chat.turns.turn_run`); return its final status."""
+    from . import turns  # lazily: chat.turns enqueues this task
+
     try:
         turn = services.turn_load(message_id=message_id, params=params, use_cache=use_cache)
     except ParleyError as exc:  # the model was disabled between the send and this task
-        services.message_finalize(message_id=message_id, content="", status=MessageStatus.ERROR, error=exc.detail)
+        services.turn_abandon(message_id=message_id, error=exc.detail)
         return MessageStatus.ERROR
     if turn is None:
         return None

@@ -8,40 +8,50 @@ https://platform.openai.com/docs/api-reference.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
+import io
 import logging
 import math
-import queue
 import struct
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import APIKeyAuthentication
+from accounts.metering import Admission
 from accounts.models import UsageSource, UsageStatus
-from accounts.quotas import GenerationKeepalive, generation_admit, generation_release, quota_check
+from accounts.quotas import quota_check
 from accounts.services import usage_record
+from accounts.throttling import rate_hit
 from config.exceptions import ParleyError, payload_too_large
+from config.parsers import JSONParser
 
-from .cache import answer_entry, replay_deltas
-from .cache import layer as cache_layer
 from .embeddings import embed_texts
 from .models import ModelConfig
-from .providers import Chunk, GenerationParams, ModelTimeout, ModelUnavailable, Usage
+from .pipeline import Generation
+from .providers import Chunk, GenerationParams, ModelUnavailable, Usage
 from .selectors import model_config_get, model_config_list
-from .services import cache_allowed, generation_params, llm_cache_key, provider_for, usage_cost
+from .services import generation_params
+from .sse import event_stream_response, sse_frame
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +127,8 @@ def _validation_param(detail, prefix: str = "") -> tuple[str | None, str]:
     return prefix or None, str(detail)
 
 
-def openai_exception_handler(exc, context) -> Response | None:
-    """Render errors of the ``/v1/`` views in OpenAI's shape; leave unexpected ones to a 500."""
+def openai_error(exc: Exception) -> OpenAIError | None:
+    """Return ``exc`` as an :class:`OpenAIError` (status, type, code), or None for an unexpected error."""
     if isinstance(exc, RequestDataTooBig):
         exc = payload_too_large()
     if isinstance(exc, ParleyError):
@@ -147,12 +157,19 @@ def openai_exception_handler(exc, context) -> Response | None:
             code=codes if isinstance(codes, str) else None,
             retry_after=math.ceil(wait) if wait else None,
         )
-    if not isinstance(exc, OpenAIError):
-        return None
-    response = Response(exc.body(), status=exc.status_code)
-    if exc.retry_after is not None:
-        response["Retry-After"] = str(exc.retry_after)
-    if exc.status_code == 401:
+    return exc if isinstance(exc, OpenAIError) else None
+
+
+def openai_exception_handler(exc, context) -> Response | None:
+    """Render errors of the DRF ``/v1/`` views in OpenAI's shape; leave unexpected ones to a 500."""
+    error = openai_error(exc)
+    if error is None:  # unexpected: still an OpenAI-shaped 500, which OpenAI's clients understand
+        logger.error("Unexpected error in %s", type(context.get("view")).__name__, exc_info=exc)
+        error = OpenAIError("The server had an error processing your request.", status_code=500, type="server_error")
+    response = Response(error.body(), status=error.status_code)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    if error.status_code == 401:
         response["WWW-Authenticate"] = APIKeyAuthentication().authenticate_header(context.get("request"))
     return response
 
@@ -267,452 +284,280 @@ class _StrictFloatField(serializers.FloatField):
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-class ChatCompletionGateway(GatewayApi):
-    """``POST /v1/chat/completions``: one answer from an enabled model, whole or as server-sent events.
+class ChatCompletionInput(serializers.Serializer):
+    """The body of ``POST /v1/chat/completions`` that Parley reads (OpenAI's names and ranges)."""
 
-    Takes OpenAI's ``model``, ``messages`` (roles system/developer/user/assistant, text content),
-    ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or ``max_completion_tokens``),
-    ``temperature`` (0 to 2), ``stop`` and ``n`` (1 only); other OpenAI parameters are ignored.
-    The model's system prompt goes first when the messages have no system message. Answers that the
-    model's cache policy allows (e.g. at temperature 0) are served from and stored in the ``llm``
-    cache layer, under the same keys as chat turns.
+    class MessageSerializer(serializers.Serializer):
+        role = serializers.ChoiceField(choices=sorted(ROLES))
+        content = _ContentField()
+
+    class StreamOptionsSerializer(serializers.Serializer):
+        include_usage = _StrictBooleanField(required=False, default=False)
+
+    model = serializers.CharField()
+    messages = serializers.ListField(child=MessageSerializer(), min_length=1)
+    stream = _StrictBooleanField(required=False, default=False, allow_null=True)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    max_tokens = _StrictIntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = _StrictIntegerField(required=False, allow_null=True, min_value=1)
+    temperature = _StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    stop = _StopField(required=False, allow_null=True)
+    n = _StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+
+
+@dataclass
+class _Call:
+    """One admitted ``/v1/chat/completions`` request, ready to generate."""
+
+    admission: Admission
+    config: ModelConfig
+    messages: list[dict[str, str]]
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+    headers: dict[str, str]  # X-RateLimit-* for the response
+    completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _params(config: ModelConfig, data: dict) -> GenerationParams:
+    overrides = {}
+    max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+    if max_tokens is not None:
+        if max_tokens > config.context_window:
+            param = "max_completion_tokens" if data.get("max_completion_tokens") else "max_tokens"
+            raise OpenAIError(
+                f"{param} is too large: {max_tokens}. The model's context window is {config.context_window} tokens.",
+                param=param,
+                code="invalid_value",
+            )
+        overrides["max_tokens"] = max_tokens
+    if data.get("temperature") is not None:
+        overrides["temperature"] = data["temperature"]
+    params = generation_params(model=config, overrides=overrides)
+    params.stop = data.get("stop") or []
+    return params
+
+
+def _chat_admit(request) -> _Call:
+    """Authenticate, rate-limit, parse, validate and admit one chat completion request: the blocking part.
+
+    One call in a pool thread (database and Redis). Raise what :func:`openai_error` maps: 401, 429
+    (``rate_limited``, ``too_many_generations``, ``quota_exceeded``), 400, 404 ``model_not_found``, 413.
     """
-
-    class InputSerializer(serializers.Serializer):
-        class MessageSerializer(serializers.Serializer):
-            role = serializers.ChoiceField(choices=sorted(ROLES))
-            content = _ContentField()
-
-        class StreamOptionsSerializer(serializers.Serializer):
-            include_usage = _StrictBooleanField(required=False, default=False)
-
-        model = serializers.CharField()
-        messages = serializers.ListField(child=MessageSerializer(), min_length=1)
-        stream = _StrictBooleanField(required=False, default=False, allow_null=True)
-        stream_options = StreamOptionsSerializer(required=False, allow_null=True)
-        max_tokens = _StrictIntegerField(required=False, allow_null=True, min_value=1)
-        max_completion_tokens = _StrictIntegerField(required=False, allow_null=True, min_value=1)
-        temperature = _StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
-        stop = _StopField(required=False, allow_null=True)
-        n = _StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
-
-    @extend_schema(exclude=True)
-    def post(self, request):
-        data = _validated(self.InputSerializer, request.data)
+    auth = APIKeyAuthentication()
+    authenticated = auth.authenticate(request)
+    if authenticated is None:
+        raise exceptions.NotAuthenticated()
+    user = authenticated[0]
+    headers: dict[str, str] = {}
+    limit = rate_hit(scope="user", ident=user.pk, rate=settings.RATE_LIMIT_USER)
+    if limit is not None:
+        headers = limit.headers()
+        headers.pop("Retry-After", None)  # a 429 sets its own
+        if not limit.allowed:
+            error = limit.error()
+            error.headers = headers
+            raise error
+    try:
+        data = _validated(ChatCompletionInput, JSONParser().parse(io.BytesIO(request.body)))
         config = _model_get(data["model"])
         messages = [{"role": ROLES[m["role"]], "content": m["content"]} for m in data["messages"]]
         if config.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": config.system_prompt})
-        params = self._params(config, data)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        params = _params(config, data)
+        call_id = f"chatcmpl-{uuid.uuid4().hex}"
         # 429 too_many_generations / quota_exceeded here, before any work; recorded once it ends.
-        self.meter = meter = _Meter(user=request.user, config=config, generation_id=completion_id, params=params)
-
-        llm = cache_layer("llm")
-        key = None
-        cached = None
-        lease = None
-        if cache_allowed(config=config, params=params):
-            key = llm_cache_key(config=config, params=params, messages=messages)
-            # Single flight: of concurrent identical misses one generates (holding the lease), the
-            # others wait for its answer, as chat turns do.
-            cached, lease = _cache_lookup(llm, key, config)
-
-        if data.get("stream"):
-            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-            chunks = _replay(cached) if cached is not None else _generate(config, messages, params)
-            chunks = _metered(chunks, meter, cached=cached is not None)
-            if cached is None:
-                # Wait for the first chunk here, so a model that is busy, missing or too slow is an
-                # HTTP error (503, 504, ...) rather than an error event in a 200 stream.
-                try:
-                    first = next(chunks, None)
-                except BaseException:
-                    _release(lease)
-                    raise
-                chunks = _chain(first, chunks)
-            events = _sse(
-                chunks,
-                completion_id=completion_id,
-                created=created,
-                model=config.slug,
-                include_usage=include_usage,
-                store=(lambda answer: llm.set(key, answer)) if key is not None and cached is None else None,
-            )
-            response = StreamingHttpResponse(
-                _served(request, _holding(events, lease)), content_type="text/event-stream"
-            )
-            # A stream never read (the client left at once) still frees its slot and is recorded.
-            response._resource_closers.append(lambda: meter.finish(status=UsageStatus.CANCELLED))
-            if lease is not None:
-                # Also when the stream is never read (the client left at once): Django closes every response.
-                response._resource_closers.append(lease.release)
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"  # nginx: pass events on as they come
-            return response
-
-        if cached is not None:
-            text = cached["content"]
-            finish_reason = cached.get("finish_reason", "stop")
-            usage = Usage(cached.get("prompt_tokens", 0), cached.get("completion_tokens", 0))
-            meter.finish(status=UsageStatus.COMPLETE, usage=usage, cached=True)
-        else:
-            parts: list[str] = []
-            last = Chunk()
-            try:
-                for chunk in _metered(_generate(config, messages, params), meter):
-                    parts.append(chunk.delta)
-                    last = chunk
-                text, finish_reason, usage = "".join(parts), last.finish_reason, last.usage or Usage()
-                if key is not None and finish_reason in ("stop", "length") and text:
-                    llm.set(key, _cache_entry(text, finish_reason, usage))
-            finally:
-                _release(lease)
-        return Response(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": config.slug,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": _finish_reason(finish_reason),
-                    }
-                ],
-                "usage": _usage(usage),
-            }
+        admission = Admission.admit(
+            user=user, generation_id=call_id, reserve_tokens=params.max_tokens, source=UsageSource.GATEWAY
         )
-
-    meter: _Meter | None = None
-
-    def handle_exception(self, exc):
-        # Any failure after admission frees the generation slot and is recorded as an error (once).
-        if self.meter is not None:
-            self.meter.finish(status=UsageStatus.ERROR)
-        return super().handle_exception(exc)
-
-    @staticmethod
-    def _params(config: ModelConfig, data: dict) -> GenerationParams:
-        overrides = {}
-        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
-        if max_tokens is not None:
-            if max_tokens > config.context_window:
-                param = "max_completion_tokens" if data.get("max_completion_tokens") else "max_tokens"
-                raise OpenAIError(
-                    f"{param} is too large: {max_tokens}. "
-                    f"The model's context window is {config.context_window} tokens.",
-                    param=param,
-                    code="invalid_value",
-                )
-            overrides["max_tokens"] = max_tokens
-        if data.get("temperature") is not None:
-            overrides["temperature"] = data["temperature"]
-        try:
-            params = generation_params(model=config, overrides=overrides)
-        except ParleyError as exc:  # already validated above; kept so a future rule still answers 400
-            raise _from_parley(exc) from exc
-        params.stop = data.get("stop") or []
-        return params
-
-
-def _cache_entry(text: str, finish_reason: str | None, usage: Usage) -> dict:
-    return answer_entry(
-        text=text,
-        finish_reason=finish_reason,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
+    except Exception as exc:
+        exc.headers = headers
+        raise
+    return _Call(
+        admission=admission,
+        config=config,
+        messages=messages,
+        params=params,
+        stream=bool(data.get("stream")),
+        include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
+        headers=headers,
+        completion_id=call_id,
     )
 
 
-SINGLE_FLIGHT_POLL_SECONDS = 0.05
+def _finish(call: _Call, generation: Generation, status: UsageStatus) -> None:
+    """Free the request's slot and record it (see :meth:`accounts.metering.Admission.finish`)."""
+    outcome = generation.outcome
+    usage = outcome.usage or Usage(0, 0)
+    call.admission.finish(
+        model_slug=call.config.slug,
+        provider=call.config.provider,
+        status=status,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost=outcome.cost(call.config),
+        ttft_ms=outcome.ttft_ms,
+        latency_ms=round((time.perf_counter() - generation.started) * 1000),
+        cached=outcome.cached,
+    )
 
 
-class _Lease:
-    """This request's single-flight lease on an ``llm`` key: renewed in a thread until released.
-
-    Renewed every third of ``CACHE_SINGLE_FLIGHT_LEASE``, so a waiter takes over only if this
-    process dies. :meth:`release` is idempotent.
-    """
-
-    def __init__(self, llm, key: str, token: str):
-        self.llm, self.key, self.token = llm, key, token
-        self._done = threading.Event()
-        threading.Thread(target=self._renew, name="gateway-lease", daemon=True).start()
-
-    def _renew(self) -> None:
-        while not self._done.wait(settings.CACHE_SINGLE_FLIGHT_LEASE / 3):
-            self.llm.renew(self.key, self.token)
-
-    def release(self) -> None:
-        if not self._done.is_set():
-            self._done.set()
-            self.llm.release(self.key, self.token)
+_afinish = database_sync_to_async(_finish, thread_sensitive=False)
+# Bookkeeping that must outlive a cancelled response (the client left): strong references until done.
+_background: set[asyncio.Task] = set()
 
 
-def _release(lease: _Lease | None) -> None:
-    if lease is not None:
-        lease.release()
-
-
-def _cache_lookup(llm, key: str, config: ModelConfig) -> tuple[dict | None, _Lease | None]:
-    """Return ``(answer, None)`` from the ``llm`` layer, or ``(None, lease)``: generate, store, then release.
-
-    While another request holds the lease on ``key`` (it is generating this very answer), wait for
-    its answer, polling every ``SINGLE_FLIGHT_POLL_SECONDS``; take over if its lease lapses or it
-    stored nothing (it failed). Count a hit or a miss. Raise :class:`ModelTimeout` after waiting the
-    model's ``ttft_timeout`` (seconds). When Redis is down every request gets a lease (no caching).
-    """
-    cached = llm.get(key, count=False)
-    wait_until = time.monotonic() + config.ttft_timeout
-    while cached is None:
-        token = llm.acquire(key)
-        if token is not None:
-            # The holder may have stored its answer and released just before this acquire.
-            cached = llm.get(key, count=False)
-            if cached is not None:
-                llm.release(key, token)
-                break
-            llm.record("misses")
-            return None, _Lease(llm, key, token)
-        time.sleep(SINGLE_FLIGHT_POLL_SECONDS)
-        cached = llm.get(key, count=False)
-        if cached is None and time.monotonic() > wait_until:
-            raise ModelTimeout(f"Waited {config.ttft_timeout:g} s for an identical request's answer.")
-    llm.record("hits")
-    return cached, None
-
-
-class _Meter:
-    """One ``/v1`` chat completion, admitted and metered (accounts.quotas, accounts.services.usage_record).
-
-    Creating it takes a generation slot and reserves ``params.max_tokens`` of the user's daily quota,
-    or raises 429 ``too_many_generations`` / ``quota_exceeded``. :meth:`finish` (idempotent) frees
-    the slot and records the request (source ``gateway``) with its usage, TTFT and latency.
-    """
-
-    def __init__(self, *, user, config: ModelConfig, generation_id: str, params: GenerationParams):
-        generation_admit(user=user, generation_id=generation_id, reserve_tokens=params.max_tokens)
-        self.user, self.config, self.generation_id = user, config, generation_id
-        self.started = time.perf_counter()
-        self.ttft_ms: int | None = None
-        self._finished = False
-        self._lock = threading.Lock()
-        self._keepalive = GenerationKeepalive(user_id=user.pk, generation_id=generation_id)
-
-    def first_token(self) -> None:
-        if self.ttft_ms is None:
-            self.ttft_ms = round((time.perf_counter() - self.started) * 1000)
-
-    def finish(self, *, status: UsageStatus, usage: Usage | None = None, cached: bool = False) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            self._finished = True
-        self._keepalive.stop()
-        generation_release(user_id=self.user.pk, generation_id=self.generation_id)
-        usage = usage or Usage()
-        try:
-            usage_record(
-                user=self.user,
-                model_slug=self.config.slug,
-                provider=self.config.provider,
-                source=UsageSource.GATEWAY,
-                status=status,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost=None
-                if cached
-                else usage_cost(
-                    model=self.config, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
-                ),
-                ttft_ms=self.ttft_ms,
-                latency_ms=round((time.perf_counter() - self.started) * 1000),
-                cached=cached,
-            )
-        except Exception:  # the answer matters more than its bookkeeping
-            logger.exception("Could not record usage of %s", self.generation_id)
-
-
-def _metered(chunks: Iterator[Chunk], meter: _Meter, *, cached: bool = False) -> Iterator[Chunk]:
-    """Yield ``chunks``, then finish ``meter``: complete, error (an exception) or cancelled (closed early).
-
-    Without usage from the provider (a stream cut short) the completion tokens are counted as the
-    deltas received: one token each, as llama.cpp and OpenAI-compatible servers stream them.
-    """
-    status, last, deltas = UsageStatus.ERROR, Chunk(), 0
-    try:
-        for chunk in chunks:
-            if chunk.delta:
-                meter.first_token()
-                deltas += 1
-            last = chunk
-            yield chunk
-        status = UsageStatus.COMPLETE
-    except GeneratorExit:
-        status = UsageStatus.CANCELLED
-        raise
-    finally:
-        chunks.close()
-        meter.finish(status=status, usage=last.usage or Usage(0, deltas), cached=cached)
-
-
-def _holding(events: Iterator[bytes], lease: _Lease | None) -> Iterator[bytes]:
-    """Yield ``events``, then release ``lease`` (also when the client goes away midway)."""
-    try:
-        yield from events
-    finally:
-        _release(lease)
-
-
-_END = object()
-
-
-async def _pulled(events: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield ``events`` (a blocking iterator) to an async server, one item at a time.
-
-    Each ``next()`` runs in the request's own sync thread (``thread_sensitive``: the one Django's
-    ASGI handler gives the request, so database connections stay in one thread). Closing early (the
-    client left) closes ``events`` there too, which cancels the generation.
-    """
-    pull = sync_to_async(next, thread_sensitive=True)
-    try:
-        while (event := await pull(events, _END)) is not _END:
-            yield event
-    finally:
-        await sync_to_async(events.close, thread_sensitive=True)()
-
-
-def _served(request, events: Iterator[bytes]) -> Iterator[bytes] | AsyncIterator[bytes]:
-    """Return ``events`` as the server streams them: async under ASGI (Daphne), as is under WSGI.
-
-    Django's ASGI handler reads a sync iterator whole before sending anything (with a warning), so
-    a streamed answer would arrive in one piece at the end; and a WSGI server cannot stream an async one.
-    """
-    # DRF's Request hands attribute reads to Django's: only an ASGIRequest has an ASGI ``scope``.
-    return _pulled(events) if getattr(request, "scope", None) is not None else events
+def _finish_later(call: _Call, generation: Generation, status: UsageStatus) -> None:
+    task = asyncio.get_running_loop().create_task(_afinish(call, generation, status))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _finish_reason(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(usage: Usage) -> dict:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }
+def _usage(usage: Usage | None) -> CompletionUsage:
+    usage = usage or Usage()
+    return CompletionUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+    )
 
 
-_DONE = object()
+def _chunk(call: _Call, delta: ChoiceDelta, finish_reason: str | None = None) -> bytes:
+    chunk = ChatCompletionChunk(
+        id=call.completion_id,
+        object="chat.completion.chunk",
+        created=call.created,
+        model=call.config.slug,
+        choices=[ChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=finish_reason)],
+    )
+    return sse_frame(chunk.model_dump_json(exclude_unset=True))
 
 
-def _generate(config: ModelConfig, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[Chunk]:
-    """Yield the provider's chunks, generated in a worker thread (providers block), as chat turns do.
-
-    Raise :class:`ModelTimeout` when no first chunk comes within the model's ``ttft_timeout``, or no
-    next one within its ``idle_timeout`` (seconds), and the provider's errors as they come. Closing
-    the iterator (a streaming client went away) cancels the generation.
-    """
-    provider = provider_for(config=config)
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    cancel = threading.Event()
-
-    def produce() -> None:
-        try:
-            for chunk in provider.stream(messages, params, cancel):
-                inbox.put(chunk)
-        except BaseException as exc:  # handed to the request thread, which raises it
-            inbox.put(exc)
-        finally:
-            inbox.put(_DONE)
-
-    threading.Thread(target=produce, name="gateway-generate", daemon=True).start()
-    first = True
-    try:
-        while True:
-            timeout = config.ttft_timeout if first else config.idle_timeout
-            try:
-                item = inbox.get(timeout=timeout)
-            except queue.Empty:
-                what = "first" if first else "next"
-                raise ModelTimeout(f"No {what} token from {config.display_name} within {timeout:g} s.") from None
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            first = False
-            yield item
-    finally:
-        cancel.set()  # a no-op after a finished generation; stops an abandoned one
-
-
-def _replay(cached: dict) -> Iterator[Chunk]:
-    """Yield a cached answer as chunks of a few words (as chat turns replay it), then finish reason and usage."""
-    for delta in replay_deltas(cached["content"]):
-        yield Chunk(delta=delta)
-    usage = Usage(cached.get("prompt_tokens", 0), cached.get("completion_tokens", 0))
-    yield Chunk(finish_reason=cached.get("finish_reason", "stop"), usage=usage)
-
-
-def _chain(first: Chunk | None, rest: Iterator[Chunk]) -> Iterator[Chunk]:
-    """Yield ``first`` (already taken from ``rest``; None when ``rest`` was empty), then ``rest``."""
-    try:
-        if first is not None:
-            yield first
-        yield from rest
-    finally:
-        rest.close()
-
-
-def _event(payload: dict | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
-def _sse(
-    chunks: Iterator[Chunk], *, completion_id: str, created: int, model: str, include_usage: bool, store
-) -> Iterator[bytes]:
+async def _chunk_events(call: _Call, generation: Generation, batches, first: list[Chunk] | None):
     """Yield OpenAI ``chat.completion.chunk`` server-sent events, then ``data: [DONE]``.
 
     The first chunk carries ``delta.role``, the last choice chunk the ``finish_reason``; with
     ``include_usage`` a final chunk with empty ``choices`` carries the usage. An error after the
-    stream started is sent as an ``{"error": ...}`` event (OpenAI's clients raise it). ``store`` (when
-    given) receives the cache entry of a complete answer.
+    stream started is sent as an ``{"error": ...}`` event (OpenAI's clients raise it). A client that
+    goes away stops the generation; the request is recorded in every case.
     """
-    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-
-    def choice_chunk(delta: dict, finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return _event({**base, "choices": [choice], **({"usage": None} if include_usage else {})})
-
-    yield choice_chunk({"role": "assistant", "content": ""})
-    parts: list[str] = []
-    last = Chunk()
+    status = UsageStatus.CANCELLED
     try:
-        for chunk in chunks:
-            if chunk.delta:
-                parts.append(chunk.delta)
-                yield choice_chunk({"content": chunk.delta})
-            last = chunk
+        yield _chunk(call, ChoiceDelta(role="assistant", content=""))
+        batch = first
+        while batch is not None:
+            text = "".join(chunk.delta for chunk in batch)
+            if text:
+                yield _chunk(call, ChoiceDelta(content=text))
+            batch = await anext(batches, None)
+        yield _chunk(call, ChoiceDelta(), _finish_reason(generation.outcome.finish_reason))
+        if call.include_usage:
+            usage_chunk = ChatCompletionChunk(
+                id=call.completion_id,
+                object="chat.completion.chunk",
+                created=call.created,
+                model=call.config.slug,
+                choices=[],
+                usage=_usage(generation.outcome.usage),
+            )
+            yield sse_frame(usage_chunk.model_dump_json(exclude_unset=True))
+        yield sse_frame("[DONE]")
+        status = UsageStatus.COMPLETE
     except ParleyError as exc:
-        yield _event(_from_parley(exc).body())
-        yield _event("[DONE]")
-        return
+        status = UsageStatus.ERROR
+        yield sse_frame(_from_parley(exc).body())
+        yield sse_frame("[DONE]")
     finally:
-        chunks.close()
-    usage = last.usage or Usage()
-    text = "".join(parts)
-    if store is not None and last.finish_reason in ("stop", "length") and text:
-        store(_cache_entry(text, last.finish_reason, usage))
-    yield choice_chunk({}, _finish_reason(last.finish_reason))
-    if include_usage:
-        yield _event({**base, "choices": [], "usage": _usage(usage)})
-    yield _event("[DONE]")
+        await batches.aclose()  # stops an abandoned generation
+        _finish_later(call, generation, status)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class ChatCompletionGateway(View):
+    """``POST /v1/chat/completions``: one answer from an enabled model, whole or as server-sent events.
+
+    Takes OpenAI's ``model``, ``messages`` (roles system/developer/user/assistant, text content),
+    ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or ``max_completion_tokens``),
+    ``temperature`` (0 to 2), ``stop`` and ``n`` (1 only); other OpenAI parameters are ignored.
+    The model's system prompt goes first when the messages have no system message. The answer comes
+    from the generation pipeline (:class:`inference.pipeline.Generation`), as chat turns' do: the
+    ``llm`` cache (when the model's cache policy allows) with single flight, timeouts, usage.
+
+    An async view: the request costs one hop to a pool thread to authenticate and admit it, then the
+    provider streams on the event loop, then one hop records it.
+    """
+
+    http_method_names = ["post"]
+
+    async def post(self, request):
+        started = time.perf_counter()
+        try:
+            call = await _aadmit(request)
+        except Exception as exc:
+            return _error_response(exc, request)
+        generation = Generation(config=call.config, messages=call.messages, params=call.params, started=started)
+        batches = generation.batches()
+        if call.stream:
+            # Wait for the first chunk here, so a model that is busy, missing or too slow is an HTTP
+            # error (503, 504, ...) rather than an error event in a 200 stream.
+            try:
+                first = await anext(batches, None)
+            except Exception as exc:
+                await batches.aclose()
+                await _afinish(call, generation, UsageStatus.ERROR)
+                return _error_response(exc, request, call.headers)
+            response = event_stream_response(_chunk_events(call, generation, batches, first))
+            for name, value in call.headers.items():
+                response[name] = value
+            return response
+        try:
+            outcome = await generation.run()
+        except Exception as exc:
+            await _afinish(call, generation, UsageStatus.ERROR)
+            return _error_response(exc, request, call.headers)
+        await _afinish(call, generation, UsageStatus.COMPLETE)
+        completion = ChatCompletion(
+            id=call.completion_id,
+            object="chat.completion",
+            created=call.created,
+            model=call.config.slug,
+            choices=[
+                Choice(
+                    index=0,
+                    message=ChatCompletionMessage(role="assistant", content=outcome.content, refusal=None),
+                    logprobs=None,
+                    finish_reason=_finish_reason(outcome.finish_reason),
+                )
+            ],
+            usage=_usage(outcome.usage),
+        )
+        return HttpResponse(
+            completion.model_dump_json(exclude_unset=True), content_type="application/json", headers=call.headers
+        )
+
+
+_aadmit = database_sync_to_async(_chat_admit, thread_sensitive=False)
+
+
+def _error_response(exc: Exception, request, headers: dict[str, str] | None = None) -> HttpResponse:
+    """Return ``exc`` as an OpenAI-shaped JSON error; unexpected errors are logged and answered 500 in that shape."""
+    error = openai_error(exc)
+    if error is None:
+        logger.error("Unexpected error in /v1/chat/completions", exc_info=exc)
+        error = OpenAIError("The server had an error processing your request.", status_code=500, type="server_error")
+    response = JsonResponse(error.body(), status=error.status_code)
+    for name, value in {**(headers or {}), **getattr(exc, "headers", {})}.items():
+        response[name] = value
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    if error.status_code == 401:
+        response["WWW-Authenticate"] = APIKeyAuthentication().authenticate_header(request)
+    return response
 
 
 # --- Embeddings -------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from django.conf import settings
 
 from config.exceptions import ParleyError
 
-from .cache import answer_entry, canonical_key
-from .cache import layer as cache_layer
+from .cache import canonical_key
 from .models import CachePolicy, ModelConfig, Provider
 from .providers import GenerationParams, ModelUnavailable
 from .providers import Provider as BaseProvider
@@ -214,36 +213,3 @@ def cache_allowed(*, config: ModelConfig, params: GenerationParams, requested: b
 def llm_cache_key(*, config: ModelConfig, params: GenerationParams, messages: list[dict[str, str]]) -> str:
     """Return the ``llm`` layer key of a request: SHA-256 of its model fingerprint and messages."""
     return canonical_key({"model": model_fingerprint(config=config, params=params), "messages": messages})
-
-
-def cache_warm(*, config: ModelConfig, prompt: str) -> str:
-    """Precompute the answer to ``prompt`` as a conversation's first message, into the ``llm`` layer.
-
-    Uses the model's default parameters and system prompt, so the key is the one a real first turn
-    computes (models with an orchestrator rewrite requests first, so they cannot be warmed). Return
-    ``"cached"``, ``"already"`` or ``"skipped: <reason>"``. Raise :class:`InferenceError` when the
-    model fails, and Redis errors when the cache is down.
-    """
-    params = generation_params(model=config)
-    if config.orchestrator_id:
-        return "skipped: the model has an orchestrator"
-    if not cache_allowed(config=config, params=params):
-        return f"skipped: cache policy {config.cache_policy!r} at temperature {params.temperature:g}"
-    messages = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
-    messages.append({"role": "user", "content": prompt})
-    key = llm_cache_key(config=config, params=params, messages=messages)
-    llm = cache_layer("llm")
-    llm.version()  # raises when Redis is down, instead of warming nothing quietly
-    if llm.get(key, count=False) is not None:
-        return "already"
-    completion = provider_for(config=config).complete(messages, params)
-    llm.set(
-        key,
-        answer_entry(
-            text=completion.text,
-            finish_reason=completion.finish_reason,
-            prompt_tokens=completion.usage.prompt_tokens,
-            completion_tokens=completion.usage.completion_tokens,
-        ),
-    )
-    return "cached"

@@ -77,6 +77,7 @@ def test_redact_keeps_ordinary_text():
     assert redact(text) == text
 
 
+@pytest.mark.django_db(transaction=True)  # /v1 authenticates in a pool thread: committed rows only
 def test_a_canary_key_and_password_used_through_the_api_appear_in_no_log(client, json_logs, caplog, local_model):
     """Sign in with JWT, make an API key, call /v1 with it, fail a login: then search every log line."""
     from accounts.models import User

@@ -7,12 +7,14 @@ model config names; it is never stored or logged.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import openai
@@ -46,6 +48,30 @@ def _client(base_url: str, api_key: str, connect_timeout: float, read_timeout: f
     timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
     # Servers without auth (llama.cpp, vLLM, Ollama) accept any key; the SDK insists on one.
     return openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0)
+
+
+# One AsyncOpenAI client per event loop and server: its HTTP connection pool belongs to the loop it
+# was first used on. Daphne runs one loop per process, so a server process keeps one client per server.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, openai.AsyncOpenAI]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_client(base_url: str, api_key: str, connect_timeout: float, read_timeout: float) -> openai.AsyncOpenAI:
+    """Return the running loop's shared async client for a server, key and timeouts (see :func:`_client`)."""
+    clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    key = (base_url, api_key, connect_timeout, read_timeout)
+    if key not in clients:
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+        clients[key] = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or "unused",
+            timeout=timeout,
+            max_retries=0,
+            http_client=httpx.AsyncClient(timeout=timeout, limits=limits),
+        )
+    return clients[key]
 
 
 def backoff_delay(attempt: int) -> float:
@@ -89,6 +115,49 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, openai.APIStatusError) and (exc.status_code == 429 or exc.status_code >= 500)
 
 
+def _retry_delay(exc: openai.APIError, attempt: int, max_retries: int) -> float:
+    """Return seconds to wait before trying again after ``exc`` on try ``attempt`` (0-based).
+
+    Raise the translated error (see :func:`translate_error`) when it must not be retried or the
+    tries are used up. A server's ``Retry-After`` is honoured up to ``BACKOFF_CAP``.
+    """
+    if attempt == max_retries or not _retryable(exc):
+        raise translate_error(exc) from exc
+    delay = backoff_delay(attempt)
+    if isinstance(exc, openai.APIStatusError):
+        delay = max(delay, min(BACKOFF_CAP, _retry_after(exc) or 0))
+    logger.warning("Model server error (%s); retry %d in %.2f s", type(exc).__name__, attempt + 1, delay)
+    return delay
+
+
+class _StreamState:
+    """What a stream has told so far: usage, finish reason, content chunks and characters."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.parts = 0
+
+    def read(self, part) -> list[Chunk]:
+        """Return the text chunks of one ``ChatCompletionChunk``, noting its usage and finish reason."""
+        chunks = []
+        if part.usage is not None:
+            self.usage = Usage(
+                prompt_tokens=part.usage.prompt_tokens or 0, completion_tokens=part.usage.completion_tokens or 0
+            )
+        for choice in part.choices:
+            if choice.delta and choice.delta.content:
+                self.parts += 1
+                chunks.append(Chunk(delta=choice.delta.content))
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        return chunks
+
+    def last(self, messages: list[dict[str, str]]) -> Chunk:
+        usage = self.usage or estimate_usage(messages, completion_chunks=self.parts)
+        return Chunk(finish_reason=self.finish_reason or "stop", usage=usage)
+
+
 class OpenAICompatibleProvider(Provider):
     """Chat completions from ``base_url`` (e.g. ``http://127.0.0.1:8080/v1``) for model ``model``.
 
@@ -111,63 +180,69 @@ class OpenAICompatibleProvider(Provider):
         self.model = model
         self.stop = stop or []
         self.max_retries = max_retries
-        self.client = _client(base_url, api_key or "", connect_timeout, read_timeout)
+        self.client_args = (base_url, api_key or "", connect_timeout, read_timeout)
+        self.client = _client(*self.client_args)
+
+    def _arguments(self, messages, params: GenerationParams, *, stream: bool) -> dict:
+        return {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "stop": (self.stop + params.stop) or None,
+            "stream": stream,
+            **({"stream_options": {"include_usage": True}} if stream else {}),
+        }
 
     def _request(self, messages, params: GenerationParams, *, stream: bool):
         """Send the request, retrying what is safe to retry (nothing has been streamed yet)."""
-        stop = (self.stop + params.stop) or None
         for attempt in range(self.max_retries + 1):
             try:
-                return self.client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,
-                    max_tokens=params.max_tokens,
-                    temperature=params.temperature,
-                    stop=stop,
-                    stream=stream,
-                    **({"stream_options": {"include_usage": True}} if stream else {}),
-                )
+                return self.client.chat.completions.create(**self._arguments(messages, params, stream=stream))
             except openai.APIError as exc:
-                if attempt == self.max_retries or not _retryable(exc):
-                    raise translate_error(exc) from exc
-                delay = backoff_delay(attempt)
-                if isinstance(exc, openai.APIStatusError):
-                    delay = max(delay, min(BACKOFF_CAP, _retry_after(exc) or 0))
-                logger.warning("Model server error (%s); retry %d in %.2f s", type(exc).__name__, attempt + 1, delay)
-                time.sleep(delay)
+                time.sleep(_retry_delay(exc, attempt, self.max_retries))
         raise AssertionError("unreachable")
 
     def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[Chunk]:
-        usage: Usage | None = None
-        finish_reason = None
-        parts = 0
-        text_length = 0
+        state = _StreamState()
         stream = self._request(messages, params, stream=True)
         try:
             with stream:
                 for part in stream:
-                    if part.usage is not None:
-                        usage = Usage(
-                            prompt_tokens=part.usage.prompt_tokens or 0,
-                            completion_tokens=part.usage.completion_tokens or 0,
-                        )
-                    for choice in part.choices:
-                        if choice.delta and choice.delta.content:
-                            parts += 1
-                            text_length += len(choice.delta.content)
-                            yield Chunk(delta=choice.delta.content)
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
+                    yield from state.read(part)
                     if cancel is not None and cancel.is_set():
-                        finish_reason = "cancelled"
+                        state.finish_reason = "cancelled"
                         break
         except openai.APIError as exc:  # after the first token: no retry, the caller keeps the text so far
             raise translate_error(exc) from exc
-        if usage is None:
-            usage = estimate_usage(messages, completion_chunks=parts)
-        yield Chunk(finish_reason=finish_reason or "stop", usage=usage)
+        yield state.last(messages)
+
+    async def astream(
+        self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
+    ) -> AsyncIterator[Chunk]:
+        """See :meth:`stream`; on the event loop, with the loop's shared ``AsyncOpenAI`` client."""
+        client = _async_client(*self.client_args)
+        arguments = self._arguments(messages, params, stream=True)
+        for attempt in range(self.max_retries + 1):
+            try:
+                stream = await client.chat.completions.create(**arguments)
+                break
+            except openai.APIError as exc:
+                await asyncio.sleep(_retry_delay(exc, attempt, self.max_retries))
+        state = _StreamState()
+        try:
+            async with stream:
+                async for part in stream:
+                    for chunk in state.read(part):
+                        yield chunk
+                    if cancel is not None and cancel.is_set():
+                        state.finish_reason = "cancelled"
+                        break
+        except openai.APIError as exc:  # after the first token: no retry, the caller keeps the text so far
+            raise translate_error(exc) from exc
+        yield state.last(messages)
 
     def complete(self, messages: list[dict[str, str]], params: GenerationParams) -> Completion:
         response = self._request(messages, params, stream=False)

@@ -107,6 +107,7 @@ def test_a_running_generation_keeps_its_slot_past_the_lease(user, settings):
         assert quotas.generations_running(user_id=user.pk) == 1
 
 
+@pytest.mark.django_db(transaction=True)  # /v1 authenticates in a pool thread: committed rows only
 def test_the_gateway_refuses_a_generation_over_the_limit_in_openai_shape(user, api_key, local_model, settings):
     settings.GENERATION_CONCURRENCY = 1
     hold_generations(user, 1)
@@ -201,6 +202,7 @@ def test_the_counter_is_rebuilt_from_stored_usage_after_a_redis_restart(user, se
     assert int(get_redis_connection("default").get(counter)) == 100
 
 
+@pytest.mark.django_db(transaction=True)  # /v1 authenticates in a pool thread: committed rows only
 def test_the_gateway_refuses_over_quota_in_openai_shape(user, api_key, local_model, settings):
     settings.QUOTA_DAILY_TOKENS = 10
     use_tokens(user, 10)

@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 from django.conf import settings as django_settings
 
@@ -95,16 +96,15 @@ def test_a_failed_turn_is_recorded_as_an_error(user, local_model):
     assert UsageDaily.objects.get(user=user).errors == 1
 
 
-def test_gateway_calls_are_recorded_streamed_or_not(user, api_key, local_model):
-    client = bearer_client(api_key)
+def test_gateway_calls_are_recorded_streamed_or_not(user, api_key, local_model, daphne_url):
+    headers = {"Authorization": f"Bearer {api_key}"}
+    url = daphne_url + "/v1/chat/completions"
     with ScriptedServer(["ok"]) as server:
         scripted_model(server.base_url)
-        whole = client.post("/v1/chat/completions", {"model": "scripted", "messages": QUESTION}, format="json")
+        whole = httpx.post(url, json={"model": "scripted", "messages": QUESTION}, headers=headers, timeout=30)
         assert whole.status_code == 200, whole.content
-        streamed = client.post(
-            "/v1/chat/completions", {"model": "scripted", "messages": QUESTION, "stream": True}, format="json"
-        )
-        body = b"".join(streamed.streaming_content).decode()
+        streamed = {"model": "scripted", "messages": QUESTION, "stream": True}
+        body = httpx.post(url, json=streamed, headers=headers, timeout=30).text
     assert "[DONE]" in body
     assert quotas.generations_running(user_id=user.pk) == 0
     records = list(UsageRecord.objects.filter(user=user).order_by("created_at"))

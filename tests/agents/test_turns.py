@@ -2,19 +2,22 @@
 isolation between users, the calculator, node events and memory."""
 
 import asyncio
+import threading
+import time
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from agents.graph import context_message, turn_graph_run
+from agents.graph import context_message, turn_graph_stream, turn_report
 from agents.models import Chunk, Memory, MemoryKind
 from agents.services import conversation_summarize, memory_remember
 from chat.models import MessageStatus
 from chat.services import conversation_create, message_send
 from chat.turns import conversation_group, turn_run
 from inference.cache import layer
+from inference.providers import GenerationParams
 from inference.services import llm_cache_key
 
 from .conftest import ingested
@@ -121,9 +124,8 @@ async def test_arithmetic_goes_through_the_calculator_and_50_reaches_the_answer_
     assert message.metadata["intent"] == {"name": "calculate", "source": "rules"}
     assert message.metadata["agents_used"] == ["classify_intent", "tool:calculator", "generate"]
     nodes = [(e["name"], e["status"]) for e in events if e["type"] == "node"]
-    assert nodes == [
-        (name, status) for name in ("classify_intent", "retrieve", "tools", "generate") for status in ("start", "end")
-    ]
+    # Nothing to retrieve for arithmetic: the step is skipped.
+    assert nodes == [(name, status) for name in ("classify_intent", "tools", "generate") for status in ("start", "end")]
     # The model was given the result: its answer is cached under exactly these messages.
     expected = [
         {"role": "system", "content": message_context_of(message)},
@@ -138,32 +140,38 @@ def message_context_of(message) -> str:
     return context_message({"tool_results": message.metadata["tools"]})
 
 
-async def test_the_context_message_carries_the_tool_result_before_the_question(user):
-    seen = []
-
-    async def generate(messages):
-        seen.append(messages)
-        return "answer"
-
-    async def emit(event):
-        pass
-
-    report: dict = {}
+async def test_the_context_message_carries_the_tool_result_before_the_question(user, local_model):
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    outcome = await turn_graph_run(
+    params = GenerationParams(max_tokens=8, temperature=0.0)
+    events, state = [], {}
+    async for kind, payload in turn_graph_stream(
         messages=[*history, {"role": "user", "content": "What is 12.5 * 4?"}],
         user_id=user.pk,
         conversation_id="00000000-0000-0000-0000-000000000000",
-        emit=emit,
-        generate=generate,
-        report=report,
-    )
-    assert outcome == "answer"
-    (messages,) = seen
-    assert messages[:2] == history
-    assert messages[2]["role"] == "system" and "12.5 * 4 = 50" in messages[2]["content"]
-    assert messages[3] == {"role": "user", "content": "What is 12.5 * 4?"}
-    assert report["citations"] == [] and report["metadata"]["retrieval_confidence"] is None
+        model=local_model,
+        params=params,
+        use_cache=True,
+        started=time.perf_counter(),
+        cancel=threading.Event(),
+        knowledge={"has_chunks": False, "has_memories": False},
+    ):
+        if kind == "update":
+            state.update(payload)
+        else:
+            events.append(payload)
+    outcome = state["outcome"]
+    answer = "".join(chunk.delta for e in events if e["type"] == "chunks" for chunk in e["chunks"])
+    assert outcome.content and answer == outcome.content, "the streamed chunks are the answer"
+    # The model was asked with the history, then the context (the tool's result), then the question:
+    # its answer is cached under exactly these messages.
+    context = context_message({"tool_results": state["tool_results"]})
+    assert "12.5 * 4 = 50" in context
+    expected = [*history, {"role": "system", "content": context}, {"role": "user", "content": "What is 12.5 * 4?"}]
+    key = llm_cache_key(config=local_model, params=params, messages=expected)
+    cached = await asyncio.to_thread(layer("llm").get, key, count=False)
+    assert cached is not None and cached["content"] == outcome.content
+    citations, metadata = turn_report(state)
+    assert citations == [] and metadata["retrieval_confidence"] is None
 
 
 def test_memory_is_recalled_across_conversations_only_when_enabled(user, other_user, local_model):

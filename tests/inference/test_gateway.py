@@ -1,6 +1,4 @@
-"""The OpenAI-compatible gateway under /v1/, driven by the official ``openai`` client against a live server."""
-
-import threading
+"""The OpenAI-compatible gateway under /v1/, driven by the official ``openai`` client against a live Daphne."""
 
 import httpx
 import openai
@@ -10,8 +8,6 @@ from accounts.services import api_key_create
 from conftest import make_user
 from inference import cache
 from inference.models import ModelConfig, Provider
-from inference.providers import GenerationParams
-from inference.services import provider_for
 from tests.servers import ScriptedServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,8 +22,8 @@ def api_key(db) -> str:
 
 
 @pytest.fixture
-def client(live_server, api_key, local_model) -> openai.OpenAI:
-    return openai.OpenAI(base_url=live_server.url + "/v1", api_key=api_key, max_retries=0, timeout=120)
+def client(daphne_url, api_key, local_model) -> openai.OpenAI:
+    return openai.OpenAI(base_url=daphne_url + "/v1", api_key=api_key, max_retries=0, timeout=120)
 
 
 def test_models_lists_the_enabled_models(client, local_model):
@@ -102,16 +98,16 @@ def test_embeddings_are_384_floats_per_input(client):
     assert floats.data[0].embedding == pytest.approx(response.data[0].embedding, abs=1e-6)
 
 
-def test_a_bad_api_key_is_an_authentication_error(live_server, local_model):
-    client = openai.OpenAI(base_url=live_server.url + "/v1", api_key="pk_not-a-real-key", max_retries=0)
+def test_a_bad_api_key_is_an_authentication_error(daphne_url, local_model):
+    client = openai.OpenAI(base_url=daphne_url + "/v1", api_key="pk_not-a-real-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:
         client.models.list()
     assert caught.value.code == "invalid_api_key"
     assert caught.value.body["type"] == "invalid_request_error"
 
 
-def test_no_api_key_is_a_401_in_openais_error_shape(live_server):
-    response = httpx.get(live_server.url + "/v1/models")
+def test_no_api_key_is_a_401_in_openais_error_shape(daphne_url):
+    response = httpx.get(daphne_url + "/v1/models")
     assert response.status_code == 401
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
@@ -144,9 +140,9 @@ def test_an_invalid_body_is_a_bad_request_naming_the_param(client, body, param):
     assert caught.value.body["type"] == "invalid_request_error"
 
 
-def test_malformed_json_is_a_bad_request(live_server, api_key):
+def test_malformed_json_is_a_bad_request(daphne_url, api_key):
     response = httpx.post(
-        live_server.url + "/v1/chat/completions",
+        daphne_url + "/v1/chat/completions",
         content=b"{not json",
         headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
     )
@@ -193,25 +189,17 @@ def test_upstream_failures_are_openai_errors_with_their_status(client, script, f
 def test_a_full_model_queue_is_a_503_with_retry_after(client, local_model):
     local_model.max_queue = 1
     local_model.save(update_fields=["max_queue"])
-    provider = provider_for(config=local_model)
-    started, release = threading.Event(), threading.Event()
-
-    def long_generation():
-        story = [{"role": "user", "content": "Tell me a long story."}]
-        for _chunk in provider.stream(story, GenerationParams(max_tokens=400, temperature=0)):
-            started.set()
-            if release.wait(0.05):
-                break
-
-    worker = threading.Thread(target=long_generation)
-    worker.start()
+    story = [{"role": "user", "content": "Tell me a long story."}]
+    # A streamed answer that has started holds the model (its queue admits one generation)...
+    running = client.chat.completions.create(
+        model="smollm2-135m", messages=story, max_tokens=400, temperature=0, stream=True
+    )
     try:
-        assert started.wait(30)
+        next(iter(running))
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=8, temperature=0.5)
     finally:
-        release.set()
-        worker.join()
+        running.close()
     assert caught.value.status_code == 503
     assert caught.value.code == "model_busy"
     assert caught.value.response.headers["Retry-After"] == "5"

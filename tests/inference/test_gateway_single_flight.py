@@ -18,9 +18,9 @@ MAX_TOKENS = 96  # long enough (~2 s on SmolLM2) for the second request to arriv
 
 
 @pytest.fixture
-def client(live_server, local_model) -> openai.OpenAI:
+def client(daphne_url, local_model) -> openai.OpenAI:
     _, key = api_key_create(user=make_user("alice"), name="single flight")
-    return openai.OpenAI(base_url=live_server.url + "/v1", api_key=key, max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=daphne_url + "/v1", api_key=key, max_retries=0, timeout=120)
 
 
 def test_an_identical_request_during_a_generation_waits_for_it_instead_of_generating(client, local_model):

@@ -5,8 +5,8 @@ from django.core.management import BaseCommand, CommandError
 
 from config.exceptions import ParleyError
 from inference import cache
+from inference.pipeline import cache_warm
 from inference.selectors import model_config_get
-from inference.services import cache_warm
 
 
 class Command(BaseCommand):

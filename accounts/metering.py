@@ -1,0 +1,100 @@
+"""Admission and metering of one generation: the one step every path takes (chat turns, REST, ``/v1``).
+
+:meth:`Admission.admit` takes a generation slot and reserves the request's ``max_tokens`` of the user's
+daily quota (:func:`accounts.quotas.generation_admit`: 429 ``too_many_generations`` /
+``quota_exceeded``) before anything is stored or generated; :meth:`Admission.keepalive` renews the
+slot's lease while the generation runs (a task on the event loop: no thread); :meth:`Admission.finish`
+frees the slot and records the request's usage (:func:`accounts.services.usage_record`), once.
+An admission can be finished by another process than the one that admitted it (a chat turn admitted
+by the web process and run by a Celery worker): it is only a user and a generation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+
+from .models import UsageSource, UsageStatus, User
+from .quotas import generation_admit, generation_release, generation_renew
+from .services import usage_record
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Admission:
+    """A generation admitted for ``user`` under ``generation_id`` (e.g. the assistant message's id)."""
+
+    user: User
+    generation_id: str
+    source: UsageSource
+    _finished: bool = field(default=False, repr=False)
+
+    @classmethod
+    def admit(cls, *, user: User, generation_id: str, reserve_tokens: int, source: UsageSource) -> Admission:
+        """Admit a generation; raise 429 ``too_many_generations`` / ``quota_exceeded`` (see generation_admit).
+
+        Blocking (Redis); call before storing anything for the request.
+        """
+        generation_admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens)
+        return cls(user=user, generation_id=generation_id, source=source)
+
+    async def keepalive(self) -> None:
+        """Renew the slot's lease every third of ``GENERATION_LEASE_SECONDS`` until cancelled or lost.
+
+        Run as a task beside the generation; a crashed process stops renewing and its slot lapses.
+        """
+        while True:
+            await asyncio.sleep(settings.GENERATION_LEASE_SECONDS / 3)
+            held = await asyncio.to_thread(generation_renew, user_id=self.user.pk, generation_id=self.generation_id)
+            if not held:
+                return
+
+    def release(self) -> None:
+        """Free the slot and its quota reservation without recording anything (nothing was generated)."""
+        generation_release(user_id=self.user.pk, generation_id=self.generation_id)
+
+    def finish(
+        self,
+        *,
+        model_slug: str,
+        provider: str,
+        status: UsageStatus | str,
+        prompt_tokens: int | None = 0,
+        completion_tokens: int | None = 0,
+        cost: Decimal | None = None,
+        ttft_ms: int | None = None,
+        latency_ms: int | None = None,
+        cached: bool = False,
+    ) -> None:
+        """Free the slot and record the request (tokens, USD ``cost``, milliseconds); only the first call counts.
+
+        Blocking. Never raises: the answer matters more than its bookkeeping (failures are logged).
+        """
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self.release()
+            usage_record(
+                user=self.user,
+                model_slug=model_slug,
+                provider=provider,
+                source=self.source,
+                status=status,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost=cost,
+                ttft_ms=ttft_ms,
+                latency_ms=latency_ms,
+                cached=cached,
+            )
+        except Exception:
+            logger.exception("Could not record usage of generation %s", self.generation_id)
+
+
+__all__ = ["Admission", "UsageSource", "UsageStatus"]
