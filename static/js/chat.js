@@ -241,7 +241,7 @@
     for (const message of data) {
       const old = local.get(message.id);
       const entry = render(message);
-      if (old && message.status === "streaming" && old.raw.length > entry.raw.length) {
+      if (old && message.status === "streaming" && old.raw.length > entry.raw.length && old.raw.startsWith(entry.raw)) {
         entry.raw = old.raw; // the stored text lags the stream by up to a second: keep what we saw
         entry.steps = old.steps;
         renderSteps(entry);
@@ -390,6 +390,7 @@
       setTimeout(connect, delay);
     });
     socket.addEventListener("message", (event) => {
+      lastEventAt = Date.now();
       let data;
       try {
         data = JSON.parse(event.data);
@@ -399,6 +400,36 @@
       handle(data);
     });
   }
+
+  // ---- catching up ---------------------------------------------------------------------------
+  // Under load the server may drop events of a slow socket. A token placed past the text shown, or
+  // silence while an answer streams, makes the page read the stored state over REST (the server
+  // stores a streaming answer's text about once a second, and the final answer when it ends), at
+  // most once a second.
+  const STALL_MS = 8000;
+  let lastEventAt = Date.now();
+  let lastCatchUp = 0;
+  let catchingUp = false;
+
+  async function catchUp() {
+    if (catchingUp || Date.now() - lastCatchUp < 1000) return;
+    catchingUp = true;
+    lastCatchUp = Date.now();
+    try {
+      load(await api(`conversations/${conversationId}/messages/`));
+    } catch (error) {
+      /* keep what is shown; the next event or stall check tries again */
+    } finally {
+      catchingUp = false;
+    }
+  }
+
+  setInterval(() => {
+    if (streamingId && Date.now() - lastEventAt > STALL_MS) {
+      lastEventAt = Date.now();
+      catchUp();
+    }
+  }, 2000);
 
   function handle(data) {
     switch (data.type) {
@@ -433,8 +464,13 @@
           streamingId = data.message_id;
           setGenerating(true);
         }
+        if (typeof data.offset === "number" && data.offset > entry.raw.length) {
+          // Events were missed (a full channel, a lagging socket): read the stored text, then go on by offset.
+          catchUp();
+          break;
+        }
         // Place the delta at its offset: overlapping text (already shown) is replaced, not repeated.
-        const at = typeof data.offset === "number" && data.offset <= entry.raw.length ? data.offset : entry.raw.length;
+        const at = typeof data.offset === "number" ? data.offset : entry.raw.length;
         entry.raw = entry.raw.slice(0, at) + data.delta;
         paint(entry);
         break;
