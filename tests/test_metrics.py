@@ -177,7 +177,7 @@ def test_metrics_of_other_processes_are_added_up():
     import sys
 
     if not prometheus.multiprocess_dir():
-        pytest.skip("PROMETHEUS_MULTIPROC_DIR is unset: run under `python -m config.services run`")
+        pytest.skip("PROMETHEUS_MULTIPROC_DIR is unset: run under `python -m core.launcher run`")
     labels = {"model": "other-process", "provider": "llama_cpp", "status": "complete"}
     before = prometheus.sample_value("parley_llm_requests_total", labels)
     code = (

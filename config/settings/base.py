@@ -75,7 +75,7 @@ TEMPLATES = [
     },
 ]
 
-# Database: PostgreSQL with pgvector. `python -m config.services run` supplies an embedded one
+# Database: PostgreSQL with pgvector. `python -m core.launcher run` supplies an embedded one
 # when DATABASE_URL is unset (README, "Running").
 DATABASES = {"default": env.db("DATABASE_URL")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
