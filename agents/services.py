@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 from inference.providers import InferenceError
 
 from .ingestion import ExtractionError, UnsupportedType, chunk_sections, extract_sections, sniff_type

@@ -17,7 +17,7 @@ from rest_framework import status
 from accounts.models import UsageSource, User
 from accounts.quotas import generation_admit, generation_release
 from accounts.services import usage_record
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
 from inference.selectors import model_config_get

@@ -25,7 +25,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
-from config.schema import AutoSchema
+from core.schema import AutoSchema
 
 from . import turns
 from .serializers import MessageOutputSerializer

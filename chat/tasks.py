@@ -5,7 +5,7 @@ from __future__ import annotations
 from asgiref.sync import async_to_sync
 from celery import shared_task
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 from . import services, turns
 from .models import MessageStatus

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django_redis import get_redis_connection
 
-from config import prometheus
+from core import prometheus
 
 logger = logging.getLogger(__name__)
 

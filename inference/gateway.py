@@ -33,7 +33,7 @@ from accounts.authentication import APIKeyAuthentication
 from accounts.models import UsageSource, UsageStatus
 from accounts.quotas import GenerationKeepalive, generation_admit, generation_release, quota_check
 from accounts.services import usage_record
-from config.exceptions import ParleyError, payload_too_large
+from core.errors import ParleyError, payload_too_large
 
 from .cache import answer_entry, replay_deltas
 from .cache import layer as cache_layer

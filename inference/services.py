@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 from .cache import answer_entry, canonical_key
 from .cache import layer as cache_layer
