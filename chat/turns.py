@@ -22,7 +22,6 @@ from django.conf import settings
 
 from accounts.quotas import GenerationKeepalive
 from agents.graph import turn_graph_run
-from agents.services import memory_after_turn
 from inference.cache import answer_entry, canonical_key, replay_deltas, semantic_lookup, semantic_store
 from inference.cache import layer as cache_layer
 from inference.providers import Chunk, GenerationParams, InferenceError, ModelTimeout, Usage
@@ -36,6 +35,7 @@ from inference.services import (
     usage_cost,
 )
 
+from .memory import memory_after_turn
 from .models import Message, MessageStatus
 from .selectors import model_messages
 from .serializers import MessageOutputSerializer

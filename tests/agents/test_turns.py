@@ -10,7 +10,7 @@ from channels.layers import get_channel_layer
 
 from agents.graph import context_message, turn_graph_run
 from agents.models import Chunk, Memory, MemoryKind
-from agents.services import conversation_summarize, memory_remember
+from chat.memory import conversation_summarize, memory_remember
 from chat.models import MessageStatus
 from chat.services import conversation_create, message_send
 from chat.turns import conversation_group, turn_run
