@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # Embedded PostgreSQL+pgvector and Valkey start when DATABASE_URL / REDIS_URL are unset.
 run: install
-	$(BIN)/python -m config.services run -- sh -c '\
+	$(BIN)/python -m core.launcher run -- sh -c '\
 		python manage.py migrate --noinput && \
 		python manage.py ensure_operator && \
 		python manage.py finalize_orphans --all && \
@@ -27,7 +27,7 @@ run: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m config.services run -- sh -c '\
+	$(BIN)/python -m core.launcher run -- sh -c '\
 		DJANGO_SETTINGS_MODULE=config.settings.test python manage.py makemigrations --check --dry-run && \
 		python -m pytest $(PYTEST_ARGS)'
 
@@ -35,9 +35,9 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: install
-	$(BIN)/python -m config.services run -- sh -c '\
+	$(BIN)/python -m core.launcher run -- sh -c '\
 		python bench/stream.py && python bench/remote.py && python bench/cache.py'
 
 # docs/screenshot.png: the chat page with a short conversation, via Playwright and /usr/bin/chromium.
 screenshot: install
-	$(BIN)/python -m config.services run -- python scripts/screenshot.py
+	$(BIN)/python -m core.launcher run -- python scripts/screenshot.py

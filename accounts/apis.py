@@ -10,7 +10,7 @@ from rest_framework_simplejwt import views as jwt_views
 from rest_framework_simplejwt.exceptions import InvalidToken
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
 
-from config.schema import ERRORS
+from core.schema import ERRORS
 
 from . import services
 from .permissions import IsNotAPIKey

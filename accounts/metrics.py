@@ -1,8 +1,9 @@
-"""Operations metrics for the admin's Metrics page and ``GET /api/v1/admin/metrics/``: one source for both.
+"""Usage figures of a window: requests, errors, tokens, cost, TTFT and latency percentiles, top users.
 
-Usage figures come from :class:`~accounts.models.UsageRecord` (one row per model request), so they
-are the same whichever process served the requests and survive restarts; the cache, WebSocket and
-Celery figures are read live from Redis.
+They come from :class:`~accounts.models.UsageRecord` (one row per model request), so they are the
+same whichever process served the requests and survive restarts. The admin's Metrics page adds live
+cache, WebSocket and Celery figures to them (:mod:`inference.metrics`); ``manage.py usage report``
+prints them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Aggregate, Count, DateTimeField, DurationField, F, FloatField, Func, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -145,71 +145,4 @@ def usage_metrics(*, since: datetime, until: datetime | None = None, bucket: tim
         "latency_ms": {"p50": _ms(totals["latency_p50"]), "p95": _ms(totals["latency_p95"])},
         "top_users": top_users,
         "series": series,
-    }
-
-
-def ws_connection_count() -> int:
-    """Return the open chat WebSockets of every process (chat.presence, kept in Redis)."""
-    from chat.presence import ws_connection_count as count
-
-    return count()
-
-
-def celery_queue_depth() -> int | None:
-    """Return the tasks waiting in the Celery broker's default queue, or None when the broker fails.
-
-    Celery's Redis transport keeps a queue as a list named after it, plus one list per priority
-    step (``<queue>\\x06\\x16<n>``); all are counted.
-    """
-    import redis
-
-    queue = getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "celery")
-    keys = [queue] + [f"{queue}\x06\x16{step}" for step in range(1, 10)]
-    try:
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
-        with client:
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.llen(key)
-            return sum(pipe.execute())
-    except Exception:
-        return None
-
-
-def cache_metrics() -> dict:
-    """Return ``{"status": "ok"|"degraded", "layers": [{"layer", "hits", "misses", "hit_ratio"}]}``.
-
-    Counts are since each layer's stats were last reset, not per window (the cache counts in Redis).
-    """
-    from inference import cache
-
-    health, layers = cache.report()
-    return {
-        "status": health.status,
-        "layers": [
-            {"layer": row["layer"], "hits": row["hits"], "misses": row["misses"], "hit_ratio": row["hit_ratio"]}
-            for row in layers
-        ],
-    }
-
-
-def operations_metrics(*, window: str = DEFAULT_WINDOW) -> dict:
-    """Return everything the Metrics page shows for ``window`` (a key of :data:`WINDOWS`).
-
-    :func:`usage_metrics` of the window, plus ``"window"``, ``"since"``, ``"until"``,
-    ``"bucket_seconds"``, ``"cache"`` (:func:`cache_metrics`), ``"ws_connections"`` and
-    ``"celery_queue_depth"``. Raise KeyError for an unknown window.
-    """
-    length, bucket = WINDOWS[window]
-    until = timezone.now()
-    since = until - length
-    return {
-        "window": window,
-        "since": since,
-        "until": until,
-        "bucket_seconds": int(bucket.total_seconds()),
-        **usage_metrics(since=since, until=until, bucket=bucket),
-        "cache": cache_metrics(),
-        "ws_connections": ws_connection_count(),
-        "celery_queue_depth": celery_queue_depth(),
     }

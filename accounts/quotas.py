@@ -33,7 +33,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 from rest_framework import status
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 from .limits_store import limits_key, run, run_script
 from .models import UsageDaily, User

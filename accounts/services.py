@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from config import prometheus
+from core import prometheus
 
 from .models import (
     API_KEY_PREFIX,

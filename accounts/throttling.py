@@ -24,6 +24,8 @@ from rest_framework import status
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
+from core.errors import ParleyError
+
 from .limits_store import limits_key, run_script
 
 # DRF's rate periods, by first letter: "10/s", "600/min", "1000/hour", "10000/day".
@@ -76,11 +78,8 @@ class RateResult:
             headers["Retry-After"] = str(self.reset)
         return headers
 
-    def error(self, what: str = "requests") -> Exception:
-        """Return the 429 ``rate_limited`` :class:`~config.exceptions.ParleyError` for a refused request."""
-        # Imported here: config.exceptions imports DRF's views, which import this module (a default throttle).
-        from config.exceptions import ParleyError
-
+    def error(self, what: str = "requests") -> ParleyError:
+        """Return the 429 ``rate_limited`` :class:`~core.errors.ParleyError` for a refused request."""
         return ParleyError(
             f"Too many {what}: the limit is {self.limit} per window. Try again in {self.reset} s.",
             code="rate_limited",

@@ -8,8 +8,8 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.exceptions import ParleyError
-from config.schema import ErrorSerializer
+from core.errors import ParleyError
+from core.schema import ErrorSerializer
 
 from . import services
 from .models import Document

@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from inference.embeddings import local_model_path
+
 from .models import DocumentType
 
 logger = logging.getLogger(__name__)
@@ -157,9 +159,7 @@ def _load_tokenizer():
     with _tokenizer_lock:
         if _tokenizer is None:
             try:
-                from tokenizers import Tokenizer
-
-                from inference.embeddings import local_model_path
+                from tokenizers import Tokenizer  # optional: chunking falls back to words without it
 
                 tokenizer = Tokenizer.from_file(str(local_model_path() / "tokenizer.json"))
                 tokenizer.no_truncation()

@@ -14,6 +14,8 @@ from django.db.models import QuerySet
 from django.http import Http404
 from pgvector.django import CosineDistance
 
+from inference.embeddings import embed_text
+
 from .models import Chunk, Document, DocumentStatus, Memory
 
 
@@ -90,8 +92,6 @@ def chunk_search(
     Give ``query`` (embedded here) or its ``embedding`` (384 floats). Only the owner's chunks are
     searched. Blocking (database, maybe the embedding model).
     """
-    from inference.embeddings import embed_text
-
     top_k = top_k or settings.KB_TOP_K
     if embedding is None:
         embedding = embed_text(query or "")

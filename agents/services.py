@@ -20,8 +20,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
 
-from config.exceptions import ParleyError
-from inference.providers import InferenceError
+from core.errors import ParleyError
+from core.queue import task_enqueue_on_commit
+from inference.embeddings import embed_text, embed_texts
+from inference.models import ModelConfig
+from inference.providers import GenerationParams, InferenceError
+from inference.services import provider_for
 
 from .ingestion import ExtractionError, UnsupportedType, chunk_sections, extract_sections, sniff_type
 from .models import Chunk, Document, DocumentStatus, DocumentType, Memory, MemoryKind
@@ -64,18 +68,6 @@ def document_event(*, document: Document, stage: str, done: int = 0, total: int 
         )
     except Exception as exc:  # Redis down: the status in the database is what counts
         logger.warning("Channel layer unavailable (%s); document event not sent", type(exc).__name__)
-
-
-def _enqueue(task, *args) -> None:
-    """Queue a Celery task once the current transaction commits; log (not raise) when the broker is down."""
-
-    def send() -> None:
-        try:
-            task.apply_async(args=args, retry=False)
-        except Exception as exc:
-            logger.warning("Could not queue %s%r (%s: %s)", task.name, args, type(exc).__name__, exc)
-
-    transaction.on_commit(send)
 
 
 def document_create(
@@ -124,9 +116,9 @@ def document_create(
             document.file.delete(save=False)
             raise
         if ingest:
-            from .tasks import document_ingest_task
+            from .tasks import document_ingest_task  # here: tasks.py imports this module
 
-            _enqueue(document_ingest_task, str(document.pk))
+            task_enqueue_on_commit(document_ingest_task, str(document.pk))
             transaction.on_commit(lambda: document_event(document=document, stage="queued"))
     return document
 
@@ -142,13 +134,13 @@ def document_delete(*, document: Document) -> None:
 
 def document_retry(*, document: Document) -> Document:
     """Ingest ``document`` again from its stored file: back to ``pending``, and its ingestion queued."""
-    from .tasks import document_ingest_task
+    from .tasks import document_ingest_task  # here: tasks.py imports this module
 
     with transaction.atomic():
         locked = Document.objects.select_for_update().get(pk=document.pk)
         locked.status, locked.failure_reason = DocumentStatus.PENDING, ""
         locked.save(update_fields=["status", "failure_reason", "updated_at"])
-        _enqueue(document_ingest_task, str(locked.pk))
+        task_enqueue_on_commit(document_ingest_task, str(locked.pk))
     document_event(document=locked, stage="queued")
     return locked
 
@@ -177,8 +169,6 @@ def document_ingest(*, document_id, on_progress: Callable[[int, int], None] | No
     :func:`document_event`); ``on_progress(done, total)`` is also called after each embedded batch.
     Blocking: runs the embedding model.
     """
-    from inference.embeddings import embed_texts
-
     with transaction.atomic():
         document = Document.objects.select_for_update().filter(pk=document_id).first()
         if document is None or document.status == DocumentStatus.READY:
@@ -262,8 +252,6 @@ def kb_reembed(*, batch_size: int = 64, on_progress: Callable[[str, int], None] 
     For after the embedding model changes (to a model of the same width: the columns are 384-d).
     ``on_progress(kind, done)`` after each batch.
     """
-    from inference.embeddings import embed_texts
-
     counts = {}
     for kind, model in (("chunks", Chunk), ("memories", Memory)):
         done = 0
@@ -287,64 +275,30 @@ def kb_reembed(*, batch_size: int = 64, on_progress: Callable[[str, int], None] 
 # Memory
 
 
-def memory_after_turn(*, message_id) -> None:
-    """After a finished answer: queue its embedding as memory, and a summary every N pairs.
+def memory_exchange_store(*, owner_id: int, conversation_id, message_id, question: str, answer: str) -> Memory:
+    """Store a question and its answer as an embedded ``exchange`` memory of ``owner_id``; return it.
 
-    Only for complete answers of users with ``memory_enabled``. A summary of the conversation is
-    queued when its number of answered pairs is a multiple of ``AGENTS_SUMMARY_EVERY_PAIRS`` (0: never).
+    ``message_id`` is the answer's: one memory per answer (idempotent). The text kept is
+    ``"Q: <question>\nA: <answer>"``, cut to ``MEMORY_TEXT_CHARS`` characters. The caller checks that
+    the owner has memory on. Blocking: runs the embedding model. Raise :class:`InferenceError` when
+    it fails.
     """
-    from chat.models import Message, MessageStatus, Role
-
-    from .tasks import conversation_summarize_task, memory_remember_task
-
-    message = Message.objects.select_related("conversation__owner").filter(pk=message_id).first()
-    if message is None or message.status != MessageStatus.COMPLETE or not message.content:
-        return
-    if not message.conversation.owner.memory_enabled:
-        return
-    _enqueue(memory_remember_task, str(message.pk))
-    every = settings.AGENTS_SUMMARY_EVERY_PAIRS
-    if every:
-        pairs = message.conversation.messages.filter(
-            role=Role.ASSISTANT, status=MessageStatus.COMPLETE, superseded_by__isnull=True
-        ).count()
-        if pairs and pairs % every == 0:
-            _enqueue(conversation_summarize_task, str(message.conversation_id), pairs)
-
-
-def memory_remember(*, message_id) -> Memory | None:
-    """Store an answer and its question as an embedded ``exchange`` memory of its owner; return it.
-
-    Idempotent (one memory per answer). None when the message is gone, not a complete answer, or
-    its owner has memory off. Blocking: runs the embedding model.
-    """
-    from chat.models import Message, MessageStatus, Role
-    from inference.embeddings import embed_text
-
-    answer = Message.objects.select_related("conversation__owner").filter(pk=message_id, role=Role.ASSISTANT).first()
-    if answer is None or answer.status != MessageStatus.COMPLETE or not answer.conversation.owner.memory_enabled:
-        return None
-    question = (
-        answer.conversation.messages.filter(role=Role.USER, created_at__lte=answer.created_at)
-        .order_by("-created_at")
-        .first()
-    )
-    text = f"Q: {question.content if question else ''}\nA: {answer.content}"[:MEMORY_TEXT_CHARS]
+    text = f"Q: {question}\nA: {answer}"[:MEMORY_TEXT_CHARS]
     embedding = embed_text(text)
     try:
         with transaction.atomic():
             memory, _ = Memory.objects.update_or_create(
-                message=answer,
+                message_id=message_id,
                 kind=MemoryKind.EXCHANGE,
                 defaults={
-                    "owner_id": answer.conversation.owner_id,
-                    "conversation_id": answer.conversation_id,
+                    "owner_id": owner_id,
+                    "conversation_id": conversation_id,
                     "content": text,
                     "embedding": embedding,
                 },
             )
     except IntegrityError:  # a concurrent run stored it first
-        memory = Memory.objects.get(message=answer, kind=MemoryKind.EXCHANGE)
+        memory = Memory.objects.get(message_id=message_id, kind=MemoryKind.EXCHANGE)
     return memory
 
 
@@ -355,30 +309,28 @@ SUMMARY_PROMPT = (
 SUMMARY_TRANSCRIPT_CHARS = 6000  # of the newest messages given to the summarising model
 
 
-def conversation_summarize(*, conversation_id, pairs: int) -> Memory | None:
-    """Summarise a conversation's first ``pairs`` question/answer pairs with its model; store it as memory.
+def memory_summary_get(*, conversation_id, pairs: int) -> Memory | None:
+    """Return the summary memory of ``conversation_id``'s first ``pairs`` pairs, or None if none is stored."""
+    return Memory.objects.filter(conversation_id=conversation_id, kind=MemoryKind.SUMMARY, pairs=pairs).first()
 
-    Idempotent: one summary per conversation and ``pairs``. None when the conversation is gone or its
-    owner has memory off. The summary is generated (temperature 0, ``AGENTS_SUMMARY_MAX_TOKENS``)
-    by the conversation's model, else the default model, then embedded. Blocking. Raise
+
+def memory_summary_store(
+    *, owner_id: int, conversation_id, title: str, pairs: int, messages: list[dict[str, str]], config: ModelConfig
+) -> Memory | None:
+    """Summarise a conversation with ``config``'s model and store the summary as embedded memory; return it.
+
+    ``messages`` are the conversation's first ``pairs`` question/answer pairs, ``[{"role", "content"}]``
+    oldest first, without the system prompt; ``title`` is the conversation's. Idempotent: one summary
+    per conversation and ``pairs`` (an existing one is returned). The summary is generated at
+    temperature 0 with at most ``AGENTS_SUMMARY_MAX_TOKENS`` tokens from the newest
+    ``SUMMARY_TRANSCRIPT_CHARS`` characters of the transcript, then embedded. None when the model
+    answers nothing. The caller checks that the owner has memory on. Blocking. Raise
     :class:`InferenceError` when the model fails (the task retries).
     """
-    from chat.models import Conversation
-    from chat.selectors import model_messages
-    from inference.embeddings import embed_text
-    from inference.providers import GenerationParams
-    from inference.selectors import model_config_get
-    from inference.services import provider_for
-
-    conversation = Conversation.objects.select_related("owner", "model").filter(pk=conversation_id).first()
-    if conversation is None or not conversation.owner.memory_enabled:
-        return None
-    existing = Memory.objects.filter(conversation=conversation, kind=MemoryKind.SUMMARY, pairs=pairs).first()
+    existing = memory_summary_get(conversation_id=conversation_id, pairs=pairs)
     if existing is not None:
         return existing
-    messages = [m for m in model_messages(conversation=conversation) if m["role"] != "system"][: pairs * 2]
     transcript = "\n".join(f"{m['role']}: {m['content']}" for m in messages)[-SUMMARY_TRANSCRIPT_CHARS:]
-    config = conversation.model if conversation.model_id and conversation.model.is_enabled else model_config_get()
     completion = provider_for(config=config).complete(
         [{"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": transcript}],
         GenerationParams(max_tokens=settings.AGENTS_SUMMARY_MAX_TOKENS, temperature=0.0),
@@ -386,16 +338,16 @@ def conversation_summarize(*, conversation_id, pairs: int) -> Memory | None:
     summary = completion.text.strip()
     if not summary:
         return None
-    content = f"Summary of the conversation {conversation.title!r}: {summary}"[:MEMORY_TEXT_CHARS]
+    content = f"Summary of the conversation {title!r}: {summary}"[:MEMORY_TEXT_CHARS]
     try:
         with transaction.atomic():
             return Memory.objects.create(
-                owner_id=conversation.owner_id,
-                conversation=conversation,
+                owner_id=owner_id,
+                conversation_id=conversation_id,
                 kind=MemoryKind.SUMMARY,
                 pairs=pairs,
                 content=content,
                 embedding=embed_text(content),
             )
     except IntegrityError:  # a concurrent run stored it first
-        return Memory.objects.get(conversation=conversation, kind=MemoryKind.SUMMARY, pairs=pairs)
+        return Memory.objects.get(conversation_id=conversation_id, kind=MemoryKind.SUMMARY, pairs=pairs)

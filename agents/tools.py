@@ -2,7 +2,8 @@
 
 Each tool is a :class:`Tool`: a name, a description, a JSON-schema of its arguments (the shape
 OpenAI function calling uses) and a function ``run(arguments, context) -> str``. Only tools in
-:data:`REGISTRY` can run; a model naming another one gets an error result, never a call.
+:data:`REGISTRY` can run; a model naming another one gets an error result, never a call. Apps
+above agents add theirs with :func:`tool_register` (chat's ``conversation_search``).
 
 Tool-call formats:
 
@@ -29,6 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from inference.cache import canonical_key
 from inference.cache import layer as cache_layer
+
+from .selectors import chunk_search
 
 
 class ToolError(ValueError):
@@ -177,8 +180,6 @@ def _run_datetime(arguments: dict, context: ToolContext) -> str:
 
 
 def _run_kb_search(arguments: dict, context: ToolContext) -> str:
-    from .selectors import chunk_search
-
     query = str(arguments.get("query", "")).strip()
     if not query:
         raise ToolError("Give a query.")
@@ -186,22 +187,6 @@ def _run_kb_search(arguments: dict, context: ToolContext) -> str:
     if not hits:
         return "No passage of the user's documents matches."
     return "\n\n".join(f"[{h.title} #{h.index}, similarity {h.similarity:.2f}]\n{h.content}" for h in hits)
-
-
-def _run_conversation_search(arguments: dict, context: ToolContext) -> str:
-    from accounts.models import User
-    from chat.selectors import conversation_list
-
-    query = str(arguments.get("query", "")).strip()
-    if not query:
-        raise ToolError("Give a query.")
-    user = User.objects.get(pk=context.user_id)
-    found = conversation_list(user=user, query=query).exclude(pk=context.conversation_id)[:5]
-    if not found:
-        return "No earlier conversation matches."
-    return "Earlier conversations that match: " + "; ".join(
-        f"{c.title or 'Untitled'} ({c.updated_at:%Y-%m-%d})" for c in found
-    )
 
 
 REGISTRY: dict[str, Tool] = {
@@ -239,20 +224,17 @@ REGISTRY: dict[str, Tool] = {
             per_user=True,
             cacheable=False,  # documents change (uploads, deletions): a cached search could show a deleted one
         ),
-        Tool(
-            name="conversation_search",
-            description="Find the user's earlier conversations that mention some words.",
-            parameters={
-                "type": "object",
-                "properties": {"query": {"type": "string", "description": "Words to look for."}},
-                "required": ["query"],
-            },
-            run=_run_conversation_search,
-            per_user=True,
-            cacheable=False,
-        ),
     ]
 }
+
+
+def tool_register(tool: Tool) -> None:
+    """Add ``tool`` to :data:`REGISTRY` (replacing one of the same name), for the apps above agents.
+
+    Call from an ``AppConfig.ready()``: chat registers ``conversation_search`` there, since agents
+    does not read chat's conversations.
+    """
+    REGISTRY[tool.name] = tool
 
 
 def tool_run(*, name: str, arguments: dict, context: ToolContext) -> ToolResult:

@@ -1,6 +1,6 @@
 """Measure the response cache: cached against generated answers, django-redis against raw redis-py, stampedes.
 
-Run with ``python -m config.services run -- python bench/cache.py --runs 3 --hits 5 --gets 2000``
+Run with ``python -m core.launcher run -- python bench/cache.py --runs 3 --hits 5 --gets 2000``
 (embedded PostgreSQL and Valkey are started for it; Valkey is new and empty each time).
 
 Three measurements in one run, on the bundled model (ModelConfig ``smollm2-135m``, llama.cpp in this

@@ -1,6 +1,6 @@
 """Measure a remote model's throughput: Parley's turns against the ``openai`` client, to one llama.cpp server.
 
-Run with ``python -m config.services run -- python bench/remote.py --runs 5 --max-tokens 150``
+Run with ``python -m core.launcher run -- python bench/remote.py --runs 5 --max-tokens 150``
 (embedded PostgreSQL and Valkey are started for it).
 
 One ``python -m llama_cpp.server`` with the bundled SmolLM2 (``tests.servers.llama_cpp_server``,

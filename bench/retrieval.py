@@ -1,6 +1,6 @@
 """Measure pgvector retrieval: an HNSW index against an exact scan, on 100,000 clustered 384-d vectors.
 
-Run with ``python -m config.services run -- python bench/retrieval.py`` (embedded PostgreSQL with
+Run with ``python -m core.launcher run -- python bench/retrieval.py`` (embedded PostgreSQL with
 pgvector is started for it). Options: ``--rows 100000 --clusters 200 --queries 200 --k 10``.
 
 What it does, in one run:

@@ -1,7 +1,7 @@
 """Measure streaming throughput: raw llama-cpp-python against Parley's WebSocket, in one run.
 
 Run with ``make bench`` (embedded PostgreSQL and Valkey are started for it), or
-``python -m config.services run -- python bench/stream.py --threads 2 --runs 3 --max-tokens 200``.
+``python -m core.launcher run -- python bench/stream.py --threads 2 --runs 3 --max-tokens 200``.
 
 Both sides use the bundled model (ModelConfig ``smollm2-135m``), the same prompt, ``max_tokens``,
 temperature 0, repeat penalty and llama.cpp thread count, so both generate the same text:

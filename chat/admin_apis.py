@@ -9,7 +9,8 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .presence import ws_connection_count
+from core.presence import ws_connection_count
+
 from .selectors import active_user_count, session_count
 
 ACTIVE_WINDOW = timedelta(hours=24)
@@ -18,7 +19,7 @@ ACTIVE_WINDOW = timedelta(hours=24)
 class SessionCountApi(APIView):
     """``GET`` (staff): ``{"websocket_connections", "authenticated_sessions", "active_users_24h"}``.
 
-    ``websocket_connections``: chat WebSockets open now on every process (chat.presence; 0 when
+    ``websocket_connections``: chat WebSockets open now on every process (core.presence; 0 when
     Redis is down). ``authenticated_sessions``: unexpired browser sessions (logins). ``active_users_24h``:
     users who sent a chat message or made a model request (chat or /v1) in the last 24 hours.
     """

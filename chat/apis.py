@@ -9,8 +9,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.exceptions import ParleyError
-from config.schema import ErrorSerializer
+from core.errors import ParleyError
+from core.schema import ErrorSerializer
 from inference.providers import ModelBusy
 from inference.providers.llama_cpp import BUSY_RETRY_AFTER
 from inference.sse import event_stream_response

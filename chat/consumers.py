@@ -11,11 +11,11 @@ from django.http import Http404
 
 from accounts.services import user_group
 from accounts.throttling import websocket_message_throttle
-from config import prometheus
-from config.exceptions import ParleyError
-from config.log import websocket_message_begin
+from core import presence, prometheus
+from core.errors import ParleyError
+from core.log import websocket_message_begin
 
-from . import presence, services, turns
+from . import services, turns
 from .selectors import conversation_get
 from .serializers import MessageOutputSerializer
 

@@ -7,7 +7,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import UsageRecord, User
 
 from .models import Conversation, Message, MessageStatus, Role
 
@@ -104,8 +104,6 @@ def model_messages(*, conversation: Conversation, system_prompt: str = "") -> li
 def active_user_count(*, since) -> int:
     """Return how many users sent a chat message, or made any model request (a ``UsageRecord``:
     chat or /v1), at or after ``since`` (an aware datetime)."""
-    from accounts.models import UsageRecord
-
     sent = Message.objects.filter(conversation__owner=OuterRef("pk"), role=Role.USER, created_at__gte=since)
     requested = UsageRecord.objects.filter(user=OuterRef("pk"), created_at__gte=since)
     return User.objects.filter(Q(Exists(sent)) | Q(Exists(requested))).count()

@@ -18,7 +18,7 @@ from rest_framework import status
 from accounts.metering import Admission
 from accounts.models import UsageSource, User
 from accounts.quotas import generation_release
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
 from inference.selectors import model_config_get

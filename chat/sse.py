@@ -24,7 +24,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
-from config.schema import AutoSchema
+from core.schema import AutoSchema
 from inference.sse import MEDIA_TYPE, sse_frame
 
 from . import turns

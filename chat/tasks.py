@@ -1,13 +1,16 @@
-"""Celery tasks of the chat app: turns run in a worker when ``INFERENCE_EXECUTION=celery``."""
+"""Celery tasks of the chat app: turns run in a worker when ``INFERENCE_EXECUTION=celery``, and
+memory (an answer embedded, a conversation summarised) is stored after a turn. Memory tasks are
+``acks_late`` and idempotent: a worker that dies mid-task leaves the message to be delivered again."""
 
 from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 from celery import shared_task
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
+from inference.providers import InferenceError, ModelUnavailable
 
-from . import services
+from . import memory, services
 from .models import MessageStatus
 
 
@@ -27,3 +30,33 @@ def turn_run_task(message_id: str, params: dict, use_cache: bool) -> str | None:
     if turn is None:
         return None
     return async_to_sync(turns.turn_run)(turn).status
+
+
+# Memory. The task names are the ones these tasks had in the agents app, so messages queued before
+# an upgrade still find them.
+@shared_task(
+    name="agents.memory_remember",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(ModelUnavailable,),
+    retry_backoff=True,
+    max_retries=3,
+)
+def memory_remember_task(message_id: str) -> int | None:
+    """Embed answer ``message_id`` and its question as memory; return the memory's id."""
+    remembered = memory.memory_remember(message_id=message_id)
+    return remembered.pk if remembered is not None else None
+
+
+@shared_task(
+    name="agents.conversation_summarize",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(InferenceError,),
+    retry_backoff=True,
+    max_retries=3,
+)
+def conversation_summarize_task(conversation_id: str, pairs: int) -> int | None:
+    """Summarise conversation ``conversation_id``'s first ``pairs`` pairs as memory; return the memory's id."""
+    summary = memory.conversation_summarize(conversation_id=conversation_id, pairs=pairs)
+    return summary.pk if summary is not None else None

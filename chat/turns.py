@@ -21,11 +21,11 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from agents.graph import turn_graph_stream, turn_knowledge, turn_report
-from agents.services import memory_after_turn
 from inference.pipeline import Outcome
 from inference.providers import InferenceError
 from inference.services import tokens_per_second
 
+from .memory import memory_after_turn
 from .models import Message, MessageStatus
 from .selectors import model_messages
 from .serializers import MessageOutputSerializer

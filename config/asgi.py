@@ -17,7 +17,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from config.log import RequestIdASGIMiddleware  # noqa: E402
+from core.log import RequestIdASGIMiddleware  # noqa: E402
 from inference.embeddings import embedding_preload  # noqa: E402
 
 if settings.EMBEDDING_PRELOAD:

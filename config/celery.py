@@ -4,6 +4,9 @@ import os
 
 from celery import Celery, signals
 
+from core.log import request_id_from, request_id_get, request_id_var
+from core.prometheus import celery_task_observe, mark_process_dead
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 app = Celery("parley")
@@ -26,9 +29,6 @@ def _setup_logging(**kwargs) -> None:
 
 @signals.before_task_publish.connect
 def _publish(sender=None, headers=None, **kwargs) -> None:
-    from config.log import request_id_get
-    from config.prometheus import celery_task_observe
-
     request_id = request_id_get()
     if request_id and headers is not None:
         headers.setdefault(REQUEST_ID_HEADER, request_id)
@@ -37,9 +37,6 @@ def _publish(sender=None, headers=None, **kwargs) -> None:
 
 @signals.task_prerun.connect
 def _prerun(task=None, **kwargs) -> None:
-    from config.log import request_id_from, request_id_var
-    from config.prometheus import celery_task_observe
-
     # A task enqueued outside any request gets an id of its own, so its log lines still group.
     # A worker puts custom message headers on the request; eager runs (apply) keep them in .headers.
     given = task.request.get(REQUEST_ID_HEADER) or (task.request.get("headers") or {}).get(REQUEST_ID_HEADER)
@@ -49,41 +46,29 @@ def _prerun(task=None, **kwargs) -> None:
 
 @signals.task_postrun.connect
 def _postrun(**kwargs) -> None:
-    from config.log import request_id_var
-
     request_id_var.set(None)
 
 
 @signals.task_success.connect
 def _success(sender=None, **kwargs) -> None:
-    from config.prometheus import celery_task_observe
-
     celery_task_observe(task=sender.name, state="success")
 
 
 @signals.task_failure.connect
 def _failure(sender=None, **kwargs) -> None:
-    from config.prometheus import celery_task_observe
-
     celery_task_observe(task=sender.name, state="failure")
 
 
 @signals.task_retry.connect
 def _retry(sender=None, **kwargs) -> None:
-    from config.prometheus import celery_task_observe
-
     celery_task_observe(task=sender.name, state="retry")
 
 
 @signals.task_revoked.connect
 def _revoked(sender=None, request=None, **kwargs) -> None:
-    from config.prometheus import celery_task_observe
-
     celery_task_observe(task=getattr(sender, "name", None) or str(getattr(request, "task", "unknown")), state="revoked")
 
 
 @signals.worker_process_shutdown.connect
 def _process_shutdown(pid=None, **kwargs) -> None:
-    from config.prometheus import mark_process_dead
-
     mark_process_dead(pid or os.getpid())

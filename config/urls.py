@@ -4,15 +4,13 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from accounts import views as account_views
-from accounts.admin_apis import AdminMetricsApi
-from accounts.admin_views import metrics_dashboard
 from accounts.urls import api_urlpatterns as accounts_api
 from agents.urls import api_urlpatterns as agents_api
 from chat.urls import api_urlpatterns as chat_api
-from inference.admin_views import cache_dashboard
+from core import health, prometheus
+from inference.admin_apis import AdminMetricsApi
+from inference.admin_views import cache_dashboard, metrics_dashboard
 from inference.urls import api_urlpatterns as inference_api
-
-from . import health, prometheus
 
 urlpatterns = [
     path("admin/cache/", admin.site.admin_view(cache_dashboard), name="admin_cache"),
@@ -40,7 +38,7 @@ urlpatterns = [
 
 # Django-level errors (no matching URL, an unhandled exception, ...): the API's JSON error shape
 # under /api/ and /v1/, Django's usual pages elsewhere. Used when DEBUG is off.
-handler400 = "config.exceptions.bad_request"
-handler403 = "config.exceptions.permission_denied"
-handler404 = "config.exceptions.page_not_found"
-handler500 = "config.exceptions.server_error"
+handler400 = "core.handlers.bad_request"
+handler403 = "core.handlers.permission_denied"
+handler404 = "core.handlers.page_not_found"
+handler500 = "core.handlers.server_error"

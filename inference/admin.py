@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 from .models import ModelConfig
 from .registry import model_config_probe, model_config_set_default

@@ -8,8 +8,8 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.exceptions import ParleyError
-from config.schema import ErrorSerializer
+from core.errors import ParleyError
+from core.schema import ErrorSerializer
 
 from . import cache
 from .selectors import model_config_get, model_config_list

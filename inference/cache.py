@@ -21,13 +21,21 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.db.models import Q
+from django.utils import timezone
 from django_redis import get_redis_connection
+from pgvector.django import CosineDistance
 
-from config import prometheus
+from core import prometheus
+
+from .embeddings import embed_text
+from .models import SemanticCacheEntry
+from .providers import InferenceError
 
 logger = logging.getLogger(__name__)
 
@@ -296,9 +304,6 @@ def health() -> Health:
 
 def _embedding(text: str) -> list[float] | None:
     """Embed ``text`` for the semantic layer; None (logged) when the embedding model fails."""
-    from .embeddings import embed_text
-    from .providers import InferenceError
-
     try:
         return embed_text(text)
     except InferenceError as exc:
@@ -320,11 +325,6 @@ def semantic_lookup(*, scope: str, owner_id: int | None, prompt: str) -> Semanti
     cosine similarity of all-MiniLM-L6-v2 embeddings (1 - pgvector cosine distance), compared with
     ``CACHE_SEMANTIC_THRESHOLD``. Counts a hit or a miss. Return None on a miss or any failure.
     """
-    from django.utils import timezone
-    from pgvector.django import CosineDistance
-
-    from .models import SemanticCacheEntry
-
     semantic = layer("semantic")
     version = semantic.current_version()
     embedding = _embedding(prompt) if version is not None else None
@@ -346,12 +346,6 @@ def semantic_lookup(*, scope: str, owner_id: int | None, prompt: str) -> Semanti
 
 def semantic_store(*, scope: str, owner_id: int | None, prompt: str, response: dict) -> bool:
     """Remember ``response`` for first question ``prompt`` for ``CACHE_SEMANTIC_TTL`` seconds."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from .models import SemanticCacheEntry
-
     semantic = layer("semantic")
     version = semantic.current_version()
     embedding = _embedding(prompt) if version is not None else None
@@ -372,11 +366,6 @@ def semantic_store(*, scope: str, owner_id: int | None, prompt: str, response: d
 
 def semantic_prune() -> int:
     """Delete semantic entries that expired or belong to a flushed version; return how many."""
-    from django.db.models import Q
-    from django.utils import timezone
-
-    from .models import SemanticCacheEntry
-
     version = layer("semantic").version()
     deleted, _ = SemanticCacheEntry.objects.filter(Q(expires_at__lte=timezone.now()) | ~Q(version=version)).delete()
     return deleted

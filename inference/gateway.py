@@ -42,8 +42,8 @@ from accounts.models import UsageSource, UsageStatus
 from accounts.quotas import quota_check
 from accounts.services import usage_record
 from accounts.throttling import rate_hit
-from config.exceptions import ParleyError, payload_too_large
-from config.parsers import JSONParser
+from core.errors import ParleyError, payload_too_large
+from core.parsers import JSONParser
 
 from .embeddings import embed_texts
 from .models import ModelConfig

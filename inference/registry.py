@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 from .models import ModelConfig, Provider
 from .providers import GenerationParams

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 from .cache import canonical_key
 from .models import CachePolicy, ModelConfig, Provider

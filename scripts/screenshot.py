@@ -1,7 +1,7 @@
 """Take docs/screenshot.png: the chat page with a short conversation answered by the bundled model.
 
 Run with ``make screenshot`` (embedded PostgreSQL and Valkey are started for it), or
-``python -m config.services run -- python scripts/screenshot.py [--output docs/screenshot.png] [--dark]``.
+``python -m core.launcher run -- python scripts/screenshot.py [--output docs/screenshot.png] [--dark]``.
 
 It migrates the database, makes a user ``demo`` with a few conversations, starts a real Daphne
 server, logs in with Debian's Chromium (``/usr/bin/chromium``, driven by Playwright), asks the

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc assets served locally: no CDN, works offline
     "channels",
     "django_prometheus",
+    "core",
     "accounts",
     "inference",
     "chat",
@@ -43,7 +44,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "config.log.request_id_middleware",  # first: every later log record carries the request id
+    "core.log.request_id_middleware",  # first: every later log record carries the request id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -75,7 +76,7 @@ TEMPLATES = [
     },
 ]
 
-# Database: PostgreSQL with pgvector. `python -m config.services run` supplies an embedded one
+# Database: PostgreSQL with pgvector. `python -m core.launcher run` supplies an embedded one
 # when DATABASE_URL is unset (README, "Running").
 DATABASES = {"default": env.db("DATABASE_URL")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
@@ -184,16 +185,16 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "config.exceptions.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
+    "EXCEPTION_HANDLER": "core.handlers.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     # Throttle state lives in the default cache (Redis), shared by every process.
     "DEFAULT_THROTTLE_RATES": {"login": env("RATE_LIMIT_LOGIN", default="10/min")},
     # RATE_LIMIT_USER per user, RATE_LIMIT_ANON per anonymous IP, on every view (accounts.throttling).
     "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.RequestRateThrottle"],
     # DRF's parsers, honouring DATA_UPLOAD_MAX_MEMORY_SIZE (413 payload_too_large beyond it).
     "DEFAULT_PARSER_CLASSES": [
-        "config.parsers.JSONParser",
-        "config.parsers.FormParser",
+        "core.parsers.JSONParser",
+        "core.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
     # X-Forwarded-For is trusted only behind this many proxies; 0 uses the peer address (REMOTE_ADDR).
@@ -227,14 +228,14 @@ CHAT_TOKEN_BATCH_MS = env.int("CHAT_TOKEN_BATCH_MS", default=50)
 CHAT_TOKEN_BATCH_SIZE = env.int("CHAT_TOKEN_BATCH_SIZE", default=16)
 
 # Logs: one JSON object a line (LOG_FORMAT=json) or plain text, each record with the request id
-# (config.log), secrets redacted before any handler writes (README, "Logs and metrics").
+# (core.log), secrets redacted before any handler writes (README, "Logs and metrics").
 LOG_FORMAT = env("LOG_FORMAT", default="json")  # json | plain
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "request_id": {"()": "config.log.RequestIdFilter"},
-        "redact": {"()": "config.log.RedactSecretsFilter"},
+        "request_id": {"()": "core.log.RequestIdFilter"},
+        "redact": {"()": "core.log.RedactSecretsFilter"},
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
@@ -315,9 +316,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Choice sets that share a field name ("status") get names of their own.
     "ENUM_NAME_OVERRIDES": {"CacheStatusEnum": ["ok", "degraded"]},
-    # An example for every request and response body (config.schema_examples), after the enum hook.
+    # An example for every request and response body (core.schema_examples), after the enum hook.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "config.schema_examples.add_missing_examples",
+        "core.schema_examples.add_missing_examples",
     ],
 }

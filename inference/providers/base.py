@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from rest_framework import status
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 
 class InferenceError(ParleyError):

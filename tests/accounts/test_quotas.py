@@ -16,8 +16,8 @@ from accounts.services import usage_record
 from chat.models import Message
 from chat.services import conversation_create, message_finalize, message_send
 from config.asgi import application
-from config.exceptions import ParleyError
 from conftest import make_user, ws_headers
+from core.errors import ParleyError
 
 from .conftest import bearer_client, session_client
 from .test_throttling import finish_processes, start_processes
@@ -258,7 +258,7 @@ import django
 django.setup()
 from accounts.models import User
 from accounts.quotas import generation_admit
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 go, user_id, quota, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 user = User(pk=user_id, daily_token_quota=quota)  # not read from the database: only Redis is shared here
 print("ready", flush=True)

@@ -82,7 +82,7 @@ def test_the_metrics_api_sums_the_window(admin_client, traffic):
     assert sum(b["requests"] for b in data["series"]) == 4
     assert data["bucket_seconds"] == 300
     assert {layer["layer"] for layer in data["cache"]["layers"]} == {"llm", "tool", "intent", "semantic"}
-    assert isinstance(data["ws_connections"], int)  # chat.presence: sockets of every process
+    assert isinstance(data["ws_connections"], int)  # core.presence: sockets of every process
     assert data["celery_queue_depth"] is not None
 
 

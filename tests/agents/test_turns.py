@@ -12,7 +12,7 @@ from channels.layers import get_channel_layer
 
 from agents.graph import context_message, turn_graph_stream, turn_report
 from agents.models import Chunk, Memory, MemoryKind
-from agents.services import conversation_summarize, memory_remember
+from chat.memory import conversation_summarize, memory_remember
 from chat.models import MessageStatus
 from chat.services import conversation_create, message_send
 from chat.turns import conversation_group, turn_run

@@ -1,4 +1,4 @@
-"""WebSocket presence (chat.presence) and the staff counts at /api/v1/admin/sessions/count/."""
+"""WebSocket presence (core.presence) and the staff counts at /api/v1/admin/sessions/count/."""
 
 import time
 import uuid
@@ -13,11 +13,11 @@ from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
 from accounts.models import UsageRecord
-from chat import presence
 from chat.models import Message
 from chat.services import conversation_create, message_send
 from config.asgi import application
 from conftest import make_user, ws_headers
+from core import presence
 
 URL = "/api/v1/admin/sessions/count/"
 

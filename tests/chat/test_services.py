@@ -4,7 +4,7 @@ from django.http import Http404
 from chat.models import Message, MessageStatus, Role
 from chat.selectors import conversation_get, model_messages
 from chat.services import conversation_create, message_finalize, message_send
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 pytestmark = pytest.mark.django_db
 

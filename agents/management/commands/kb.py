@@ -6,7 +6,7 @@ from django.core.management import BaseCommand, CommandError
 
 from agents.selectors import kb_stats
 from agents.services import kb_import, kb_reembed
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 
 
 class Command(BaseCommand):

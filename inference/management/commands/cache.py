@@ -3,7 +3,7 @@ from pathlib import Path
 
 from django.core.management import BaseCommand, CommandError
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 from inference import cache
 from inference.pipeline import cache_warm
 from inference.selectors import model_config_get

@@ -5,7 +5,7 @@ import json
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from config.exceptions import ParleyError
+from core.errors import ParleyError
 from inference import registry
 from inference.selectors import model_config_get, model_config_list
 

@@ -19,7 +19,7 @@ from typing import Any
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 ERROR_REF = "#/components/schemas/Error"
 JSON = "application/json"
-# The code an error response of each status usually carries (config.exceptions, accounts.throttling).
+# The code an error response of each status usually carries (core.errors, accounts.throttling).
 STATUS_CODES = {
     400: "invalid",
     401: "not_authenticated",

@@ -1,52 +1,18 @@
-"""One error shape for the whole API (DESIGN.md): ``{"error": {"code", "detail", "fields"?}}``."""
+"""One error shape for the whole API (DESIGN.md): ``{"error": {"code", "detail", "fields"?}}``.
 
-from django.conf import settings
+:func:`api_exception_handler` is DRF's ``EXCEPTION_HANDLER``; :func:`bad_request`,
+:func:`permission_denied`, :func:`page_not_found` and :func:`server_error` are the URLconf's
+``handler400``/``403``/``404``/``500``. The error type itself is :class:`core.errors.ParleyError`.
+"""
+
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-
-class ParleyError(Exception):
-    """An error a user can cause, with a stable ``code`` and an HTTP status.
-
-    Raised by services; the API turns it into the error shape, the WebSocket into an ``error`` event.
-    """
-
-    code = "error"
-    status_code = status.HTTP_400_BAD_REQUEST
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        code: str | None = None,
-        status_code: int | None = None,
-        retry_after: int | None = None,
-        extra: dict | None = None,
-    ):
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after  # seconds, sent as the Retry-After header
-        self.extra = extra or {}  # more keys for the "error" object, e.g. quota_exceeded's "resets_at"
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
-
-
-def payload_too_large() -> ParleyError:
-    """Return the 413 ``payload_too_large`` error for a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` bytes.
-
-    Django raises ``RequestDataTooBig`` when such a body is read; it would otherwise answer 400.
-    """
-    return ParleyError(
-        f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes.",
-        code="payload_too_large",
-        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    )
+from .errors import ParleyError, payload_too_large
 
 
 def _first_message(data) -> str:

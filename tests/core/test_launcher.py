@@ -1,4 +1,4 @@
-"""The launcher of embedded services (``python -m config.services run``), as `make run` uses it."""
+"""The launcher of embedded services (``python -m core.launcher run``), as `make run` uses it."""
 
 import os
 import re
@@ -29,7 +29,7 @@ def test_a_terminated_launcher_stops_its_command_and_the_embedded_services(tmp_p
     command = f"touch {ready}; exec sleep 613"  # an unusual duration, to find this very process
     with log.open("wb") as stderr:
         launcher = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-            [sys.executable, "-m", "config.services", "run", "--", "sh", "-c", command],
+            [sys.executable, "-m", "core.launcher", "run", "--", "sh", "-c", command],
             env=env,
             cwd=Path(settings.BASE_DIR),
             stderr=stderr,

@@ -4,7 +4,8 @@
   is up and serving requests.
 - ``GET /health/ready/``: readiness. ``{"status": "ok"|"down", "components": {name: {"status":
   "ok"|"down", "latency_ms": float, "required": bool, "detail"?: str}}}`` for ``database``,
-  ``redis``, ``model`` and ``celery``; 503 when a required component is down, else 200. ``detail``
+  ``redis``, ``celery`` and the components the apps register (inference's ``model``,
+  :func:`readiness_check_register`); 503 when a required component is down, else 200. ``detail``
   (error texts, file paths, worker host names) is shown to staff only: the endpoint is public, and
   a database error can name hosts and users. Failures are always logged with their detail.
 
@@ -23,8 +24,23 @@ from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
+from django_redis import get_redis_connection
+
+from config.celery import app
 
 logger = logging.getLogger(__name__)
+
+# Checks of the apps above core, by component name (see readiness_check_register).
+_REGISTERED: dict[str, tuple[Callable[[], str | None], bool]] = {}
+
+
+def readiness_check_register(*, name: str, check: Callable[[], str | None], required: bool = True) -> None:
+    """Add component ``name`` to ``/health/ready/``: ``check()`` returns a detail (or None) or raises when down.
+
+    For the apps above core (e.g. inference's ``model``), from their ``AppConfig.ready()``; a second
+    registration of a name replaces the first. A check must stay cheap: probes come every few seconds.
+    """
+    _REGISTERED[name] = (check, required)
 
 
 @never_cache
@@ -43,39 +59,12 @@ def check_database() -> str | None:
 
 def check_redis() -> str | None:
     """PING the default cache's Redis (cache, throttles, channel layer and broker live there)."""
-    from django_redis import get_redis_connection
-
     get_redis_connection("default").ping()
     return None
 
 
-def check_model() -> str:
-    """Check that the default model config exists and, for a local model, that its GGUF file is there.
-
-    The model is not loaded and a remote server is not contacted: a probe every few seconds must
-    stay cheap (and must not spend tokens).
-    """
-    from inference.models import Provider
-    from inference.providers.llama_cpp import resolve_model_path
-    from inference.selectors import model_config_get
-    from inference.services import BUNDLED_MODEL
-
-    config = model_config_get()
-    if config.provider == Provider.LLAMA_CPP:
-        model = config.model
-        if model == BUNDLED_MODEL and settings.LLAMA_MODEL_PATH:
-            model = settings.LLAMA_MODEL_PATH  # as inference.services.provider_for does
-        resolve_model_path(model)
-        return f"{config.slug}: model file found"
-    if not config.base_url:
-        raise ValueError(f"{config.slug}: no base URL")
-    return f"{config.slug}: remote server, not contacted"
-
-
 def check_celery() -> str:
     """Connect to the Celery broker, then ping the workers; raise when none answers in time."""
-    from config.celery import app
-
     timeout = settings.HEALTH_CELERY_TIMEOUT
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
@@ -110,7 +99,7 @@ def readiness(request: HttpRequest) -> JsonResponse:
     checks = {
         "database": (check_database, True),
         "redis": (check_redis, True),
-        "model": (check_model, True),
+        **_REGISTERED,
         "celery": (check_celery, settings.HEALTH_CELERY_REQUIRED),
     }
     verbose = request.user.is_authenticated and request.user.is_staff

@@ -5,7 +5,6 @@ Swagger UI at ``/api/docs/`` and ReDoc at ``/api/redoc/`` (assets from drf-spect
 """
 
 from drf_spectacular import openapi
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -106,18 +105,3 @@ class AutoSchema(openapi.AutoSchema):
                 if code == 429:
                     responses[str(code)]["headers"] = RETRY_AFTER
         return responses
-
-
-class APIKeyScheme(OpenApiAuthenticationExtension):
-    """Document :class:`accounts.authentication.APIKeyAuthentication` as a Bearer scheme."""
-
-    target_class = "accounts.authentication.APIKeyAuthentication"
-    name = "apiKeyAuth"
-
-    def get_security_definition(self, auto_schema):
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "pk_...",
-            "description": "A per-user API key (`POST /api/v1/keys/`), sent as `Authorization: Bearer pk_...`.",
-        }

@@ -4,7 +4,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.services import usage_record
-from config import prometheus
+from core import prometheus
 
 pytestmark = pytest.mark.django_db
 
@@ -143,7 +143,7 @@ def test_a_task_enqueued_during_a_request_carries_its_request_id(settings):
     from celery.signals import task_prerun
 
     from accounts.tasks import usage_prune_task
-    from config.log import request_id_get, request_id_var
+    from core.log import request_id_get, request_id_var
 
     queue = "parley-test-observability"
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -177,11 +177,11 @@ def test_metrics_of_other_processes_are_added_up():
     import sys
 
     if not prometheus.multiprocess_dir():
-        pytest.skip("PROMETHEUS_MULTIPROC_DIR is unset: run under `python -m config.services run`")
+        pytest.skip("PROMETHEUS_MULTIPROC_DIR is unset: run under `python -m core.launcher run`")
     labels = {"model": "other-process", "provider": "llama_cpp", "status": "complete"}
     before = prometheus.sample_value("parley_llm_requests_total", labels)
     code = (
-        "from config import prometheus\n"
+        "from core import prometheus\n"
         "for _ in range(3):\n"
         "    prometheus.llm_request_observe(model='other-process', provider='llama_cpp', status='complete',"
         " prompt_tokens=5, completion_tokens=2, ttft_ms=10, latency_ms=50)\n"

@@ -2,7 +2,7 @@
 
 Django checks that limit only when ``request.body`` is read; DRF reads the request as a stream, so
 its JSON and form parsers would take a body of any size. These raise ``RequestDataTooBig`` instead,
-which the API answers 413 ``payload_too_large`` (:func:`config.exceptions.payload_too_large`).
+which the API answers 413 ``payload_too_large`` (:func:`core.errors.payload_too_large`).
 File uploads (multipart) keep Django's own limits.
 """
 

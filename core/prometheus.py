@@ -12,7 +12,7 @@ Metric names are stable (dashboards and alerts depend on them)::
                                                        "success" | "failure" | "retry" | "revoked"
 
 Several processes (Daphne, Celery workers) share one host: with ``PROMETHEUS_MULTIPROC_DIR`` set
-(``python -m config.services run`` sets it before starting them), prometheus_client writes every
+(``python -m core.launcher run`` sets it before starting them), prometheus_client writes every
 value to a memory-mapped file per process in that directory, and ``/metrics`` adds them up with
 ``MultiProcessCollector``, so a scrape of any process reports the whole host. Without it (one
 process), the default registry is served.

