@@ -2,7 +2,8 @@
 
 import pytest
 
-from agents.graph import intent_from_model, intent_rules
+from agents.graph import intent_from_model
+from agents.intent import intent_rules
 from agents.tools import (
     REGISTRY,
     ToolContext,
