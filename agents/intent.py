@@ -14,7 +14,7 @@ would not help: the patterns themselves must be linear. How they are kept linear
   rescans the rest of the message at every ``sqrt(`` when no ``)`` follows.
 
 ``tests/agents/test_intent.py`` checks that these find exactly what the old backtracking pattern
-found, and ``bench/intent.py`` measures them on 32,000-character attacks.
+found, and ``bench/attacks.py`` measures them on 32,000-character attacks.
 """
 
 from __future__ import annotations
