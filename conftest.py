@@ -29,9 +29,8 @@ def fresh_caches():
     breaker._pending.clear()
 
 
-@pytest.fixture(autouse=True)
-def fresh_limits():
-    """Start every test with no rate-limit counts, generation slots or quota counters (they live in Redis)."""
+def clear_limits() -> None:
+    """Forget every rate-limit count, generation slot and quota counter (they live in Redis)."""
     from django.conf import settings
     from django_redis import get_redis_connection
 
@@ -42,6 +41,12 @@ def fresh_limits():
     if keys:
         connection.delete(*keys)
     reset_breaker()
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits():
+    """Start every test with no rate-limit counts, generation slots or quota counters."""
+    clear_limits()
 
 
 @pytest.fixture

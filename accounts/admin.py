@@ -9,7 +9,11 @@ from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from . import services
+from .forms import AdminLoginForm
 from .models import APIKey, UsageDaily, UsageRecord, User
+
+# The admin's login form counts attempts like every other login (served by accounts.views.lockout_status).
+admin.site.login_form = AdminLoginForm
 
 
 def _usage_summary(user: User, *, days: int) -> str:

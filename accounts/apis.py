@@ -31,7 +31,8 @@ EXAMPLE_KEY = {
 class TokenObtainApi(jwt_views.TokenObtainPairView):
     """``POST {"username", "password"}``: a JWT pair ``{"access", "refresh"}``.
 
-    Throttled per client IP (``RATE_LIMIT_LOGIN``, default 10/min): 429 with ``Retry-After``.
+    Throttled per client IP and per account name (``RATE_LIMIT_LOGIN``, default 10/min each): 429 with
+    ``Retry-After``.
     Wrong credentials: 401 ``no_active_account``.
     """
 

@@ -16,6 +16,7 @@ and a 429 also ``Retry-After`` (seconds), with the error code ``rate_limited``. 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -147,28 +148,59 @@ def websocket_message_throttle(*, user) -> None:
         raise result.error("messages")
 
 
+def client_ip(request) -> str:
+    """Return the client IP of a Django or DRF ``request``, as every throttle here keys it.
+
+    ``X-Forwarded-For`` is honoured only behind ``TRUSTED_PROXY_COUNT`` proxies (DRF's ``NUM_PROXIES``).
+    """
+    return BaseThrottle().get_ident(request)
+
+
+def login_attempt(*, ip: str, username: str) -> tuple[RateResult | None, RateResult | None]:
+    """Count one login attempt from ``ip`` for the account ``username`` against ``RATE_LIMIT_LOGIN``.
+
+    The one policy of every way to log in (the token endpoint, ``/login/``, ``/admin/login/``):
+    attempts per client IP, and attempts per account name whatever the IP, each in its own window.
+    The account counter is kept whether or not such an account exists, so that a refusal tells
+    nothing about it (its key is a hash of the name). Return ``(by_ip, by_account)``, each None
+    when not counted (no rate, Redis down, no username).
+    """
+    rate = api_settings.DEFAULT_THROTTLE_RATES.get("login")  # read now: a changed setting takes effect
+    by_ip = rate_hit(scope="scope-login", ident=ip, rate=rate)
+    by_account = None
+    if username:
+        account = hashlib.sha256(username.encode("utf-8", "replace")).hexdigest()[:32]
+        by_account = rate_hit(scope="login-account", ident=account, rate=rate)
+    return by_ip, by_account
+
+
+def login_refusal(results: tuple[RateResult | None, RateResult | None]) -> RateResult | None:
+    """Return the refused one of :func:`login_attempt`'s results (the longer wait if both), or None."""
+    refused = [result for result in results if result is not None and not result.allowed]
+    return max(refused, key=lambda result: result.reset) if refused else None
+
+
 class LoginRateThrottle(BaseThrottle):
-    """Limit token requests per client IP with the view's ``throttle_scope`` rate (``RATE_LIMIT_LOGIN``).
+    """Limit token requests per client IP and per account name (:func:`login_attempt`, ``RATE_LIMIT_LOGIN``).
 
     Keyed by IP even when the request carries a session: it is the password guesses from one
-    address that are limited. The client IP honours ``X-Forwarded-For`` only behind
-    ``TRUSTED_PROXY_COUNT`` proxies (DRF's ``NUM_PROXIES``). Counted atomically in Redis like
-    :class:`RequestRateThrottle`, with the same headers; over the rate DRF answers 429 ``throttled``
-    with ``Retry-After``.
+    address that are limited, and by the ``username`` asked for, so that guesses spread over many
+    addresses are limited too. Counted atomically in Redis like :class:`RequestRateThrottle`, with
+    the same headers (of the IP's window); over the rate DRF answers 429 ``throttled`` with
+    ``Retry-After``.
     """
 
     def allow_request(self, request, view) -> bool:
-        scope = getattr(view, "throttle_scope", None)
-        # Read at request time, not import time as DRF's throttles do, so a changed setting takes effect.
-        rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
-        result = rate_hit(scope=f"scope-{scope}", ident=self.get_ident(request), rate=rate)
-        if result is None:
-            return True
-        headers = result.headers()
-        headers.pop("Retry-After", None)
-        view.headers.update(headers)
-        self.retry_after = result.reset
-        return result.allowed
+        data = request.data  # a body DRF cannot parse raises ParseError (400) here
+        username = data.get("username") if hasattr(data, "get") else None
+        results = login_attempt(ip=client_ip(request), username=username.strip() if isinstance(username, str) else "")
+        if results[0] is not None:
+            headers = results[0].headers()
+            headers.pop("Retry-After", None)
+            view.headers.update(headers)
+        refused = login_refusal(results)
+        self.retry_after = refused.reset if refused is not None else None
+        return refused is None
 
     def wait(self) -> float | None:
         return getattr(self, "retry_after", None)

@@ -3,6 +3,8 @@
 Password change and logout are Django's own views (``config/urls.py``); logout is POST only.
 """
 
+from functools import wraps
+
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
@@ -10,6 +12,8 @@ from django.contrib.auth.forms import UserCreationForm
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
+
+from .forms import LoginForm
 
 
 class SignupForm(UserCreationForm):
@@ -20,11 +24,31 @@ class SignupForm(UserCreationForm):
         fields = ("username", "email")
 
 
+def lockout_status(view):
+    """Wrap a login view: answer 429 with ``Retry-After`` when its form refused a throttled attempt.
+
+    The page is the login form as usual, with the lockout message (see :mod:`accounts.forms`).
+    """
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        form = (getattr(response, "context_data", None) or {}).get("form")
+        retry_after = getattr(form, "retry_after", None)
+        if retry_after:
+            response.status_code = 429
+            response["Retry-After"] = str(retry_after)
+        return response
+
+    return wrapped
+
+
 class LoginView(auth_views.LoginView):
-    """Django's login view; the page links to sign-up only when sign-up is on."""
+    """Django's login view, throttled (:class:`accounts.forms.LoginForm`); links to sign-up when it is on."""
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
+    authentication_form = LoginForm
 
     def get_context_data(self, **kwargs):
         return super().get_context_data(signup_enabled=settings.SIGNUP_ENABLED, **kwargs)

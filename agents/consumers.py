@@ -2,19 +2,20 @@
 
 Relays the events of the user's group ``user.<id>.documents`` (see
 :func:`agents.services.document_event`) as JSON frames, ``{"type": "document.progress", ...}``.
-The socket only listens: it sends nothing back but ``pong`` to ``{"type": "ping"}``.
+The socket only listens: it answers ``{"type": "ping"}`` with ``pong``, ignores other JSON objects,
+and anything else with an ``error`` frame (:class:`core.websocket.JsonWebsocketConsumer`).
 """
 
 from __future__ import annotations
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from core.websocket import JsonWebsocketConsumer
 
 from .services import documents_group
 
 CLOSE_UNAUTHENTICATED = 4401
 
 
-class DocumentsConsumer(AsyncJsonWebsocketConsumer):
+class DocumentsConsumer(JsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope["user"]
         if not user.is_authenticated:
@@ -29,7 +30,7 @@ class DocumentsConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive_json(self, content, **kwargs) -> None:
-        if isinstance(content, dict) and content.get("type") == "ping":
+        if content.get("type") == "ping":
             await self.send_json({"type": "pong"})
 
     async def documents_event(self, message: dict) -> None:

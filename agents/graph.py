@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +36,7 @@ from inference.providers import GenerationParams, InferenceError
 from inference.selectors import model_config_get
 from inference.services import orchestrate, provider_for
 
+from .intent import intent_rules
 from .selectors import chunk_search, knowledge_available, memory_search
 from .tools import (
     REGISTRY,
@@ -74,69 +74,6 @@ class TurnState(TypedDict, total=False):
     orchestrate: bool  # the model has an orchestrator that rewrites the question first
     orchestrator: dict  # what the orchestrator did (inference.services.orchestrate's metadata)
     outcome: Any  # the generation's inference.pipeline.Outcome
-
-
-# classify_intent: rules first.
-
-_NUMBER = r"\d+(?:[.,]\d+)?"
-_OPERATOR = r"(?:\*\*|[-+*/%^x×÷])"
-_EXPRESSION = re.compile(
-    rf"[(\s]*-?\s*{_NUMBER}\s*\)*(?:\s*{_OPERATOR}\s*[(\s]*-?\s*{_NUMBER}\s*\)*)+|(?:sqrt|log|exp|abs)\s*\([^)]*\)"
-)
-_MATH_CUE = re.compile(r"\b(what(?:'s| is)|calculate|compute|evaluate|how much is|solve|equals?)\b|=", re.IGNORECASE)
-_MATH_WORDS = set(
-    "what what's is calculate compute evaluate how much solve equals equal please the result of answer "
-    "me tell give can you".split()
-)
-_DATETIME = re.compile(
-    r"\b(what(?:'s| is) the (?:current )?(?:time|date|day)|what time is it|current (?:time|date)|today'?s date|"
-    r"what day is (?:it|today)|what year is it)\b",
-    re.IGNORECASE,
-)
-_KNOWLEDGE = re.compile(
-    r"\b(my (?:documents?|files?|notes|uploads?|pdfs?)|according to|in the (?:document|file|pdf|docs?)|"
-    r"knowledge base)\b",
-    re.IGNORECASE,
-)
-_CONVERSATIONS = re.compile(
-    r"\b(we (?:talked|discussed|spoke|chatted)|earlier conversation|last time|previous(?:ly)? (?:conversation|chat)|"
-    r"other conversation)\b",
-    re.IGNORECASE,
-)
-_STOP_WORDS = set(
-    "a an and are about did do does earlier for from how i in is it last me my of on our previous previously "
-    "said say the this time to was we what when where which who why with you talked discussed spoke chatted "
-    "conversation conversations chat".split()
-)
-
-
-def intent_rules(text: str) -> dict | None:
-    """Return ``{"intent", "tool"?, "arguments"?}`` for messages whose intent is obvious, else None.
-
-    Arithmetic ("What is 12.5 * 4?") → the calculator with the expression; date or time questions →
-    the datetime tool; "we talked about X" → conversation search; "in my documents" → knowledge.
-    """
-    if _DATETIME.search(text):
-        return {"intent": "datetime", "tool": "datetime", "arguments": {}}
-    match = _EXPRESSION.search(text)
-    if match:
-        expression = match.group(0).strip()
-        rest = re.findall(r"[\w']+", (text[: match.start()] + text[match.end() :]).lower())
-        # The expression must be what the message is about: "what is 3-4?" but not "what is the
-        # best way to spend 3-4 days in Rome?".
-        if len([w for w in rest if w not in _MATH_WORDS]) <= 2 and (_MATH_CUE.search(text) or not rest):
-            return {"intent": "calculate", "tool": "calculator", "arguments": {"expression": expression}}
-    if _CONVERSATIONS.search(text):
-        words = [w for w in re.findall(r"[\w'-]+", text.lower()) if w not in _STOP_WORDS]
-        if words:
-            return {
-                "intent": "conversation_search",
-                "tool": "conversation_search",
-                "arguments": {"query": " or ".join(words)},
-            }
-    if _KNOWLEDGE.search(text):
-        return {"intent": "knowledge"}
-    return None
 
 
 def intent_from_model(*, text: str, model_slug: str) -> dict:

@@ -23,6 +23,7 @@ import json
 import math
 import operator
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -77,6 +78,13 @@ class ToolResult:
 
 # Calculator: a safe evaluator over Python's AST. Never eval(): only numbers, + - * / // % ** and
 # parentheses, a few math functions and constants.
+#
+# Bounded before anything is computed (issue 20, item 2): Python's integers have no size limit and
+# one big multiplication or power is a single C call that holds the GIL, so it cannot be interrupted
+# and stalls every socket of the Daphne process. Each operation's result size is estimated from its
+# operands first and refused beyond MAX_RESULT_BITS; with operands and results that small every
+# single operation takes microseconds, which is what makes the deadline checked between them a hard
+# bound on the whole evaluation.
 
 _BINARY = {
     ast.Add: operator.add,
@@ -103,7 +111,72 @@ _FUNCTIONS = {
 }
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 MAX_EXPRESSION_CHARS = 200
-MAX_EXPONENT = 1000  # 10**1000 is already far beyond any useful answer; larger ones could take minutes
+# 4,000 bits is about 1,200 decimal digits: far more than anyone reads in an answer, yet 10**1000
+# (3,322 bits) and 2**3999 still fit, and the decimal string stays under Python's 4,300-digit limit
+# of int-to-str conversion. Multiplying two such numbers takes about 10 µs; printing one, 20 µs.
+MAX_RESULT_BITS = 4_000
+# Nodes from the root to a leaf: "(1 + 2) * 3" is 3 deep. "1+1+...+1" in 200 characters is 100 deep, and so
+# is any flat sum or product that fits: the limit is for deliberately nested input ("- - - -...").
+MAX_DEPTH = 100
+MAX_SECONDS = 0.25  # wall-clock budget of one evaluation; bounded operations stay well under it
+# round(x, -n) of an integer computes 10**n: beyond 1,000 digits that is past MAX_RESULT_BITS.
+_MAX_ROUND_DIGITS = 1_000
+
+
+def _bits(value: int | float) -> int:
+    """Return the size of ``value`` in bits as far as cost goes: floats are fixed size (64)."""
+    return abs(value).bit_length() if isinstance(value, int) else 64
+
+
+def _too_large() -> ToolError:
+    return ToolError(f"The result would be too large (over {MAX_RESULT_BITS:,} bits, about 1,200 digits).")
+
+
+def _check_operation(op: ast.operator, left: int | float, right: int | float) -> None:
+    """Raise :class:`ToolError` when ``left <op> right`` would have an integer result over MAX_RESULT_BITS.
+
+    Only integer results can grow: float arithmetic is fixed size (it overflows to ``inf`` or
+    raises ``OverflowError``), and an integer too large for a float makes mixed arithmetic raise
+    ``OverflowError`` at once. Estimates are upper bounds of the result's bit length.
+    """
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return
+    if isinstance(op, ast.Add | ast.Sub):
+        estimate = max(_bits(left), _bits(right)) + 1
+    elif isinstance(op, ast.Mult):
+        estimate = _bits(left) + _bits(right)
+    elif isinstance(op, ast.Pow):
+        if right < 0 or abs(left) <= 1:
+            return  # a float (computed in floating point), or 0, 1 or ±1
+        if right.bit_length() > 32:
+            raise _too_large()  # |left| >= 2: at least 2**(2**32) bits
+        estimate = math.floor(right * math.log2(abs(left))) + 1
+    else:
+        return  # /, //, %: no larger than the left operand
+    if estimate > MAX_RESULT_BITS:
+        raise _too_large()
+
+
+def _check_call(name: str, args: list) -> None:
+    """Raise :class:`ToolError` for calls whose cost grows with an argument: ``round(x, ndigits)``."""
+    if name == "round" and len(args) == 2:
+        if not isinstance(args[1], int):
+            raise ToolError("round() takes a whole number of digits.")
+        if abs(args[1]) > _MAX_ROUND_DIGITS:
+            raise ToolError(f"round() takes at most {_MAX_ROUND_DIGITS:,} digits.")
+
+
+def _checked(value):
+    """Return ``value``; raise :class:`ToolError` when it is not a real number (``(-8) ** 0.5``) or too large.
+
+    Sizes are estimated before computing (:func:`_check_operation`); this catches what estimates do
+    not cover, such as ``floor()`` of a float (at most 1,024 bits: cheap to have computed).
+    """
+    if isinstance(value, complex):
+        raise ToolError("The result is not a real number.")
+    if isinstance(value, int) and value.bit_length() > MAX_RESULT_BITS:
+        raise _too_large()
+    return value
 
 
 def calculate(expression: str) -> int | float:
@@ -111,8 +184,15 @@ def calculate(expression: str) -> int | float:
 
     Accepts numbers, ``+ - * / // % **``, parentheses, ``x``/``×``/``÷`` for ``* /``, and
     :data:`_FUNCTIONS` / :data:`_CONSTANTS`. Raise :class:`ToolError` for anything else, division by
-    zero, or an exponent above :data:`MAX_EXPONENT`.
+    zero, an expression over :data:`MAX_EXPRESSION_CHARS` characters or nested deeper than
+    :data:`MAX_DEPTH`, an integer result (final or intermediate) over :data:`MAX_RESULT_BITS` bits, a
+    result that is not a real number, or an evaluation over :data:`MAX_SECONDS`. Never raises
+    anything else, and returns within about MAX_SECONDS.
     """
+    # A first cut before the regular expressions below read it (a tool call from a model can be of
+    # any length); "^" → "**" can lengthen the text, so the real limit is checked after them.
+    if len(expression) > 2 * MAX_EXPRESSION_CHARS:
+        raise ToolError("The expression is empty or too long.")
     text = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**")
     text = re.sub(r"(?<=\d)\s*[xX]\s*(?=[\d(])", "*", text)
     text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # thousands separators: 1,000 is 1000
@@ -120,21 +200,23 @@ def calculate(expression: str) -> int | float:
         raise ToolError("The expression is empty or too long.")
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError as exc:
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:  # ValueError: a NUL character
         raise ToolError(f"Not an arithmetic expression: {expression!r}.") from exc
+    deadline = time.monotonic() + MAX_SECONDS
 
-    def walk(node: ast.AST) -> int | float:
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
+    def walk(node: ast.AST, depth: int) -> int | float:
+        if depth > MAX_DEPTH:
+            raise ToolError(f"The expression is nested too deeply (over {MAX_DEPTH} levels).")
+        if time.monotonic() > deadline:
+            raise ToolError("The calculation took too long.")
         if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-                raise ToolError("The exponent is too large.")
-            return _BINARY[type(node.op)](left, right)
+            left, right = walk(node.left, depth + 1), walk(node.right, depth + 1)
+            _check_operation(node.op, left, right)
+            return _checked(_BINARY[type(node.op)](left, right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](walk(node.operand))
+            return _UNARY[type(node.op)](walk(node.operand, depth + 1))
         if isinstance(node, ast.Name) and node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
         if (
@@ -144,14 +226,20 @@ def calculate(expression: str) -> int | float:
             and not node.keywords
             and len(node.args) <= 2
         ):
-            return _FUNCTIONS[node.func.id](*(walk(arg) for arg in node.args))
-        raise ToolError(f"Not allowed in a calculation: {ast.unparse(node) if hasattr(ast, 'unparse') else node}.")
+            args = [walk(arg, depth + 1) for arg in node.args]
+            _check_call(node.func.id, args)
+            return _checked(_FUNCTIONS[node.func.id](*args))
+        raise ToolError(f"Not allowed in a calculation: {ast.unparse(node)}.")
 
     try:
-        value = walk(tree)
+        value = walk(tree.body, 1)
+    except ToolError:
+        raise
     except ZeroDivisionError as exc:
         raise ToolError("Division by zero.") from exc
-    except (OverflowError, ValueError) as exc:
+    except OverflowError as exc:  # float arithmetic, or an integer too large for a float
+        raise ToolError(f"The result is out of range: {exc}.") from exc
+    except (ArithmeticError, ValueError, TypeError) as exc:  # TypeError: sqrt() or sqrt(1, 2)
         raise ToolError(f"The calculation failed: {exc}.") from exc
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return int(value)

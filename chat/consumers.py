@@ -6,7 +6,6 @@ import logging
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.http import Http404
 
 from accounts.services import user_group
@@ -14,6 +13,7 @@ from accounts.throttling import websocket_message_throttle
 from core import presence, prometheus
 from core.errors import ParleyError
 from core.log import websocket_message_begin
+from core.websocket import JsonWebsocketConsumer
 
 from . import services, turns
 from .selectors import conversation_get
@@ -27,7 +27,7 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_SESSION_ENDED = 4403  # an operator deactivated the user (accounts.services.user_deactivate)
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(JsonWebsocketConsumer):
     """Relay a conversation's events to its owner and take their messages and stops.
 
     Only the owner may connect: anyone else is refused during the handshake.
@@ -67,9 +67,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    async def send_error(self, code: str, detail: str, **extra) -> None:
-        await self.send_json({"type": "error", "code": code, "detail": detail, **extra})
-
     async def send_parley_error(self, exc: ParleyError) -> None:
         """Send ``exc`` as an ``error`` frame, with ``retry_after`` (seconds) and its extra keys when it has them."""
         extra = dict(getattr(exc, "extra", {}))
@@ -79,9 +76,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs) -> None:
         websocket_message_begin(self.scope)  # logs of this message (and the turn it starts) carry its id
-        if not isinstance(content, dict):
-            await self.send_error("invalid_json", "Each frame must be a JSON object.")
-            return
         kind = content.get("type")
         if kind == "message.send":
             await self.message_send(content)
@@ -95,12 +89,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong"})
         else:
             await self.send_error("unknown_type", f"Unknown message type {kind!r}.")
-
-    async def decode_json(self, text_data):
-        try:
-            return await super().decode_json(text_data)
-        except ValueError:
-            return None
 
     async def message_send(self, content: dict) -> None:
         try:  # RATE_LIMIT_WS: over it, an error frame with retry_after; the socket stays open

@@ -17,8 +17,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from config.daphne import leave_request_bodies_to_django  # noqa: E402
 from core.log import RequestIdASGIMiddleware  # noqa: E402
 from inference.embeddings import embedding_preload  # noqa: E402
+
+leave_request_bodies_to_django()
 
 if settings.EMBEDDING_PRELOAD:
     # Retrieval and memory embed every question once a user has documents or memories: load the

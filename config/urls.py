@@ -15,8 +15,10 @@ from inference.urls import api_urlpatterns as inference_api
 urlpatterns = [
     path("admin/cache/", admin.site.admin_view(cache_dashboard), name="admin_cache"),
     path("admin/metrics/", admin.site.admin_view(metrics_dashboard), name="admin_metrics"),
+    # The admin's own login view (throttled by its form, accounts.forms), answering 429 when locked out.
+    path("admin/login/", account_views.lockout_status(admin.site.login)),
     path("admin/", admin.site.urls),
-    path("login/", account_views.LoginView.as_view(), name="login"),
+    path("login/", account_views.lockout_status(account_views.LoginView.as_view()), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", account_views.signup, name="signup"),
     path("password/", auth_views.PasswordChangeView.as_view(), name="password_change"),

@@ -200,6 +200,10 @@ REST_FRAMEWORK = {
     # X-Forwarded-For is trusted only behind this many proxies; 0 uses the peer address (REMOTE_ADDR).
     "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
 }
+# Arrays and objects nested deeper than this in a JSON body or WebSocket frame are refused (400
+# parse_error; an error frame). Python's decoder fails at ~1,000 levels with a 500; Parley's own
+# requests nest under 10, OpenAI's tool schemas rarely past 20.
+REQUEST_JSON_MAX_DEPTH = env.int("REQUEST_JSON_MAX_DEPTH", default=64)
 
 # Rate limits and quotas (README, "Rate limits and quotas"); rates as DRF's "N/s", "N/min", "N/hour", "N/day"
 RATE_LIMIT_USER = env("RATE_LIMIT_USER", default="600/min")  # requests per authenticated user

@@ -29,6 +29,10 @@
   let pendingSteps = []; // node events that arrived before generation.started
   let replacing = null; // id of the answer a regenerate will supersede
   let lastSent = ""; // for retrying a message the server refused
+  // A message sent and not yet confirmed by its message.created: {content, clientId}. If the server
+  // refuses it (an error frame) or the socket closes first, its text goes back into the composer.
+  let pendingSend = null;
+  let restored = null; // the last such message given back, until the next reconnect has checked it
 
   // ---- rendering ------------------------------------------------------------------------------
 
@@ -315,8 +319,37 @@
     lastSent = content;
     removeSendErrors();
     statusLine.textContent = "";
-    socket.send(JSON.stringify({ type: "message.send", content, model: modelSelect.value }));
+    const clientId = newClientId();
+    pendingSend = { content, clientId };
+    socket.send(JSON.stringify({ type: "message.send", content, client_id: clientId, model: modelSelect.value }));
     return true;
+  }
+
+  function newClientId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
+  }
+
+  /** Put the text of a send that failed back into the composer, unless something new was typed. */
+  function restoreUnsent() {
+    if (!pendingSend) return;
+    restored = pendingSend;
+    pendingSend = null;
+    if (!prompt.value.trim()) {
+      prompt.value = restored.content;
+      localStorage.setItem(draftKey, restored.content);
+    }
+  }
+
+  /** After a reconnect: if the server did store the message given back, take it out of the composer. */
+  function forgetRestoredIfStored() {
+    if (!restored) return;
+    const stored = [...messages.values()].some((e) => e.data.role === "user" && e.data.client_id === restored.clientId);
+    if (stored && prompt.value === restored.content) {
+      prompt.value = "";
+      localStorage.removeItem(draftKey);
+    }
+    restored = null;
   }
 
   function removeSendErrors() {
@@ -368,6 +401,7 @@
         // Catch up with what happened while disconnected; resume an answer still streaming.
         try {
           load(await api(`conversations/${conversationId}/messages/`));
+          forgetRestoredIfStored();
         } catch (error) {
           /* keep what is shown */
         }
@@ -376,6 +410,7 @@
     socket.addEventListener("close", (event) => {
       chat.dataset.connected = "false";
       clearInterval(pinger);
+      restoreUnsent(); // closed before the server confirmed the message: it may not have it
       if (event.code === 4401) {
         statusLine.textContent = "You are signed out. Reload the page to sign in again.";
         return;
@@ -434,6 +469,7 @@
   function handle(data) {
     switch (data.type) {
       case "message.created":
+        if (pendingSend && data.message.client_id === pendingSend.clientId) pendingSend = null;
         removeSendErrors();
         render(data.message);
         break;
@@ -489,7 +525,11 @@
       }
       case "error":
         // Errors of a generation come back with its message (generation.completed, status error).
-        if (!data.message_id) sendError(data.detail || "Something went wrong.");
+        // Any other is the server refusing the message just sent: its text goes back to the composer.
+        if (!data.message_id) {
+          restoreUnsent();
+          sendError(data.detail || "Something went wrong.");
+        }
         break;
       default:
         break;

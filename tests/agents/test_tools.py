@@ -2,7 +2,8 @@
 
 import pytest
 
-from agents.graph import intent_from_model, intent_rules
+from agents.graph import intent_from_model
+from agents.intent import intent_rules
 from agents.tools import (
     REGISTRY,
     ToolContext,
@@ -29,6 +30,41 @@ def test_the_calculator_evaluates_arithmetic_without_eval():
         calculate("9 ** 999999")
     with pytest.raises(ToolError, match="zero"):
         calculate("1 / 0")
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "((10**1000)**1000)**10",  # the exponent is small, the base is not: ~15 s before issue 20
+        "10**1000**1000",
+        "9**9**9**9",
+        "(10**1000)*(10**1000)",
+        "99999999999**99999",
+        "2**3999 * 2**3999 * 2**3999",
+        "abs(-2**4001)",
+        "round(7, -10**9)",  # 10**(10**9) inside round()
+    ],
+)
+def test_the_calculator_refuses_results_too_large_to_compute_at_once(attack):
+    with pytest.raises(ToolError, match="too large|at most"):
+        calculate(attack)
+
+
+def test_the_calculator_still_gives_big_exact_answers_and_refuses_what_is_not_a_number():
+    assert calculate("2 ** 3999") == 2**3999
+    assert len(str(calculate("10 ** 1000"))) == 1001
+    assert calculate("1 ** (10 ** 1000)") == 1
+    assert calculate("(-1) ** (10 ** 1000 + 1)") == -1
+    assert calculate("1+" * 99 + "1") == 100
+    for broken, reason in [
+        ("-" * 150 + "1", "nested too deeply"),
+        ("(-8) ** 0.5", "not a real number"),
+        ("2.0 ** 100000", "out of range"),
+        ("sqrt()", "failed"),
+        ("1 +" * 100 + "1", "too long"),
+    ]:
+        with pytest.raises(ToolError, match=reason):
+            calculate(broken)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +97,10 @@ def test_tool_results_are_cached_and_unknown_tools_refused(user):
     assert (first.result, first.cached) == ("6 * 7 = 42", False)
     assert (again.result, again.cached) == ("6 * 7 = 42", True)
     assert layer("tool").stats()["hits"] == 1
+    # Failures are kept too: asking again does not evaluate again.
+    refused = [tool_run(name="calculator", arguments={"expression": "9**9**9**9"}, context=context) for _ in "ab"]
+    assert [(r.ok, r.cached) for r in refused] == [(False, False), (False, True)]
+    assert "too large" in refused[1].result
     refused = tool_run(name="shell", arguments={"command": "rm -rf /"}, context=context)
     assert not refused.ok and "Unknown tool" in refused.result
     assert (

@@ -288,3 +288,50 @@ def test_reconnect_resumes_a_running_answer_and_an_error_can_be_retried(
     answer.get_by_role("button", name="Good answer").click()
     page.wait_for_selector(".message.assistant .thumb.up[aria-pressed=true]")
     assert Feedback.objects.get(message_id=answer.get_attribute("data-message-id")).rating == "up"
+
+
+def test_a_message_refused_or_lost_on_the_way_goes_back_into_the_composer(
+    browser_page, live_server_url, user, local_model
+):
+    # A second model, the conversation's: switched off while the page is open, it refuses the send.
+    second = ModelConfig.objects.create(slug="second", display_name="Second", model=local_model.model)
+    conversation = conversation_create(owner=user, model=second)
+    page = browser_page
+    lose_next_send = []
+
+    def relay(ws):  # the browser's socket, relayed to the real server, so the test can lose a frame
+        server = ws.connect_to_server()
+
+        def from_page(message):
+            if lose_next_send and '"message.send"' in message:
+                lose_next_send.clear()
+                ws.close(code=4000, reason="test: connection lost")  # the server never sees the send
+            else:
+                server.send(message)
+
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r"/ws/chat/"), relay)
+    log_in(page, live_server_url, user)
+    page.goto(f"{live_server_url}/c/{conversation.pk}/")
+    wait_connected(page)
+    composer = page.get_by_label("Message")
+
+    # The server refuses the message (the chosen model was switched off meanwhile): an error frame.
+    page.wait_for_selector("#model option[value=second]", state="attached")
+    ModelConfig.objects.filter(pk=second.pk).update(is_enabled=False)
+    composer.fill("A question worth keeping")
+    composer.press("Enter")
+    page.wait_for_selector(".send-error")
+    assert composer.input_value() == "A question worth keeping"
+
+    # The socket drops before the server gets the message: the text comes back, and stays after
+    # the reconnect (the server has no such message).
+    ModelConfig.objects.filter(pk=second.pk).update(is_enabled=True)
+    lose_next_send.append(True)
+    composer.press("Enter")
+    page.wait_for_selector("#main[data-connected=false]")
+    assert composer.input_value() == "A question worth keeping"
+    wait_connected(page)
+    assert composer.input_value() == "A question worth keeping"
+    assert not Message.objects.filter(conversation=conversation).exists()
