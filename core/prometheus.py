@@ -8,6 +8,8 @@ Metric names are stable (dashboards and alerts depend on them)::
     parley_llm_generation_seconds{model}               histogram: whole request, first byte to last
     parley_cache_requests_total{layer,result}          cache lookups, result "hit" | "miss"
     parley_ws_connections                              gauge: open chat WebSockets
+    parley_channel_layer_dropped_total{where}          channel-layer messages dropped for a full channel,
+                                                       where "group_send" | "receive_buffer"
     parley_celery_tasks_total{task,state}              Celery tasks, state "sent" | "started" |
                                                        "success" | "failure" | "retry" | "revoked"
 
@@ -63,6 +65,14 @@ CACHE_REQUESTS = Counter("parley_cache_requests_total", "Response cache lookups.
 # livesum: the sum over the processes still alive (a dead process's connections are gone with it).
 WS_CONNECTIONS = Gauge("parley_ws_connections", "Open chat WebSocket connections.", multiprocess_mode="livesum")
 CELERY_TASKS = Counter("parley_celery_tasks_total", "Celery tasks by state.", ["task", "state"])
+CHANNEL_LAYER_DROPPED = Counter(
+    "parley_channel_layer_dropped_total", "Channel-layer messages dropped because a channel was full.", ["where"]
+)
+
+
+def channel_layer_dropped(*, where: str, count: int = 1) -> None:
+    """Count ``count`` channel-layer messages dropped at ``where`` (``group_send`` | ``receive_buffer``)."""
+    _safely("channel_layer_dropped", lambda: CHANNEL_LAYER_DROPPED.labels(where=where).inc(count))
 
 
 def _safely(what: str, record) -> None:

@@ -148,8 +148,14 @@ CACHES = {
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels-redis, counting the messages it drops for full channels (core.channel_layer).
+        "BACKEND": "core.channel_layer.RedisChannelLayer",
         "CONFIG": {
+            # Messages a channel holds before new ones are dropped (channels-redis defaults to 100):
+            # a socket of a busy turn gets a token batch every 50 ms, so 1,000 is ~50 s of lag.
+            "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=1000),
+            # Seconds an undelivered message is kept (channels-redis's default).
+            "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=60),
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
             # 5 s blocking pop: give the read more time than the pop, or idle receives fail.
             "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
