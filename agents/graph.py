@@ -287,7 +287,7 @@ async def generate(state: TurnState, config) -> dict:
         messages=messages,
         params=options["params"],
         use_cache=options["use_cache"],
-        owner_id=None if model.semantic_cache_shared else state["user_id"],
+        user_id=state["user_id"],
         semantic_prompt=first_question(messages),
         started=options["started"],
         cancel=options["cancel"],

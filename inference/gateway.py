@@ -500,7 +500,13 @@ class ChatCompletionGateway(View):
             call = await _aadmit(request)
         except Exception as exc:
             return _error_response(exc, request)
-        generation = Generation(config=call.config, messages=call.messages, params=call.params, started=started)
+        generation = Generation(
+            config=call.config,
+            messages=call.messages,
+            params=call.params,
+            user_id=call.admission.user.pk,
+            started=started,
+        )
         batches = generation.batches()
         if call.stream:
             # Wait for the first chunk here, so a model that is busy, missing or too slow is an HTTP

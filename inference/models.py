@@ -100,8 +100,13 @@ class ModelConfig(models.Model):
     semantic_cache = models.BooleanField(
         default=False, help_text="Answer a conversation's first question from a similar earlier one."
     )
-    semantic_cache_shared = models.BooleanField(
-        default=False, help_text="Share semantic cache answers between users (otherwise each user has their own)."
+    cache_shared = models.BooleanField(
+        "share cached answers between users",
+        default=False,
+        help_text=(
+            "Serve one user's cached answers (exact and semantic) to other users who ask the same. Otherwise each "
+            "user has their own. Sharing tells a user that someone asked that exact question, and what was answered."
+        ),
     )
     is_default = models.BooleanField(default=False)
     is_enabled = models.BooleanField(default=True)

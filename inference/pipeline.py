@@ -38,7 +38,15 @@ from .cache import CacheLayer, answer_entry, canonical_key, replay_deltas, seman
 from .cache import layer as cache_layer
 from .models import ModelConfig
 from .providers import Chunk, GenerationParams, ModelTimeout, Usage
-from .services import cache_allowed, generation_params, llm_cache_key, model_fingerprint, provider_for, usage_cost
+from .services import (
+    cache_allowed,
+    cache_owner,
+    generation_params,
+    llm_cache_key,
+    model_fingerprint,
+    provider_for,
+    usage_cost,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +133,11 @@ class Generation:
     """One answer of ``config`` to ``messages``: from a response cache when allowed and possible, else the provider.
 
     ``messages`` are chat messages (``[{"role", "content"}]``) ending with the user's; ``params`` the
-    sampling parameters; ``use_cache`` False bypasses the caches; ``owner_id`` scopes the semantic layer
-    to one user (None: its shared pool); ``semantic_prompt`` is the question to match in the semantic
-    layer (None: not eligible, e.g. not a conversation's first question); ``started`` is the
+    sampling parameters; ``use_cache`` False bypasses the caches; ``user_id`` is who asks: the caches
+    serve them only their own answers, unless the model shares its cache (``cache_shared``, see
+    :func:`inference.services.cache_owner`; None: the shared pool); ``semantic_prompt`` is the
+    question to match in the semantic layer (None: not eligible, e.g. not a conversation's first
+    question); ``started`` is the
     ``time.perf_counter()`` from which TTFT counts (default: now).
 
     Iterate :meth:`batches`; afterwards :attr:`outcome` holds the result. :meth:`stop` ends it early,
@@ -142,7 +152,7 @@ class Generation:
         messages: list[dict[str, str]],
         params: GenerationParams,
         use_cache: bool = True,
-        owner_id: int | None = None,
+        user_id: int | None = None,
         semantic_prompt: str | None = None,
         started: float | None = None,
         cancel: threading.Event | None = None,
@@ -151,7 +161,7 @@ class Generation:
         self.messages = messages
         self.params = params
         self.use_cache = use_cache
-        self.owner_id = owner_id
+        self.owner_id = cache_owner(config=config, user_id=user_id)
         self.semantic_prompt = semantic_prompt
         self.started = started if started is not None else time.perf_counter()
         self.cancel = cancel or threading.Event()
@@ -182,7 +192,7 @@ class Generation:
                 yield batch
             return
         llm = cache_layer("llm")
-        key = llm_cache_key(config=self.config, params=self.params, messages=self.messages)
+        key = llm_cache_key(config=self.config, params=self.params, messages=self.messages, owner_id=self.owner_id)
         self.outcome.cache = {"layer": "llm", "key": key[:16]}
         cached, token, waited = await self._single_flight(llm, key)
         if cached is not None:
@@ -382,24 +392,28 @@ async def _renew_lease(llm: CacheLayer, key: str, token: str) -> None:
         await asyncio.to_thread(llm.renew, key, token)
 
 
-def cache_warm(*, config: ModelConfig, prompt: str) -> str:
+def cache_warm(*, config: ModelConfig, prompt: str, user_id: int | None = None) -> str:
     """Precompute the answer to ``prompt`` as a conversation's first message, into the ``llm`` layer.
 
     Uses the model's default parameters and system prompt, so the key is the one a real first turn
     computes (models with an orchestrator rewrite requests first, so they cannot be warmed), and the
-    same :class:`Generation` as every request. Return ``"cached"``, ``"already"`` or
-    ``"skipped: <reason>"``. Blocking. Raise :class:`InferenceError` when the model fails, and Redis
-    errors when the cache is down.
+    same :class:`Generation` as every request. Answers go to ``user_id``'s cache, or to the shared
+    pool of a model with ``cache_shared`` (a model without it and no user is skipped). Return
+    ``"cached"``, ``"already"`` or ``"skipped: <reason>"``. Blocking. Raise :class:`InferenceError`
+    when the model fails, and Redis errors when the cache is down.
     """
     params = generation_params(model=config)
     if config.orchestrator_id:
         return "skipped: the model has an orchestrator"
     if not cache_allowed(config=config, params=params):
         return f"skipped: cache policy {config.cache_policy!r} at temperature {params.temperature:g}"
+    if user_id is None and not config.cache_shared:
+        return "skipped: the model caches answers per user; name a user, or share its cache"
     messages = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
     messages.append({"role": "user", "content": prompt})
     cache_layer("llm").version()  # raises when Redis is down, instead of warming nothing quietly
-    outcome = async_to_sync(Generation(config=config, messages=messages, params=params).run)()
+    generation = Generation(config=config, messages=messages, params=params, user_id=user_id)
+    outcome = async_to_sync(generation.run)()
     return "already" if outcome.cached else "cached"
 
 

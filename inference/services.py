@@ -210,6 +210,19 @@ def cache_allowed(*, config: ModelConfig, params: GenerationParams, requested: b
     return config.cache_policy == CachePolicy.ALWAYS or params.temperature == 0
 
 
-def llm_cache_key(*, config: ModelConfig, params: GenerationParams, messages: list[dict[str, str]]) -> str:
-    """Return the ``llm`` layer key of a request: SHA-256 of its model fingerprint and messages."""
-    return canonical_key({"model": model_fingerprint(config=config, params=params), "messages": messages})
+def cache_owner(*, config: ModelConfig, user_id: int | None) -> int | None:
+    """Return whose cached answers a request of ``user_id`` may read and write: that user's, or None
+    (the pool shared by every user) when the model's ``cache_shared`` is on."""
+    return None if config.cache_shared else user_id
+
+
+def llm_cache_key(
+    *, config: ModelConfig, params: GenerationParams, messages: list[dict[str, str]], owner_id: int | None
+) -> str:
+    """Return the ``llm`` layer key of a request: SHA-256 of its model fingerprint, messages and owner.
+
+    ``owner_id`` is :func:`cache_owner`'s answer: a user's id, or None for the shared pool.
+    """
+    return canonical_key(
+        {"model": model_fingerprint(config=config, params=params), "messages": messages, "owner": owner_id}
+    )

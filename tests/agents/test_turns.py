@@ -98,7 +98,7 @@ async def test_a_question_about_a_document_retrieves_and_cites_the_right_chunk(u
         {"role": "system", "content": context_message({"retrieved": retrieved})},
         {"role": "user", "content": "What coolant does the Zorblax reactor use?"},
     ]
-    key = llm_cache_key(config=turn.model, params=turn.params, messages=expected)
+    key = llm_cache_key(config=turn.model, params=turn.params, messages=expected, owner_id=user.pk)
     cached = await asyncio.to_thread(layer("llm").get, key, count=False)
     assert cached is not None and cached["content"] == message.content
 
@@ -131,7 +131,7 @@ async def test_arithmetic_goes_through_the_calculator_and_50_reaches_the_answer_
         {"role": "system", "content": message_context_of(message)},
         {"role": "user", "content": "What is 12.5 * 4?"},
     ]
-    key = llm_cache_key(config=turn.model, params=turn.params, messages=expected)
+    key = llm_cache_key(config=turn.model, params=turn.params, messages=expected, owner_id=user.pk)
     cached = await asyncio.to_thread(layer("llm").get, key, count=False)
     assert cached is not None and cached["content"] == message.content
 
@@ -167,7 +167,7 @@ async def test_the_context_message_carries_the_tool_result_before_the_question(u
     context = context_message({"tool_results": state["tool_results"]})
     assert "12.5 * 4 = 50" in context
     expected = [*history, {"role": "system", "content": context}, {"role": "user", "content": "What is 12.5 * 4?"}]
-    key = llm_cache_key(config=local_model, params=params, messages=expected)
+    key = llm_cache_key(config=local_model, params=params, messages=expected, owner_id=user.pk)
     cached = await asyncio.to_thread(layer("llm").get, key, count=False)
     assert cached is not None and cached["content"] == outcome.content
     citations, metadata = turn_report(state)

@@ -126,6 +126,8 @@ class TestTurns:
         assert follow_up["cached"] is False  # same question, different history: a different key
 
     def test_sixteen_concurrent_identical_misses_generate_once(self, user, local_model):
+        local_model.cache_shared = True  # sixteen users asking the same share one answer
+        local_model.save(update_fields=["cache_shared"])
         conversations = [conversation_create(owner=make_user(f"u{i}")) for i in range(16)]
         results, barrier = [None] * 16, threading.Barrier(16)
 
@@ -259,7 +261,7 @@ class TestOperatorControls:
         prompts = tmp_path / "prompts.jsonl"
         prompts.write_text(json.dumps({"prompt": QUESTION}) + "\n" + json.dumps({"prompt": QUESTION}) + "\n")
         out = StringIO()
-        call_command("cache", "warm", "--file", str(prompts), stdout=out)
+        call_command("cache", "warm", "--file", str(prompts), "--user", user.username, stdout=out)
         assert out.getvalue().strip().endswith("1 cached, 1 already")
 
     @pytest.mark.django_db(transaction=True)
@@ -269,7 +271,7 @@ class TestOperatorControls:
         local_model.save(update_fields=["temperature", "max_tokens"])
         prompts = tmp_path / "prompts.jsonl"
         prompts.write_text(json.dumps({"prompt": QUESTION}) + "\n")
-        call_command("cache", "warm", "--file", str(prompts), stdout=StringIO())
+        call_command("cache", "warm", "--file", str(prompts), "--user", user.username, stdout=StringIO())
         client = APIClient()
         client.force_login(user)
         response = client.post(

@@ -6,6 +6,7 @@ import time
 import openai
 import pytest
 
+from accounts.models import User
 from accounts.services import api_key_create
 from conftest import make_user
 from inference import cache
@@ -26,7 +27,8 @@ def client(daphne_url, local_model) -> openai.OpenAI:
 def test_an_identical_request_during_a_generation_waits_for_it_instead_of_generating(client, local_model):
     llm = cache.layer("llm")
     params = generation_params(model=local_model, overrides={"max_tokens": MAX_TOKENS, "temperature": 0})
-    key = llm_cache_key(config=local_model, params=params, messages=QUESTION)
+    user_id = User.objects.get(username="alice").pk
+    key = llm_cache_key(config=local_model, params=params, messages=QUESTION, owner_id=user_id)
     kwargs = {"model": "smollm2-135m", "messages": QUESTION, "max_tokens": MAX_TOKENS, "temperature": 0}
     results = {}
 

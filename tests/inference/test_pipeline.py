@@ -13,10 +13,10 @@ QUESTION = [{"role": "user", "content": "Name one colour of the rainbow."}]
 
 
 async def test_a_request_that_wins_the_lease_just_after_the_leader_stored_its_answer_replays_it(
-    local_model, monkeypatch
+    local_model, user, monkeypatch
 ):
     params = GenerationParams(max_tokens=8, temperature=0.0)
-    key = llm_cache_key(config=local_model, params=params, messages=QUESTION)
+    key = llm_cache_key(config=local_model, params=params, messages=QUESTION, owner_id=user.pk)
     leader_answer = answer_entry(
         text="Violet, from the leader.", finish_reason="stop", prompt_tokens=9, completion_tokens=5
     )
@@ -31,7 +31,7 @@ async def test_a_request_that_wins_the_lease_just_after_the_leader_stored_its_an
         return acquire(self, name)
 
     monkeypatch.setattr(CacheLayer, "acquire", acquire_after_the_leader_finished)
-    outcome = await Generation(config=local_model, messages=QUESTION, params=params).run()
+    outcome = await Generation(config=local_model, messages=QUESTION, params=params, user_id=user.pk).run()
 
     assert outcome.cached, "the leader's answer is replayed, not generated a second time"
     assert outcome.content == "Violet, from the leader."
@@ -57,3 +57,19 @@ async def test_a_stopped_generation_keeps_its_text_and_ends_cancelled(local_mode
     assert outcome.content == text and len(text) > 20
     assert outcome.usage.completion_tokens < 300
     assert outcome.ttft_ms is not None and not outcome.cached
+
+
+async def test_cached_answers_are_each_users_own_unless_the_model_shares_them(local_model, user, other_user):
+    params = GenerationParams(max_tokens=8, temperature=0.0)
+
+    async def ask(who) -> bool:
+        return (await Generation(config=local_model, messages=QUESTION, params=params, user_id=who.pk).run()).cached
+
+    assert not await ask(user)
+    assert await ask(user), "the same user asking again is served from the cache"
+    assert not await ask(other_user), "another user's identical question is not answered from it"
+
+    local_model.cache_shared = True
+    await local_model.asave(update_fields=["cache_shared"])
+    assert not await ask(user)  # the shared pool starts empty
+    assert await ask(other_user), "with a shared cache, one user's answer serves the others"

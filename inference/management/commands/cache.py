@@ -3,6 +3,7 @@ from pathlib import Path
 
 from django.core.management import BaseCommand, CommandError
 
+from accounts.models import User
 from core.errors import ParleyError
 from inference import cache
 from inference.pipeline import cache_warm
@@ -25,6 +26,10 @@ class Command(BaseCommand):
             help='precompute answers for the prompts of a JSONL file: {"prompt": str, "model"?: slug} per line',
         )
         warm.add_argument("--file", required=True, type=Path)
+        warm.add_argument(
+            "--user",
+            help="username whose cache receives the answers (needed unless the model shares its cache)",
+        )
 
     def handle(self, *args, action, **options):
         try:
@@ -61,9 +66,14 @@ class Command(BaseCommand):
         for name, version in versions.items():
             self.stdout.write(f"Flushed {name} (now version {version}).")
 
-    def handle_warm(self, *, file: Path, **options):
+    def handle_warm(self, *, file: Path, user: str | None = None, **options):
         if not file.is_file():
             raise CommandError(f"No such file: {file}")
+        user_id = None
+        if user:
+            user_id = User.objects.filter(username=user).values_list("pk", flat=True).first()
+            if user_id is None:
+                raise CommandError(f"No user {user!r}.")
         counts: dict[str, int] = {}
         for number, line in enumerate(file.read_text().splitlines(), start=1):
             if not line.strip():
@@ -74,7 +84,7 @@ class Command(BaseCommand):
             except (ValueError, KeyError, TypeError) as exc:
                 raise CommandError(f'{file}:{number}: expected {{"prompt": str, "model"?: slug}}: {exc}') from exc
             config = model_config_get(slug=row.get("model"))
-            result = cache_warm(config=config, prompt=prompt)
+            result = cache_warm(config=config, prompt=prompt, user_id=user_id)
             counts[result] = counts.get(result, 0) + 1
             self.stdout.write(f"{config.slug}: {result}: {prompt[:60]!r}")
         self.stdout.write(", ".join(f"{n} {result}" for result, n in counts.items()) or "No prompts.")
