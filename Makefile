@@ -36,7 +36,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m config.services run -- sh -c '\
-		python bench/stream.py && python bench/remote.py && python bench/cache.py'
+		python bench/stream.py && python bench/remote.py && python bench/cache.py && python bench/gateway.py'
 
 # docs/screenshot.png: the chat page with a short conversation, via Playwright and /usr/bin/chromium.
 screenshot: install
