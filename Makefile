@@ -36,7 +36,8 @@ lint: install
 
 bench: install
 	$(BIN)/python -m core.launcher run -- sh -c '\
-		python bench/stream.py && python bench/remote.py && python bench/cache.py && python bench/attacks.py'
+		python bench/stream.py && python bench/remote.py && python bench/cache.py && python bench/attacks.py && \
+		python bench/gateway.py'
 
 # docs/screenshot.png: the chat page with a short conversation, via Playwright and /usr/bin/chromium.
 screenshot: install

@@ -25,7 +25,8 @@ lets the ``llm`` layer serve:
     each) send the same first message at once (threads released by a barrier) through the REST API
     (``POST /api/v1/conversations/<id>/messages/`` with ``django.test.Client``). Single flight should
     let one of them generate and the rest wait for its answer: generations (answers with
-    ``cached`` false) / concurrency, target 1/concurrency.
+    ``cached`` false) / concurrency, target 1/concurrency. Answers are cached per user unless the
+    model shares its cache, so the model's ``cache_shared`` is on for this part (and restored after).
 
 Latencies are medians: the machine may be busy with other work. The last line is a JSON summary.
 """
@@ -34,18 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+from harness import PROMPT, bench_user, django_setup
 
 MODEL_SLUG = "smollm2-135m"
-PROMPT = "Write a long story about a lighthouse keeper."  # long enough to use all of max_tokens
 STAMPEDE_PROMPT = "Describe a lighthouse at night in two sentences."
 STAMPEDE_USER = "bench-stampede-{:02d}"
 TARGET_CACHED_RATIO = 0.05
@@ -164,14 +160,25 @@ def client_overhead(*, gets: int, blocks: int, size: int) -> dict:
 
 def stampede(*, concurrency: int, max_tokens: int) -> dict:
     """(c): return how many of ``concurrency`` concurrent identical first turns generated, and their latencies."""
-    from django.contrib.auth import get_user_model
+
+    from inference.models import ModelConfig
+
+    shared = ModelConfig.objects.get(slug=MODEL_SLUG).cache_shared
+    ModelConfig.objects.filter(slug=MODEL_SLUG).update(cache_shared=True)  # many users, one shared answer
+    try:
+        return _stampede(concurrency=concurrency, max_tokens=max_tokens)
+    finally:
+        ModelConfig.objects.filter(slug=MODEL_SLUG).update(cache_shared=shared)
+
+
+def _stampede(*, concurrency: int, max_tokens: int) -> dict:
     from django.db import connections
     from django.test import Client
 
     from chat.services import conversation_create
     from inference.cache import flush, layer
 
-    users = [get_user_model().objects.get_or_create(username=STAMPEDE_USER.format(i))[0] for i in range(concurrency)]
+    users = [bench_user(STAMPEDE_USER.format(i)) for i in range(concurrency)]
     conversations = [conversation_create(owner=user) for user in users]
     clients = []
     for user in users:
@@ -240,17 +247,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="(c) concurrent identical turns (default 16)")
     args = parser.parse_args()
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
-    import django
-
-    django.setup()
+    django_setup()
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
 
     from chat.models import Conversation
 
-    call_command("migrate", verbosity=0)
-    user, _ = get_user_model().objects.get_or_create(username="bench")
+    user = bench_user()
     conversation_ids: list = []
     stampede_users = [STAMPEDE_USER.format(i) for i in range(args.concurrency)]
     try:

@@ -31,16 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+from harness import PROMPT, bench_user, django_setup
 
-PROMPT = "Write a long story about a lighthouse keeper."
 MODEL_SLUG = "bench-remote"
 SERVER_MODEL = "smollm2"  # the alias llama_cpp_server() gives the bundled model
 TARGET_RATIO = 0.95
@@ -122,20 +117,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=150, help="completion tokens per answer (default 150)")
     args = parser.parse_args()
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
-    import django
-
-    django.setup()
+    django_setup()
     import openai
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
 
     from chat.models import Conversation
     from inference.models import ModelConfig, Provider
     from tests.servers import llama_cpp_server
 
-    call_command("migrate", verbosity=0)
-    user, _ = get_user_model().objects.get_or_create(username="bench")
+    user = bench_user()
     conversation_ids: list = []
     direct: list[dict] = []
     parley: list[dict] = []

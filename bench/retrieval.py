@@ -26,14 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+from harness import django_setup
 
 TABLE = "bench_retrieval_vectors"
 DIMENSIONS = 384
@@ -125,10 +121,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
-    import django
-
-    django.setup()
+    django_setup(migrate=False)  # a scratch table of its own: Parley's tables are not used
     import numpy as np
     from django.db import connection
     from pgvector.psycopg import register_vector

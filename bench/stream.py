@@ -27,42 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+from harness import PROMPT, bench_user, daphne, django_setup, session_cookie
 
-PROMPT = "Write a long story about a lighthouse keeper."
 MODEL_SLUG = "smollm2-135m"
 TARGET_RATIO = 0.95
-
-
-def free_port() -> int:
-    """Return a loopback TCP port that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    """Return once ``port`` accepts connections; raise RuntimeError if ``process`` exits or ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Daphne exited with code {process.returncode}.")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"Daphne did not listen on port {port} within {timeout} s.")
 
 
 def raw_run(llama, *, max_tokens: int, repeat_penalty: float) -> dict:
@@ -128,27 +99,16 @@ def main() -> None:
     args = parser.parse_args()
 
     # Set before Django reads its settings; Daphne inherits the same environment.
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
-    os.environ["LLAMA_N_THREADS"] = str(args.threads)
-    import django
-
-    django.setup()
+    django_setup(env={"LLAMA_N_THREADS": str(args.threads)})
     import llama_cpp
-    from django.conf import settings
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-    from django.test import Client
 
     from chat.models import Conversation
     from chat.services import conversation_create
     from inference.models import ModelConfig
     from inference.providers.llama_cpp import REPEAT_PENALTY, resolve_model_path
 
-    call_command("migrate", verbosity=0)
-    user, _ = get_user_model().objects.get_or_create(username="bench")
-    client = Client()
-    client.force_login(user)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    user = bench_user()
+    cookie = session_cookie(user)
     model = ModelConfig.objects.get(slug=MODEL_SLUG)
     llama = llama_cpp.Llama(
         model_path=str(resolve_model_path(model.model)),
@@ -157,35 +117,20 @@ def main() -> None:
         verbose=False,
     )
 
-    port = free_port()
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     raw: list[dict] = []
     parley: list[dict] = []
-    with tempfile.TemporaryFile() as log:
-        daphne = subprocess.Popen(command, cwd=BASE_DIR, env=os.environ, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-        try:
-            wait_for_port(port, daphne)
-            for run in range(args.runs + 1):  # run 0 is the warm-up (Daphne loads the model then)
-                # Parley's provider samples with REPEAT_PENALTY; so must the baseline, to generate the same text.
-                raw_result = raw_run(llama, max_tokens=args.max_tokens, repeat_penalty=REPEAT_PENALTY)
-                # A fresh conversation each time, so the prompt is exactly the raw one.
-                conversation = conversation_create(owner=user)
-                parley_result = asyncio.run(
-                    parley_run(port=port, conversation_id=conversation.pk, cookie=cookie, max_tokens=args.max_tokens)
-                )
-                if run:
-                    raw.append(raw_result)
-                    parley.append(parley_result)
-        except BaseException:
-            log.seek(0)
-            sys.stderr.write("Daphne's output:\n" + log.read().decode(errors="replace"))
-            raise
-        finally:
-            daphne.terminate()
-            try:
-                daphne.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                daphne.kill()
+    with daphne() as port:
+        for run in range(args.runs + 1):  # run 0 is the warm-up (Daphne loads the model then)
+            # Parley's provider samples with REPEAT_PENALTY; so must the baseline, to generate the same text.
+            raw_result = raw_run(llama, max_tokens=args.max_tokens, repeat_penalty=REPEAT_PENALTY)
+            # A fresh conversation each time, so the prompt is exactly the raw one.
+            conversation = conversation_create(owner=user)
+            parley_result = asyncio.run(
+                parley_run(port=port, conversation_id=conversation.pk, cookie=cookie, max_tokens=args.max_tokens)
+            )
+            if run:
+                raw.append(raw_result)
+                parley.append(parley_result)
     Conversation.objects.filter(owner=user).delete()  # this run's; a failed run's go with the next one
 
     keys = ("tokens", "tokens_per_s", "ttft_ms")
