@@ -67,6 +67,7 @@ TARGET_V1_ADDED_P50_MS = 10.0
 TARGET_V1_RPS_RATIO = 0.9
 TARGET_WS_RATE_RATIO = 0.95
 TARGET_WS_TTFT_ADDED_P50_MS = 25.0
+WS_CLOSE_TIMEOUT = 10.0  # seconds the bench waits for its sockets' closing handshakes
 
 # Parley's environment (Daphne inherits it): production settings that work on plain-HTTP loopback,
 # and every per-user limit out of the way: the bench measures the pipeline, not the limits' refusals
@@ -204,29 +205,31 @@ async def ws_chat(ws, *, payload: dict, timeout: float) -> Stream:
     stream = Stream(started=time.perf_counter())
     await ws.send_str(json.dumps(payload))
     received = 0  # where the answer's text received so far ends, in characters
-    deadline = stream.started + timeout
-    while (remaining := deadline - time.perf_counter()) > 0:
-        try:
-            message = await ws.receive(timeout=remaining)
-        except TimeoutError:
-            break
-        if message.type != aiohttp.WSMsgType.TEXT:
-            stream.error = f"socket {message.type.name.lower()}"
-            break
-        event = json.loads(message.data)
-        if event["type"] == "token":
-            stream.add(event["delta"])
-            # Each token event says where its delta starts in the answer: a jump is text lost on the way.
-            offset = event.get("offset", received)
-            stream.lost_chars += max(0, offset - received)
-            received = max(received, offset) + len(event["delta"])
-        elif event["type"] == "generation.completed":
-            stream.completed = True
-            stream.lost_chars += max(0, len(event["message"].get("content") or "") - received)
-            break
-        elif event["type"] == "error":
-            stream.error = event.get("code") or "error"
-            break
+    try:
+        # One deadline for the whole stream: receive(timeout=...) restarts its timer after each ping
+        # it answers, and Daphne pings every 20 s, so a stream that never ends would be waited for forever.
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await ws.receive()
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    stream.error = f"socket {message.type.name.lower()}"
+                    break
+                event = json.loads(message.data)
+                if event["type"] == "token":
+                    stream.add(event["delta"])
+                    # Each token event says where its delta starts in the answer: a jump is text lost on the way.
+                    offset = event.get("offset", received)
+                    stream.lost_chars += max(0, offset - received)
+                    received = max(received, offset) + len(event["delta"])
+                elif event["type"] == "generation.completed":
+                    stream.completed = True
+                    stream.lost_chars += max(0, len(event["message"].get("content") or "") - received)
+                    break
+                elif event["type"] == "error":
+                    stream.error = event.get("code") or "error"
+                    break
+    except TimeoutError:
+        pass
     return stream
 
 
@@ -236,20 +239,25 @@ async def parley_streams(
     """(b) Parley: one WebSocket chat per conversation, all sockets opened first, then every message sent at once."""
     origin = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
-        sockets = await asyncio.gather(
-            *(
-                session.ws_connect(
-                    f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/",
-                    origin=origin,
-                    headers={"Cookie": cookie},
+        async with asyncio.timeout(timeout):
+            sockets = await asyncio.gather(
+                *(
+                    session.ws_connect(
+                        f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/", origin=origin, headers={"Cookie": cookie}
+                    )
+                    for cookie, conversation_id in zip(cookies, conversation_ids, strict=True)
                 )
-                for cookie, conversation_id in zip(cookies, conversation_ids, strict=True)
             )
-        )
         try:
             return list(await asyncio.gather(*(ws_chat(ws, payload=payload, timeout=timeout) for ws in sockets)))
         finally:
-            await asyncio.gather(*(ws.close() for ws in sockets))
+            try:
+                # A closing handshake waits for Parley's answer, which may queue behind events still on their
+                # way; past this, closing the session drops the connections.
+                async with asyncio.timeout(WS_CLOSE_TIMEOUT):
+                    await asyncio.gather(*(ws.close() for ws in sockets))
+            except TimeoutError:
+                pass
 
 
 # --- Parley's side: users, model, turns ---------------------------------------------------------
