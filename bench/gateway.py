@@ -6,9 +6,8 @@ Run with ``make bench``, or ``python -m core.launcher run -- python bench/gatewa
 Two processes are started: the upstream (``bench/upstream.py``: aiohttp, canned chunks ``--pace-ms``
 apart, as many as the request's ``max_tokens``) and Parley as the Procfile runs it (Daphne,
 ``config.asgi:application``) with production settings (``config.settings.production``: DEBUG off;
-no HTTPS redirect on loopback, database connections closed after each request as Django advises
-under ASGI), rate limits, generation slots and quotas out of the way, and no embedding model
-preloaded (no bench user has documents or memories, so no turn embeds). Parley reaches the
+no HTTPS redirect on loopback, pooled database connections), rate limits, generation slots and
+quotas out of the way, and no embedding model preloaded (no bench user has documents or memories, so no turn embeds). Parley reaches the
 upstream through a ModelConfig ``bench-gateway`` (provider ``openai_compatible``, response cache
 ``never``: every request reaches the upstream). Users ``bench-gateway-NN`` are made afresh each
 run, one per concurrent client, each with an API key (for /v1) and a logged-in session (for the
@@ -57,6 +56,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import psutil
 from harness import BASE_DIR, PROMPT, daphne, django_setup, free_port, server_process, session_cookie
 
 MODEL_SLUG = "bench-gateway"
@@ -78,10 +78,8 @@ PARLEY_ENV = {
     "RATE_LIMIT_USER": "1000000/min",
     "RATE_LIMIT_WS": "1000000/min",
     "GENERATION_CONCURRENCY": "0",  # no limit
-    # production.py keeps connections 60 s, which Django advises against under ASGI ("When using ASGI,
-    # persistent connections should be disabled", docs/ref/databases): each request's thread leaves
-    # its connection open, and 16 concurrent /v1 clients exhaust PostgreSQL's (HTTP 500, "too many clients").
-    "DATABASE_CONN_MAX_AGE": "0",
+    # production.py pools database connections (DATABASE_POOL, psycopg_pool), as Django advises under
+    # ASGI; its connections are what each request's threads borrow.
     "QUOTA_DAILY_TOKENS": "0",  # unlimited
     "EMBEDDING_PRELOAD": "false",
 }
@@ -366,6 +364,20 @@ def ws_figures(results: dict[str, list[list[Stream]]]) -> dict:
 # --- Running ------------------------------------------------------------------------------------
 
 
+def daphne_process(port: int) -> psutil.Process:
+    """Return the Daphne child process of this bench that listens on ``port``."""
+    for child in psutil.Process().children(recursive=True):
+        if "daphne" in " ".join(child.cmdline()) and str(port) in child.cmdline():
+            return child
+    raise RuntimeError(f"No Daphne process on port {port}.")
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """Return the user + system CPU seconds ``process`` has used so far."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds, after one warm-up (default 5)")
@@ -411,9 +423,11 @@ def main() -> None:
     v1: dict[str, list[dict]] = {side: [] for side in SIDES}
     ws: dict[str, list[list[Stream]]] = {side: [] for side in SIDES}
     stored_complete = 0
+    ws_cpu: list[float] = []  # Daphne's CPU seconds per Parley WebSocket round (warm-up first)
     try:
         with server_process(upstream_command, port=upstream_port, name="upstream"), daphne() as port:
             parley = f"http://127.0.0.1:{port}/v1"
+            server = daphne_process(port)
 
             def v1_side(side: str, requests: int) -> dict:
                 base, model, keys = (
@@ -423,7 +437,12 @@ def main() -> None:
                 )
                 body = {"model": model, "messages": messages, "max_tokens": args.v1_max_tokens}
                 url = f"{base}/chat/completions"
-                return asyncio.run(v1_round(url, keys=keys, body=body, requests=requests, timeout=args.request_timeout))
+                cpu = cpu_seconds(server)
+                result = asyncio.run(
+                    v1_round(url, keys=keys, body=body, requests=requests, timeout=args.request_timeout)
+                )
+                result["server_cpu_s"] = cpu_seconds(server) - cpu
+                return result
 
             def ws_side(side: str, max_tokens: int) -> tuple[list[Stream], int]:
                 if side == "direct":
@@ -444,8 +463,11 @@ def main() -> None:
                     payload=payload,
                     timeout=args.stream_timeout,
                 )
+                cpu = cpu_seconds(server)
                 result = asyncio.run(streams)
-                return result, turns_settle(conversation_ids, timeout=args.stream_timeout)
+                settled = turns_settle(conversation_ids, timeout=args.stream_timeout)
+                ws_cpu.append(cpu_seconds(server) - cpu)
+                return result, settled
 
             print("warm-up round...", file=sys.stderr, flush=True)
             for side in SIDES:
@@ -470,10 +492,23 @@ def main() -> None:
         users_delete()
         ModelConfig.objects.filter(slug=MODEL_SLUG).delete()
 
-    report(args, v1_figures(v1), ws_figures(ws), stored_complete=stored_complete, v1_results=v1)
+    # What the Daphne process itself spent (user + system CPU): a cost per request that the machine's
+    # other load does not distort as much as latency. The warm-up round is left out.
+    v1_parley = v1["parley"]
+    cpu = {
+        "v1_server_cpu_ms_per_request": round(
+            1000 * sum(r["server_cpu_s"] for r in v1_parley) / max(1, sum(len(r["latencies"]) for r in v1_parley)), 2
+        ),
+        "ws_server_cpu_ms_per_stream": round(1000 * sum(ws_cpu[1:]) / max(1, (len(ws_cpu) - 1) * args.streams), 1),
+    }
+    print(
+        f"Daphne CPU: {cpu['v1_server_cpu_ms_per_request']} ms per /v1 request, "
+        f"{cpu['ws_server_cpu_ms_per_stream']} ms per WebSocket answer of {args.stream_max_tokens} chunks"
+    )
+    report(args, v1_figures(v1), ws_figures(ws), stored_complete=stored_complete, v1_results=v1, extra=cpu)
 
 
-def report(args, a: dict, b: dict, *, stored_complete: int, v1_results: dict) -> None:
+def report(args, a: dict, b: dict, *, stored_complete: int, v1_results: dict, extra: dict | None = None) -> None:
     """Print the tables, the targets, and the summary as JSON on the last line."""
     added_p50 = difference(a["parley"]["p50"], a["direct"]["p50"])
     added_p95 = difference(a["parley"]["p95"], a["direct"]["p95"])
@@ -536,6 +571,7 @@ def report(args, a: dict, b: dict, *, stored_complete: int, v1_results: dict) ->
         print(f"  {name:28}{fmt(value, '.2f'):>10} {op} {target:<8g}{'met' if met else 'NOT MET'}")
 
     summary = {
+        **(extra or {}),
         "rounds": args.rounds,
         "pace_ms": args.pace_ms,
         "v1_clients": args.clients,

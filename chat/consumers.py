@@ -39,7 +39,9 @@ class ChatConsumer(JsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         try:
-            self.conversation = await database_sync_to_async(conversation_get)(
+            # thread_sensitive=False: a consumer has no request thread, and asgiref's one shared thread
+            # would queue every socket of the process behind each other.
+            self.conversation = await database_sync_to_async(conversation_get, thread_sensitive=False)(
                 user=user, conversation_id=self.scope["url_route"]["kwargs"]["conversation_id"]
             )
         except Http404:
@@ -105,7 +107,7 @@ class ChatConsumer(JsonWebsocketConsumer):
             await self.send_error("invalid", "cache must be true or false.")
             return
         try:
-            turn = await database_sync_to_async(services.message_send)(
+            turn = await database_sync_to_async(services.message_send, thread_sensitive=False)(
                 conversation=self.conversation,
                 content=text,
                 client_id=str(content.get("client_id") or ""),

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -238,6 +238,17 @@ def _turn_finish(
 
 
 async def turn_run(turn: Turn) -> Message:
+    """See :func:`_turn_run`; the turn's database calls run on a thread of its own.
+
+    A WebSocket consumer has no thread-sensitive context, so without one every turn of the process
+    would queue its database calls on asgiref's one shared thread. Inside a request (SSE) or under
+    ``async_to_sync`` (a REST send, a Celery task), the enclosing context's thread is used as before.
+    """
+    async with ThreadSensitiveContext():
+        return await _turn_run(turn)
+
+
+async def _turn_run(turn: Turn) -> Message:
     """Generate the answer for ``turn``, streaming events to the conversation, and finalise the message.
 
     The agent workflow (:func:`agents.graph.turn_graph_stream`) runs the steps and the generation;

@@ -22,10 +22,10 @@ def model_config_get(*, slug: str | None = None) -> ModelConfig:
     """
     configs = model_config_list()
     if slug:
-        config = configs.filter(slug=slug).first()
-        if config is None:
-            raise ModelUnavailable(f"No enabled model {slug!r}.", status_code=400)
-        return config
+        try:  # slugs are unique: no ordering needed (this runs on every request)
+            return configs.get(slug=slug)
+        except ModelConfig.DoesNotExist:
+            raise ModelUnavailable(f"No enabled model {slug!r}.", status_code=400) from None
     config = None
     if settings.LLM_DEFAULT_MODEL:
         config = configs.filter(slug=settings.LLM_DEFAULT_MODEL).first()

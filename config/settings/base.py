@@ -47,7 +47,7 @@ MIDDLEWARE = [
     "core.log.request_id_middleware",  # first: every later log record carries the request id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "core.static.AsyncWhiteNoiseMiddleware",  # WhiteNoise, without a thread hop per request
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -55,6 +55,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+# The middleware of the OpenAI-compatible /v1/ endpoints under ASGI (config.asgi): the request id,
+# and the security headers; no sessions, CSRF, messages, static files or django-prometheus request metrics
+# (/v1 requests are counted by parley_llm_requests_total).
+GATEWAY_MIDDLEWARE = [
+    "core.log.request_id_middleware",
+    "django.middleware.security.SecurityMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
