@@ -526,7 +526,6 @@ class ChatCompletionGateway(View):
         except Exception as exc:
             await _afinish(call, generation, UsageStatus.ERROR)
             return _error_response(exc, request, call.headers)
-        await _afinish(call, generation, UsageStatus.COMPLETE)
         completion = ChatCompletion(
             id=call.completion_id,
             object="chat.completion",
@@ -542,12 +541,36 @@ class ChatCompletionGateway(View):
             ],
             usage=_usage(outcome.usage),
         )
-        return HttpResponse(
-            completion.model_dump_json(exclude_unset=True), content_type="application/json", headers=call.headers
+        return _RecordedResponse(
+            lambda: _finish(call, generation, UsageStatus.COMPLETE),
+            completion.model_dump_json(exclude_unset=True),
+            content_type="application/json",
+            headers=call.headers,
         )
 
 
 _aadmit = database_sync_to_async(_chat_admit, thread_sensitive=False)
+
+
+class _RecordedResponse(HttpResponse):
+    """A response that records its request once it has been sent: the client does not wait for the bookkeeping.
+
+    Servers call ``close()`` after the last byte (Django's ASGI handler in a thread, as WSGI servers
+    and the test client do), so the record is written then, off the request's latency.
+    """
+
+    def __init__(self, record, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._record = record
+
+    def close(self) -> None:
+        record, self._record = self._record, None
+        try:
+            if record is not None:
+                record()
+        finally:
+            # Last: it sends request_finished, which hands this thread's database connection back.
+            super().close()
 
 
 def _error_response(exc: Exception, request, headers: dict[str, str] | None = None) -> HttpResponse:

@@ -8,7 +8,9 @@ model config names; it is never stored or logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import logging
 import random
 import threading
@@ -72,6 +74,24 @@ def _async_client(base_url: str, api_key: str, connect_timeout: float, read_time
             http_client=httpx.AsyncClient(timeout=timeout, limits=limits),
         )
     return clients[key]
+
+
+async def _sse_data(response) -> AsyncIterator[str]:
+    """Yield the ``data`` of each server-sent event of ``response`` (an SDK streaming response).
+
+    https://html.spec.whatwg.org/multipage/server-sent-events.html: lines ``data: ...`` (several
+    join with newlines) end with a blank line; comments (``:``) and other fields are skipped.
+    """
+    lines: list[str] = []
+    async for line in response.iter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)
 
 
 def backoff_delay(attempt: int) -> float:
@@ -153,6 +173,23 @@ class _StreamState:
                 self.finish_reason = choice.finish_reason
         return chunks
 
+    def read_data(self, part: dict) -> list[Chunk]:
+        """See :meth:`read`, for a chunk decoded from JSON (a dict in OpenAI's wire format)."""
+        chunks = []
+        usage = part.get("usage")
+        if usage:
+            self.usage = Usage(
+                prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0
+            )
+        for choice in part.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                self.parts += 1
+                chunks.append(Chunk(delta=content))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return chunks
+
     def last(self, messages: list[dict[str, str]]) -> Chunk:
         usage = self.usage or estimate_usage(messages, completion_chunks=self.parts)
         return Chunk(finish_reason=self.finish_reason or "stop", usage=usage)
@@ -222,26 +259,45 @@ class OpenAICompatibleProvider(Provider):
     async def astream(
         self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
     ) -> AsyncIterator[Chunk]:
-        """See :meth:`stream`; on the event loop, with the loop's shared ``AsyncOpenAI`` client."""
+        """See :meth:`stream`; on the event loop, with the loop's shared ``AsyncOpenAI`` client.
+
+        The SDK sends the request (retries, errors, headers), but the chunks are read as JSON: building
+        a typed ``ChatCompletionChunk`` per chunk was about two thirds of the CPU a streamed token cost
+        Parley (cProfile of a 2,000-chunk turn: 0.66 of 1.03 s in ``openai._models.construct``).
+        """
         client = _async_client(*self.client_args)
         arguments = self._arguments(messages, params, stream=True)
-        for attempt in range(self.max_retries + 1):
-            try:
-                stream = await client.chat.completions.create(**arguments)
-                break
-            except openai.APIError as exc:
-                await asyncio.sleep(_retry_delay(exc, attempt, self.max_retries))
         state = _StreamState()
-        try:
-            async with stream:
-                async for part in stream:
-                    for chunk in state.read(part):
+        async with contextlib.AsyncExitStack() as stack:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    response = await stack.enter_async_context(
+                        client.chat.completions.with_streaming_response.create(**arguments)
+                    )
+                    break
+                except openai.APIError as exc:
+                    await asyncio.sleep(_retry_delay(exc, attempt, self.max_retries))
+            try:
+                async for data in _sse_data(response):
+                    if data == "[DONE]":
+                        break
+                    part = json.loads(data)
+                    if part.get("error"):
+                        error = part["error"]
+                        message = error.get("message") if isinstance(error, dict) else str(error)
+                        raise openai.APIError(message or "error", response.http_request, body=error)
+                    for chunk in state.read_data(part):
                         yield chunk
                     if cancel is not None and cancel.is_set():
                         state.finish_reason = "cancelled"
                         break
-        except openai.APIError as exc:  # after the first token: no retry, the caller keeps the text so far
-            raise translate_error(exc) from exc
+            # After the first token: no retry, the caller keeps the text so far.
+            except openai.APIError as exc:
+                raise translate_error(exc) from exc
+            except httpx.TimeoutException as exc:
+                raise translate_error(openai.APITimeoutError(request=exc.request)) from exc
+            except (httpx.HTTPError, ValueError) as exc:  # a broken connection or body
+                raise InferenceError(f"The model server's stream broke off: {exc}") from exc
         yield state.last(messages)
 
     def complete(self, messages: list[dict[str, str]], params: GenerationParams) -> Completion:
