@@ -169,9 +169,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
 # Workers log through LOGGING below (JSON, request ids, redaction), not Celery's own format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Celery beat (the `beat` process): nightly usage retention (manage.py usage prune).
+# Seconds between two sweeps for answers orphaned by a dead process (Celery beat).
+ORPHAN_SWEEP_SECONDS = env.int("ORPHAN_SWEEP_SECONDS", default=30)
+# Seconds a new answer is never taken for an orphan (its lease is taken before it is stored; clocks differ).
+GENERATION_ORPHAN_GRACE_SECONDS = env.float("GENERATION_ORPHAN_GRACE_SECONDS", default=10)
+# Celery beat (the `beat` process): nightly usage retention (manage.py usage prune), orphaned answers.
 CELERY_BEAT_SCHEDULE = {
     "usage-prune-nightly": {"task": "accounts.tasks.usage_prune_task", "schedule": crontab(hour=3, minute=30)},
+    # Answers left streaming by a dead process (README, "Crashes and outages"). A run queued behind
+    # a busy worker expires rather than piling up: the next one does the same work.
+    "orphans-finalize": {
+        "task": "chat.orphans_finalize",
+        "schedule": ORPHAN_SWEEP_SECONDS,
+        "options": {"expires": ORPHAN_SWEEP_SECONDS},
+    },
 }
 
 REST_FRAMEWORK = {
@@ -211,6 +222,13 @@ RATE_LIMIT_ANON = env("RATE_LIMIT_ANON", default="200/min")  # requests per anon
 RATE_LIMIT_WS = env("RATE_LIMIT_WS", default="30/min")  # WebSocket message.send frames per user
 GENERATION_CONCURRENCY = env.int("GENERATION_CONCURRENCY", default=2)  # generations per user at once; 0: no limit
 GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a crashed process's slots free after
+# An answer whose lease has been missing this long (seen on two sweeps) was orphaned by a dead
+# process and is finalised (chat.tasks.orphans_finalize_task, every ORPHAN_SWEEP_SECONDS in beat).
+# Longer than one renewal plus the Redis breaker's rest, so a live turn that lost its lease to a
+# Redis restart has taken it again by then.
+GENERATION_ORPHAN_CONFIRM_SECONDS = env.float(
+    "GENERATION_ORPHAN_CONFIRM_SECONDS", default=GENERATION_LEASE_SECONDS / 3 + CACHE_RETRY_AFTER_ERROR
+)
 QUOTA_DAILY_TOKENS = env.int("QUOTA_DAILY_TOKENS", default=200_000)  # per user per UTC day; 0: unlimited
 
 # Inference
