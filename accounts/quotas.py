@@ -47,8 +47,10 @@ DAY_COUNTER_TTL = 2 * 86400
 
 # KEYS: slots (zset), reserved tokens (hash), today's counter.
 # ARGV: generation id, max slots (0: none), lease ms, quota (0: none), tokens to reserve,
-#       counter seed ("": unknown), take a slot (1) or only check the quota (0).
-# Return {1} admitted, {-1} too many generations, {-2, used} over quota, {-3} counter unknown: seed it.
+#       counter seed ("": unknown), take a slot (1) or only check the quota (0), day counter TTL,
+#       the tokens must fit in what is left (1: a request whose size is known) or not (0).
+# Return {1} admitted, {-1} too many generations, {-2, used} over quota, {-3} counter unknown: seed it,
+# {-4, used} the request's tokens do not fit in what is left.
 ADMIT_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
@@ -73,6 +75,7 @@ if quota > 0 then
   local held = 0
   for _, tokens in ipairs(redis.call('HVALS', KEYS[2])) do held = held + tonumber(tokens) end
   if tonumber(used) + held >= quota then return {-2, tonumber(used) + held} end
+  if ARGV[9] == '1' and tonumber(used) + held + tonumber(ARGV[5]) > quota then return {-4, tonumber(used) + held} end
 end
 if take then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
@@ -170,12 +173,12 @@ def _lease_keys(user_id: int, generation_id: str) -> list[str]:
     return [limits_key("gen", user_id), limits_key("gen", user_id, "tokens"), released]
 
 
-def _quota_error(*, quota: int, now: datetime | None = None) -> ParleyError:
+def _quota_error(*, quota: int, now: datetime | None = None, detail: str = "") -> ParleyError:
     resets_at = quota_resets_at(now)
     seconds = max(1, math.ceil((resets_at - (now or timezone.now())).total_seconds()))
+    detail = detail or f"Your daily quota of {quota:,} tokens is used up"
     return ParleyError(
-        f"Your daily quota of {quota:,} tokens is used up; it resets at {resets_at:%H:%M} UTC "
-        f"({resets_at.isoformat().replace('+00:00', 'Z')}).",
+        f"{detail}; it resets at {resets_at:%H:%M} UTC ({resets_at.isoformat().replace('+00:00', 'Z')}).",
         code="quota_exceeded",
         status_code=status.HTTP_429_TOO_MANY_REQUESTS,
         retry_after=seconds,
@@ -183,7 +186,7 @@ def _quota_error(*, quota: int, now: datetime | None = None) -> ParleyError:
     )
 
 
-def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool) -> None:
+def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool, must_fit: bool = False) -> None:
     quota = quota_limit(user=user)
     day = _today()
     args = [
@@ -195,6 +198,7 @@ def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool) -
         "",
         int(take),
         DAY_COUNTER_TTL,
+        int(must_fit),
     ]
     result = run_script(ADMIT_SCRIPT, _keys(user.pk, day), args, default=[1], what="generation limits")
     if result[0] == -3:  # no counter for today yet: seed it from the database, atomically with the check
@@ -210,9 +214,16 @@ def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool) -
         )
     if result[0] == -2:
         raise _quota_error(quota=quota)
+    if result[0] == -4:
+        left = max(0, quota - int(result[1]))
+        raise _quota_error(
+            quota=quota,
+            detail=f"This request needs about {int(reserve_tokens):,} tokens, more than the {left:,} left "
+            f"of your daily quota of {quota:,}",
+        )
 
 
-def generation_admit(*, user: User, generation_id: str, reserve_tokens: int) -> None:
+def generation_admit(*, user: User, generation_id: str, reserve_tokens: int, must_fit: bool = False) -> None:
     """Take a generation slot for ``user`` and reserve ``reserve_tokens`` of their daily quota.
 
     Call before storing anything for the request; end with :func:`generation_release` (chat: when
@@ -220,9 +231,11 @@ def generation_admit(*, user: User, generation_id: str, reserve_tokens: int) -> 
     and must be unique. Raise :class:`ParleyError` 429 ``too_many_generations`` (``retry_after``
     :data:`GENERATION_RETRY_AFTER` s) when ``GENERATION_CONCURRENCY`` generations are running, or
     429 ``quota_exceeded`` (``retry_after``: seconds until UTC midnight; ``extra["resets_at"]``) when
-    the quota is used up. Redis down: admitted, unlimited.
+    the quota is used up. ``must_fit``: for a request whose tokens are known in advance (embeddings),
+    also 429 ``quota_exceeded`` when ``reserve_tokens`` is more than what is left. Redis down:
+    admitted, unlimited.
     """
-    _admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens, take=True)
+    _admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens, take=True, must_fit=must_fit)
 
 
 def quota_check(*, user: User) -> None:
@@ -298,6 +311,39 @@ def quota_add(*, user_id: int, day: date, tokens: int) -> None:
     """
     if tokens:
         run_script(ADD_SCRIPT, [limits_key("quota", user_id, day)], [int(tokens)], default=None, what="quota")
+
+
+# KEYS: the day's document counter. ARGV: limit, TTL s. Return the count with this one, or -1 when full.
+INGEST_SCRIPT = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then return -1 end
+count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return count
+"""
+
+
+def ingestion_admit(*, user: User) -> None:
+    """Count one more document uploaded by ``user`` today (UTC), within ``KB_DAILY_DOCUMENTS`` (0: no limit).
+
+    Counted in Redis at upload, so deleting documents does not give the quota back. Raise
+    :class:`ParleyError` 429 ``ingestion_quota_exceeded`` (``retry_after``: seconds until UTC
+    midnight) when the day's documents are used up. Redis down: admitted.
+    """
+    limit = settings.KB_DAILY_DOCUMENTS
+    if not limit:
+        return
+    key = limits_key("ingest", user.pk, _today())
+    if run_script(INGEST_SCRIPT, [key], [limit, DAY_COUNTER_TTL], default=0, what="ingestion quota") != -1:
+        return
+    resets_at = quota_resets_at()
+    raise ParleyError(
+        f"You have uploaded your {limit:,} documents for today; more can be uploaded after {resets_at:%H:%M} UTC.",
+        code="ingestion_quota_exceeded",
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        retry_after=max(1, math.ceil((resets_at - timezone.now()).total_seconds())),
+        extra={"resets_at": resets_at.isoformat().replace("+00:00", "Z")},
+    )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
 
+from accounts.quotas import ingestion_admit
 from core.errors import ParleyError
 from core.queue import task_enqueue_on_commit
 from inference.embeddings import embed_text, embed_texts
@@ -71,15 +72,25 @@ def document_event(*, document: Document, stage: str, done: int = 0, total: int 
 
 
 def document_create(
-    *, owner, data: bytes, filename: str, title: str = "", allow_jsonl: bool = False, ingest: bool = True
+    *,
+    owner,
+    data: bytes,
+    filename: str,
+    title: str = "",
+    allow_jsonl: bool = False,
+    ingest: bool = True,
+    count_quota: bool = True,
 ) -> Document:
     """Store an uploaded file as ``owner``'s document (``pending``) and queue its ingestion.
 
     ``data`` is the whole file. Its type is sniffed from the content (see
     :func:`agents.ingestion.sniff_type`); ``allow_jsonl`` (``kb import`` only) also accepts ``.jsonl``
     question/answer files. The file is saved under a generated name in ``MEDIA_ROOT``. ``ingest``
-    False leaves the queuing to the caller. Raise :class:`ParleyError`: ``empty_file`` (400),
-    ``file_too_large`` (413, over ``KB_MAX_UPLOAD_MB`` MiB), ``unsupported_media_type`` (415).
+    False leaves the queuing to the caller. The document counts against the owner's
+    ``KB_DAILY_DOCUMENTS`` unless ``count_quota`` is False (an operator's ``kb import``). Raise
+    :class:`ParleyError`: ``empty_file`` (400), ``file_too_large`` (413, over ``KB_MAX_UPLOAD_MB``
+    MiB), ``unsupported_media_type`` (415), ``ingestion_quota_exceeded`` (429, see
+    :func:`accounts.quotas.ingestion_admit`).
     """
     limit = settings.KB_MAX_UPLOAD_MB * 1024 * 1024
     if not data:
@@ -100,6 +111,8 @@ def document_create(
             raise ParleyError(
                 str(exc), code="unsupported_media_type", status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
             ) from exc
+    if count_quota:
+        ingestion_admit(user=owner)
     with transaction.atomic():
         document = Document(
             owner=owner,
@@ -159,12 +172,24 @@ def _fail(document_id, reason: str) -> Document | None:
     return document
 
 
+def _still_wanted(document_id) -> bool:
+    """Return whether ``document_id`` still exists (a deleted document's ingestion stops at its next checkpoint)."""
+    return Document.objects.filter(pk=document_id).exists()
+
+
+def document_ingest_fail(*, document_id, reason: str) -> Document | None:
+    """End ``document_id``'s ingestion ``failed`` with ``reason`` (its chunks removed); None if it is gone."""
+    return _fail(document_id, reason)
+
+
 def document_ingest(*, document_id, on_progress: Callable[[int, int], None] | None = None) -> Document | None:
     """Extract, chunk, embed and store ``document_id``'s passages; return the document (None if deleted).
 
     Idempotent: a ``ready`` document is left as it is (a redelivered task); otherwise its chunks are
     replaced in one transaction. Ends ``ready`` with ``chunk_count``, or ``failed`` with
-    ``failure_reason`` (unreadable file, no text, embedding model failure). Chunks are
+    ``failure_reason`` (unreadable file, no text, over ``KB_MAX_DOCUMENT_CHARS`` characters of text
+    or ``KB_MAX_DOCUMENT_CHUNKS`` passages, embedding model failure). A document deleted meanwhile
+    stops it at the next checkpoint (after extraction, between embedded batches): None. Chunks are
     ``KB_CHUNK_TOKENS`` tokens with ``KB_CHUNK_OVERLAP`` tokens of overlap. Sends progress events (see
     :func:`document_event`); ``on_progress(done, total)`` is also called after each embedded batch.
     Blocking: runs the embedding model.
@@ -180,15 +205,30 @@ def document_ingest(*, document_id, on_progress: Callable[[int, int], None] | No
     try:
         with document.file.open("rb") as handle:
             data = handle.read()
-        sections = extract_sections(data=data, content_type=document.content_type)
+        sections = extract_sections(
+            data=data, content_type=document.content_type, max_chars=settings.KB_MAX_DOCUMENT_CHARS
+        )
     except FileNotFoundError:
         return _fail(document_id, "The stored file is missing; upload it again.")
     except ExtractionError as exc:
         return _fail(document_id, str(exc))
+    del data
+    if not _still_wanted(document_id):
+        return None
     passages = chunk_sections(sections, size=settings.KB_CHUNK_TOKENS, overlap=settings.KB_CHUNK_OVERLAP)
+    if settings.KB_MAX_DOCUMENT_CHUNKS and len(passages) > settings.KB_MAX_DOCUMENT_CHUNKS:
+        return _fail(
+            document_id,
+            f"The document makes {len(passages):,} passages; the limit per document is "
+            f"{settings.KB_MAX_DOCUMENT_CHUNKS:,}. Split it into smaller files.",
+        )
     embeddings: list[list[float]] = []
     try:
         for start in range(0, len(passages), EMBED_BATCH):
+            # A checkpoint per batch: a document deleted meanwhile stops its ingestion here.
+            if start and not _still_wanted(document_id):
+                logger.info("Ingestion of document %s stopped: the document was deleted", document_id)
+                return None
             embeddings += embed_texts([p.text for p in passages[start : start + EMBED_BATCH]])
             document_event(document=document, stage="embed", done=len(embeddings), total=len(passages))
             if on_progress is not None:
@@ -238,7 +278,12 @@ def kb_import(*, owner, path: Path, queue: bool = False) -> list[Document]:
         if file.suffix.lower() not in KB_IMPORT_SUFFIXES:
             continue
         document = document_create(
-            owner=owner, data=file.read_bytes(), filename=file.name, allow_jsonl=True, ingest=queue
+            owner=owner,
+            data=file.read_bytes(),
+            filename=file.name,
+            allow_jsonl=True,
+            ingest=queue,
+            count_quota=False,
         )
         if not queue:
             document = document_ingest(document_id=document.pk) or document

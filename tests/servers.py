@@ -216,13 +216,15 @@ def worker_environment(media_root) -> dict:
     }
 
 
-def start_worker(media_root, name: str) -> subprocess.Popen:
-    """Start ``celery -A config worker --pool=solo`` and wait until it answers a ping."""
+def start_worker(media_root, name: str, pool: str = "solo") -> subprocess.Popen:
+    """Start ``celery -A config worker`` (``--pool=solo``, one process, unless ``pool`` says otherwise;
+    time limits need ``prefork``) on both queues and wait until it answers a ping."""
     from config.celery import app as celery_app
 
     command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo", "--loglevel=WARNING",
-        "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+        sys.executable, "-m", "celery", "-A", "config", "worker", f"--pool={pool}", "--concurrency=1",
+        "--loglevel=WARNING",
+        "--without-gossip", "--without-mingle", "-n", f"{name}@%h", "-Q", "celery,ingestion",
     ]  # fmt: skip
     worker = subprocess.Popen(command, env=worker_environment(media_root), cwd=django_settings.BASE_DIR)  # noqa: S603
     deadline = time.monotonic() + 90

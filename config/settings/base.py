@@ -169,6 +169,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
 # Workers log through LOGGING below (JSON, request ids, redaction), not Celery's own format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Document ingestion runs on its own queue, so one user's upload never waits in front of chat's
+# memory and summary tasks or the sweeps (the Procfile's `ingest` worker consumes it).
+CELERY_TASK_ROUTES = {"agents.document_ingest": {"queue": "ingestion"}}
+KB_INGEST_SOFT_TIME_LIMIT = env.int("KB_INGEST_SOFT_TIME_LIMIT", default=600)  # seconds: then `failed`
+KB_INGEST_HARD_TIME_LIMIT = env.int("KB_INGEST_HARD_TIME_LIMIT", default=KB_INGEST_SOFT_TIME_LIMIT + 60)  # killed
+CELERY_TASK_ANNOTATIONS = {
+    "agents.document_ingest": {
+        "soft_time_limit": KB_INGEST_SOFT_TIME_LIMIT,
+        "time_limit": KB_INGEST_HARD_TIME_LIMIT,
+    }
+}
+# A worker child using more than this much resident memory (KiB) after a task is replaced by a
+# fresh one (Celery checks between tasks; the per-document budgets below bound a task's peak).
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=1_500_000)
 # Seconds between two sweeps for answers orphaned by a dead process (Celery beat).
 ORPHAN_SWEEP_SECONDS = env.int("ORPHAN_SWEEP_SECONDS", default=30)
 # Seconds a new answer is never taken for an orphan (its lease is taken before it is stored; clocks differ).
@@ -294,6 +308,10 @@ EMBEDDING_PRELOAD = env.bool("EMBEDDING_PRELOAD", default=True)
 MEDIA_URL = "media/"  # uploads are never served directly: documents are read through the API
 MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(PARLEY_DATA_DIR / "media")))
 KB_MAX_UPLOAD_MB = env.int("KB_MAX_UPLOAD_MB", default=10)  # per uploaded document, MiB
+# Budgets per document: characters of extracted text, and passages (each one embedded).
+KB_MAX_DOCUMENT_CHARS = env.int("KB_MAX_DOCUMENT_CHARS", default=1_000_000)  # 0: no limit
+KB_MAX_DOCUMENT_CHUNKS = env.int("KB_MAX_DOCUMENT_CHUNKS", default=2_000)  # 0: no limit
+KB_DAILY_DOCUMENTS = env.int("KB_DAILY_DOCUMENTS", default=50)  # uploads per user per UTC day; 0: no limit
 KB_CHUNK_TOKENS = env.int("KB_CHUNK_TOKENS", default=200)  # MiniLM word pieces per chunk (it reads 256 at most)
 KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=40)  # word pieces shared by consecutive chunks
 KB_TOP_K = env.int("KB_TOP_K", default=4)  # passages retrieved per question
