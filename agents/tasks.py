@@ -32,3 +32,9 @@ def document_ingest_task(self, document_id: str) -> str | None:
             reason=f"Ingestion took longer than {limit:g} s and was stopped; split the document into smaller files.",
         )
     return document.status if document is not None else None
+
+
+@shared_task(name="agents.documents_requeue", acks_late=False)
+def documents_requeue_task() -> dict[str, int]:
+    """Queue again ingestions lost to a broker outage or a dead worker (:func:`agents.services.documents_requeue`)."""
+    return services.documents_requeue()

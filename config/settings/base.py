@@ -183,6 +183,13 @@ CELERY_TASK_ANNOTATIONS = {
 # A worker child using more than this much resident memory (KiB) after a task is replaced by a
 # fresh one (Celery checks between tasks; the per-document budgets below bound a task's peak).
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=1_500_000)
+# An ingestion records a sign of life this often (seconds); one silent for KB_INGEST_STALL_SECONDS lost
+# its worker and is queued again (at most KB_INGEST_MAX_ATTEMPTS runs) by a sweep every
+# DOCUMENTS_REQUEUE_SECONDS, which also queues documents uploaded while the broker was down.
+KB_INGEST_HEARTBEAT_SECONDS = env.float("KB_INGEST_HEARTBEAT_SECONDS", default=15)
+KB_INGEST_STALL_SECONDS = env.float("KB_INGEST_STALL_SECONDS", default=60)
+KB_INGEST_MAX_ATTEMPTS = env.int("KB_INGEST_MAX_ATTEMPTS", default=3)
+DOCUMENTS_REQUEUE_SECONDS = env.int("DOCUMENTS_REQUEUE_SECONDS", default=60)
 # Seconds between two sweeps for answers orphaned by a dead process (Celery beat).
 ORPHAN_SWEEP_SECONDS = env.int("ORPHAN_SWEEP_SECONDS", default=30)
 # Seconds a new answer is never taken for an orphan (its lease is taken before it is stored; clocks differ).
@@ -192,6 +199,12 @@ CELERY_BEAT_SCHEDULE = {
     "usage-prune-nightly": {"task": "accounts.tasks.usage_prune_task", "schedule": crontab(hour=3, minute=30)},
     # Answers left streaming by a dead process (README, "Crashes and outages"). A run queued behind
     # a busy worker expires rather than piling up: the next one does the same work.
+    # Documents uploaded while the broker was down, or whose worker died (README, "Crashes and outages").
+    "documents-requeue": {
+        "task": "agents.documents_requeue",
+        "schedule": DOCUMENTS_REQUEUE_SECONDS,
+        "options": {"expires": DOCUMENTS_REQUEUE_SECONDS},
+    },
     "orphans-finalize": {
         "task": "chat.orphans_finalize",
         "schedule": ORPHAN_SWEEP_SECONDS,
