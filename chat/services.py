@@ -427,19 +427,22 @@ def _orphan_finalize(*, message_id, owner_id: int) -> bool:
     return bool(updated)
 
 
-def conversation_orphans_finalize(*, conversation: Conversation) -> int:
+def conversation_orphans_finalize(*, conversation: Conversation) -> list[Message]:
     """Finalise the answers of ``conversation`` whose generation is no longer running anywhere.
 
     An answer is orphaned when its generation lease has expired (:func:`chat.selectors.generation_running`:
     not while Redis is unreachable, nor in its first seconds). Called where a user meets the
     conversation (its page, its message list, send, regenerate, delete, stop), so an orphan never
-    shows as running nor blocks the conversation, with or without Celery beat. Return how many.
+    shows as running nor blocks the conversation, with or without Celery beat. Return the answers
+    finalised here, as stored now.
     """
-    return sum(
-        _orphan_finalize(message_id=message.pk, owner_id=conversation.owner_id)
+    ended = [
+        message.pk
         for message in generations_unfinished(conversation=conversation)
         if not generation_running(message=message, owner_id=conversation.owner_id)
-    )
+        and _orphan_finalize(message_id=message.pk, owner_id=conversation.owner_id)
+    ]
+    return list(Message.objects.filter(pk__in=ended).order_by("created_at")) if ended else []
 
 
 def orphans_finalize_lapsed(*, confirm_seconds: float | None = None) -> int:

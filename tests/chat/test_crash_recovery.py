@@ -160,3 +160,25 @@ def test_with_redis_down_nothing_is_finalised(conversation, settings):
     assert orphans_finalize_task() == 0
     answer.refresh_from_db()
     assert answer.status == MessageStatus.STREAMING
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_stop_on_an_orphaned_answer_ends_it_for_every_open_page(local_model, settings):
+    from channels.db import database_sync_to_async
+
+    from tests.chat.test_websocket import connect, receive_until
+
+    settings.GENERATION_ORPHAN_GRACE_SECONDS = 0
+    user = await database_sync_to_async(make_user)("alice")
+    conversation = await database_sync_to_async(conversation_create)(owner=user)
+    turn = await database_sync_to_async(message_send)(conversation=conversation, content="First")
+    orphan = turn.assistant_message
+    get_redis_connection("default").zrem(limits_key("gen", user.pk), str(orphan.pk))  # its process died
+    communicator, connected, _ = await connect(user, conversation.pk)
+    assert connected
+    await communicator.send_json_to({"type": "generation.stop"})
+    completed = (await receive_until(communicator, "generation.completed"))[-1]["message"]
+    await communicator.disconnect()
+    assert completed["id"] == str(orphan.pk)
+    assert completed["status"] == MessageStatus.ERROR
+    assert completed["error"] == INTERRUPTED
