@@ -180,9 +180,8 @@ CELERY_TASK_ANNOTATIONS = {
         "time_limit": KB_INGEST_HARD_TIME_LIMIT,
     }
 }
-# A worker child using more than this much resident memory (KiB) after a task is replaced by a
-# fresh one (Celery checks between tasks; the per-document budgets below bound a task's peak).
-CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=1_500_000)
+# The ingest worker's child memory cap is its --max-memory-per-child (Procfile), not a setting here:
+# a worker running chat turns (INFERENCE_EXECUTION=celery) holds a model that may be bigger.
 # An ingestion records a sign of life this often (seconds); one silent for KB_INGEST_STALL_SECONDS lost
 # its worker and is queued again (at most KB_INGEST_MAX_ATTEMPTS runs) by a sweep every
 # DOCUMENTS_REQUEUE_SECONDS, which also queues documents uploaded while the broker was down.
