@@ -116,8 +116,11 @@ def _application():
 
 
 @pytest.fixture
-def daphne_url(transactional_db):
-    """A real Daphne server (HTTP and WebSocket, as in production) in a child process, on the test database."""
+def daphne_process(transactional_db):
+    """A real Daphne server (HTTP and WebSocket, as in production) in a child process, on the test database.
+
+    Settings changed before this fixture starts are the server's too (the child is forked).
+    """
     connections.close_all()  # the child is forked: it must open its own database connections
     process = DaphneProcess("127.0.0.1", _application)
     process.start()
@@ -125,6 +128,14 @@ def daphne_url(transactional_db):
         error = "no error caught" if process.errors.empty() else process.errors.get(timeout=1)[1]
         process.terminate()
         raise RuntimeError(f"Daphne did not start: {error}")
-    yield f"http://127.0.0.1:{process.port.value}"
-    process.terminate()
+    process.url = f"http://127.0.0.1:{process.port.value}"
+    yield process
+    if process.is_alive():
+        process.terminate()
     process.join(10)
+
+
+@pytest.fixture
+def daphne_url(daphne_process):
+    """The base URL of :func:`daphne_process`'s server."""
+    return daphne_process.url

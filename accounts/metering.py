@@ -35,12 +35,15 @@ class Admission:
     _finished: bool = field(default=False, repr=False)
 
     @classmethod
-    def admit(cls, *, user: User, generation_id: str, reserve_tokens: int, source: UsageSource) -> Admission:
+    def admit(
+        cls, *, user: User, generation_id: str, reserve_tokens: int, source: UsageSource, must_fit: bool = False
+    ) -> Admission:
         """Admit a generation; raise 429 ``too_many_generations`` / ``quota_exceeded`` (see generation_admit).
 
-        Blocking (Redis); call before storing anything for the request.
+        ``must_fit``: ``reserve_tokens`` is the request's known size (embeddings), refused when it is
+        more than what is left of the quota. Blocking (Redis); call before storing anything for the request.
         """
-        generation_admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens)
+        generation_admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens, must_fit=must_fit)
         return cls(user=user, generation_id=generation_id, source=source)
 
     async def keepalive(self) -> None:

@@ -5,7 +5,9 @@ before anything is stored. One Lua script, atomic across processes, checks and t
 
 - a **slot**: at most ``GENERATION_CONCURRENCY`` generations per user at once (0: no limit). A slot is
   a lease of ``GENERATION_LEASE_SECONDS`` renewed while the generation runs
-  (:class:`GenerationKeepalive`), so a crashed process frees its slots on its own;
+  (:class:`GenerationKeepalive`), so a crashed process frees its slots on its own, and the lease tells
+  whether a generation is still running anywhere (:func:`generation_live`, :func:`generations_lapsed`:
+  how chat finds answers orphaned by a dead process);
 - a **reservation** of the request's ``max_tokens`` against the user's daily token quota
   (:func:`quota_limit`; prompt + completion tokens per UTC day).
 
@@ -45,8 +47,10 @@ DAY_COUNTER_TTL = 2 * 86400
 
 # KEYS: slots (zset), reserved tokens (hash), today's counter.
 # ARGV: generation id, max slots (0: none), lease ms, quota (0: none), tokens to reserve,
-#       counter seed ("": unknown), take a slot (1) or only check the quota (0).
-# Return {1} admitted, {-1} too many generations, {-2, used} over quota, {-3} counter unknown: seed it.
+#       counter seed ("": unknown), take a slot (1) or only check the quota (0), day counter TTL,
+#       the tokens must fit in what is left (1: a request whose size is known) or not (0).
+# Return {1} admitted, {-1} too many generations, {-2, used} over quota, {-3} counter unknown: seed it,
+# {-4, used} the request's tokens do not fit in what is left.
 ADMIT_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
@@ -71,6 +75,7 @@ if quota > 0 then
   local held = 0
   for _, tokens in ipairs(redis.call('HVALS', KEYS[2])) do held = held + tonumber(tokens) end
   if tonumber(used) + held >= quota then return {-2, tonumber(used) + held} end
+  if ARGV[9] == '1' and tonumber(used) + held + tonumber(ARGV[5]) > quota then return {-4, tonumber(used) + held} end
 end
 if take then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
@@ -81,23 +86,51 @@ end
 return {1}
 """
 
-# KEYS: slots, reserved tokens. ARGV: generation id, lease ms. Return 1 if the slot was still held.
+# KEYS: slots, reserved tokens, the generation's "released" mark. ARGV: generation id, lease ms.
+# Extend the lease; a lease lost although the generation was never released (Redis restarted or
+# flushed, or down when it was admitted) is taken again, so a live generation is never mistaken for a
+# dead one for longer than one renewal. Return 1 if held, 0 once released.
 RENEW_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return 1
 """
 
+# KEYS: slots, reserved tokens, the generation's "released" mark. ARGV: generation id, lease ms.
+# The mark outlives any renewal in flight, which must not take a finished generation's slot again.
 RELEASE_SCRIPT = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return 1
+"""
+
+# KEYS: the suspects hash (generation id -> first ms seen without a lease), then one slots key per
+# generation. ARGV: confirm ms, hash TTL ms, then the generation ids (in KEYS' order from KEYS[2]).
+# A generation is lapsed once its lease has been missing for confirm ms (seen missing on two runs at
+# least that far apart). The hash is rebuilt from this run's generations, so it never grows.
+LAPSED_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local confirm = tonumber(ARGV[1])
+local suspects = {}
+local lapsed = {}
+for i = 2, #KEYS do
+  local id = ARGV[i + 1]
+  local expiry = redis.call('ZSCORE', KEYS[i], id)
+  if not expiry or tonumber(expiry) <= now then
+    local first = tonumber(redis.call('HGET', KEYS[1], id) or now)
+    if now - first >= confirm then table.insert(lapsed, id) else table.insert(suspects, {id, first}) end
+  end
+end
+redis.call('DEL', KEYS[1])
+for _, entry in ipairs(suspects) do redis.call('HSET', KEYS[1], entry[1], entry[2]) end
+if #suspects > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return lapsed
 """
 
 # Add tokens to a day counter that exists; a missing one is rebuilt from the database when needed.
@@ -134,12 +167,18 @@ def _keys(user_id: int, day: date) -> list[str]:
     return [limits_key("gen", user_id), limits_key("gen", user_id, "tokens"), limits_key("quota", user_id, day)]
 
 
-def _quota_error(*, quota: int, now: datetime | None = None) -> ParleyError:
+def _lease_keys(user_id: int, generation_id: str) -> list[str]:
+    """Return the slots, reserved tokens and "released" mark keys of one generation."""
+    released = limits_key("gen", user_id, "released", generation_id)
+    return [limits_key("gen", user_id), limits_key("gen", user_id, "tokens"), released]
+
+
+def _quota_error(*, quota: int, now: datetime | None = None, detail: str = "") -> ParleyError:
     resets_at = quota_resets_at(now)
     seconds = max(1, math.ceil((resets_at - (now or timezone.now())).total_seconds()))
+    detail = detail or f"Your daily quota of {quota:,} tokens is used up"
     return ParleyError(
-        f"Your daily quota of {quota:,} tokens is used up; it resets at {resets_at:%H:%M} UTC "
-        f"({resets_at.isoformat().replace('+00:00', 'Z')}).",
+        f"{detail}; it resets at {resets_at:%H:%M} UTC ({resets_at.isoformat().replace('+00:00', 'Z')}).",
         code="quota_exceeded",
         status_code=status.HTTP_429_TOO_MANY_REQUESTS,
         retry_after=seconds,
@@ -147,7 +186,7 @@ def _quota_error(*, quota: int, now: datetime | None = None) -> ParleyError:
     )
 
 
-def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool) -> None:
+def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool, must_fit: bool = False) -> None:
     quota = quota_limit(user=user)
     day = _today()
     args = [
@@ -159,6 +198,7 @@ def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool) -
         "",
         int(take),
         DAY_COUNTER_TTL,
+        int(must_fit),
     ]
     result = run_script(ADMIT_SCRIPT, _keys(user.pk, day), args, default=[1], what="generation limits")
     if result[0] == -3:  # no counter for today yet: seed it from the database, atomically with the check
@@ -174,9 +214,16 @@ def _admit(*, user: User, generation_id: str, reserve_tokens: int, take: bool) -
         )
     if result[0] == -2:
         raise _quota_error(quota=quota)
+    if result[0] == -4:
+        left = max(0, quota - int(result[1]))
+        raise _quota_error(
+            quota=quota,
+            detail=f"This request needs about {int(reserve_tokens):,} tokens, more than the {left:,} left "
+            f"of your daily quota of {quota:,}",
+        )
 
 
-def generation_admit(*, user: User, generation_id: str, reserve_tokens: int) -> None:
+def generation_admit(*, user: User, generation_id: str, reserve_tokens: int, must_fit: bool = False) -> None:
     """Take a generation slot for ``user`` and reserve ``reserve_tokens`` of their daily quota.
 
     Call before storing anything for the request; end with :func:`generation_release` (chat: when
@@ -184,9 +231,11 @@ def generation_admit(*, user: User, generation_id: str, reserve_tokens: int) -> 
     and must be unique. Raise :class:`ParleyError` 429 ``too_many_generations`` (``retry_after``
     :data:`GENERATION_RETRY_AFTER` s) when ``GENERATION_CONCURRENCY`` generations are running, or
     429 ``quota_exceeded`` (``retry_after``: seconds until UTC midnight; ``extra["resets_at"]``) when
-    the quota is used up. Redis down: admitted, unlimited.
+    the quota is used up. ``must_fit``: for a request whose tokens are known in advance (embeddings),
+    also 429 ``quota_exceeded`` when ``reserve_tokens`` is more than what is left. Redis down:
+    admitted, unlimited.
     """
-    _admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens, take=True)
+    _admit(user=user, generation_id=generation_id, reserve_tokens=reserve_tokens, take=True, must_fit=must_fit)
 
 
 def quota_check(*, user: User) -> None:
@@ -198,16 +247,50 @@ def quota_check(*, user: User) -> None:
 
 
 def generation_renew(*, user_id: int, generation_id: str) -> bool:
-    """Extend a generation's lease by ``GENERATION_LEASE_SECONDS``; return False when it is gone."""
-    keys = _keys(user_id, _today())[:2]
+    """Extend a generation's lease by ``GENERATION_LEASE_SECONDS``; return False once it was released.
+
+    A lease lost without a release (Redis restarted, flushed, or down at admission) is taken again.
+    """
     lease_ms = settings.GENERATION_LEASE_SECONDS * 1000
+    keys = _lease_keys(user_id, generation_id)
     return bool(run_script(RENEW_SCRIPT, keys, [generation_id, lease_ms], default=1, what="generation lease"))
 
 
 def generation_release(*, user_id: int, generation_id: str) -> None:
-    """Free a generation's slot and its quota reservation (a no-op when already free)."""
-    keys = _keys(user_id, _today())[:2]
-    run_script(RELEASE_SCRIPT, keys, [generation_id], default=None, what="generation release")
+    """Free a generation's slot and its quota reservation (a no-op when already free).
+
+    A released generation's lease is never renewed again (see :func:`generation_renew`).
+    """
+    lease_ms = settings.GENERATION_LEASE_SECONDS * 1000
+    keys = _lease_keys(user_id, generation_id)
+    run_script(RELEASE_SCRIPT, keys, [generation_id, 2 * lease_ms], default=None, what="generation release")
+
+
+def generation_live(*, user_id: int, generation_id: str) -> bool | None:
+    """Return whether generation ``generation_id`` of ``user_id`` holds an unexpired lease; None if Redis is down."""
+
+    def live(connection) -> bool:
+        now_s, now_us = connection.time()
+        expiry = connection.zscore(limits_key("gen", user_id), generation_id)
+        return expiry is not None and expiry > now_s * 1000 + now_us // 1000
+
+    return run(live, default=None, what="generation lease check")
+
+
+def generations_lapsed(*, generations: list[tuple[int, str]], confirm_seconds: float) -> list[str] | None:
+    """Return the ids of ``generations`` (``(user id, generation id)`` pairs) whose lease is gone for good.
+
+    A generation counts as lapsed once it has been seen without an unexpired lease on two calls at
+    least ``confirm_seconds`` apart (a live one takes its lost lease again within a third of
+    ``GENERATION_LEASE_SECONDS``, see :func:`generation_renew`). Pass every candidate on each call:
+    suspicions of generations left out are forgotten. Return None, deciding nothing, when Redis is down.
+    """
+    if not generations:
+        return []
+    keys = [limits_key("gen", "lapse-suspects")] + [limits_key("gen", user_id) for user_id, _ in generations]
+    args = [int(confirm_seconds * 1000), int(max(confirm_seconds, 1) * 10_000)] + [gid for _, gid in generations]
+    lapsed = run_script(LAPSED_SCRIPT, keys, args, default=None, what="generation lapse check")
+    return None if lapsed is None else [gid.decode() if isinstance(gid, bytes) else gid for gid in lapsed]
 
 
 def generations_running(*, user_id: int) -> int:
@@ -228,6 +311,39 @@ def quota_add(*, user_id: int, day: date, tokens: int) -> None:
     """
     if tokens:
         run_script(ADD_SCRIPT, [limits_key("quota", user_id, day)], [int(tokens)], default=None, what="quota")
+
+
+# KEYS: the day's document counter. ARGV: limit, TTL s. Return the count with this one, or -1 when full.
+INGEST_SCRIPT = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then return -1 end
+count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return count
+"""
+
+
+def ingestion_admit(*, user: User) -> None:
+    """Count one more document uploaded by ``user`` today (UTC), within ``KB_DAILY_DOCUMENTS`` (0: no limit).
+
+    Counted in Redis at upload, so deleting documents does not give the quota back. Raise
+    :class:`ParleyError` 429 ``ingestion_quota_exceeded`` (``retry_after``: seconds until UTC
+    midnight) when the day's documents are used up. Redis down: admitted.
+    """
+    limit = settings.KB_DAILY_DOCUMENTS
+    if not limit:
+        return
+    key = limits_key("ingest", user.pk, _today())
+    if run_script(INGEST_SCRIPT, [key], [limit, DAY_COUNTER_TTL], default=0, what="ingestion quota") != -1:
+        return
+    resets_at = quota_resets_at()
+    raise ParleyError(
+        f"You have uploaded your {limit:,} documents for today; more can be uploaded after {resets_at:%H:%M} UTC.",
+        code="ingestion_quota_exceeded",
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        retry_after=max(1, math.ceil((resets_at - timezone.now()).total_seconds())),
+        extra={"resets_at": resets_at.isoformat().replace("+00:00", "Z")},
+    )
 
 
 @dataclass

@@ -69,15 +69,25 @@ def sniff_type(*, head: bytes, filename: str, body: bytes | None = None) -> str:
     return ALLOWED_SUFFIXES[suffix]
 
 
-def extract_sections(*, data: bytes, content_type: str) -> list[str]:
+class DocumentTooLarge(ExtractionError):
+    """The file's text is over the per-document budget (``KB_MAX_DOCUMENT_CHARS``)."""
+
+
+HTML_MARKUP_FACTOR = 4  # an HTML source may be this many times the text budget: markup is most of a page
+
+
+def extract_sections(*, data: bytes, content_type: str, max_chars: int = 0) -> list[str]:
     """Return the text of a file as sections (PDF pages, JSONL pairs, or the whole text), none empty.
 
     Chunks never span two sections. JSONL lines are ``{"question", "answer"}`` objects, each one
-    section ``"Q: ...\\nA: ..."``. Raise :class:`ExtractionError` when the file cannot be read or holds
-    no text.
+    section ``"Q: ...\nA: ..."``. ``max_chars`` (0: none) bounds the text: reading stops, with
+    :class:`DocumentTooLarge`, as soon as more characters than that are extracted (PDF pages are
+    read one at a time), and an HTML source over :data:`HTML_MARKUP_FACTOR` times it is refused before
+    it is parsed (the parser's tree takes ~250 bytes of memory per source byte). Raise
+    :class:`ExtractionError` when the file cannot be read or holds no text.
     """
     if content_type == DocumentType.PDF:
-        sections = _pdf_pages(data)
+        sections = _pdf_pages(data, max_chars=max_chars)
     elif content_type == DocumentType.JSONL:
         sections = _jsonl_pairs(data)
     else:
@@ -86,13 +96,26 @@ def extract_sections(*, data: bytes, content_type: str) -> list[str]:
         except UnicodeDecodeError as exc:
             raise ExtractionError("The file is not UTF-8 text.") from exc
         if content_type == DocumentType.HTML:
+            if max_chars and len(text) > HTML_MARKUP_FACTOR * max_chars:
+                raise _too_large(len(text), max_chars, what="HTML source", limit=HTML_MARKUP_FACTOR * max_chars)
             text = _html_text(text)
         sections = [text]
     sections = [_tidy(s) for s in sections]
     sections = [s for s in sections if s]
+    total = sum(len(s) for s in sections)
+    if max_chars and total > max_chars:
+        raise _too_large(total, max_chars)
     if not sections:
         raise ExtractionError("The file holds no text (a scanned PDF needs OCR, which is not supported).")
     return sections
+
+
+def _too_large(size: int, max_chars: int, *, what: str = "text", limit: int | None = None) -> DocumentTooLarge:
+    limit = limit or max_chars
+    return DocumentTooLarge(
+        f"The document's {what} is over {limit:,} characters ({size:,} read); the limit per document is "
+        f"{max_chars:,} characters of text. Split it into smaller files."
+    )
 
 
 def _tidy(text: str) -> str:
@@ -101,7 +124,7 @@ def _tidy(text: str) -> str:
     return re.sub(r"\n\s*\n\s*", "\n\n", text).strip()
 
 
-def _pdf_pages(data: bytes) -> list[str]:
+def _pdf_pages(data: bytes, *, max_chars: int = 0) -> list[str]:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
@@ -109,7 +132,13 @@ def _pdf_pages(data: bytes) -> list[str]:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise ExtractionError("The PDF is encrypted.")
-        return [page.extract_text() or "" for page in reader.pages]
+        pages, total = [], 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            total += len(pages[-1])
+            if max_chars and total > max_chars:  # stop reading: the rest would only be thrown away
+                raise _too_large(total, max_chars)
+        return pages
     except ExtractionError:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:

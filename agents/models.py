@@ -37,7 +37,9 @@ class Document(models.Model):
     """A file of a user's knowledge base, split into embedded chunks. Written only through agents.services.
 
     ``status`` goes ``pending`` → ``processing`` → ``ready`` or ``failed`` (with ``failure_reason``);
-    a retry starts it again at ``pending``.
+    a retry starts it again at ``pending``. A ``pending`` document without ``enqueued_at``, or a
+    ``processing`` one whose ``heartbeat_at`` went stale (its worker died), is queued again by
+    :func:`agents.services.documents_requeue`.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -53,6 +55,11 @@ class Document(models.Model):
     chunk_count = models.PositiveIntegerField(default=0)
     embedding_model = models.CharField(max_length=128, blank=True, help_text="The model that embedded its chunks.")
     attempts = models.PositiveIntegerField(default=0, help_text="Ingestion runs started.")
+    # Null while its ingestion is not known to be queued (the broker was down): beat queues it again.
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When its ingestion was last queued.")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life of the ingestion running it (every few seconds)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     ingested_at = models.DateTimeField(null=True, blank=True)

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 from rest_framework import status
 
+from accounts.quotas import ingestion_admit
 from core.errors import ParleyError
-from core.queue import task_enqueue_on_commit
+from core.queue import task_enqueue, task_enqueue_on_commit
 from inference.embeddings import embed_text, embed_texts
 from inference.models import ModelConfig
 from inference.providers import GenerationParams, InferenceError
@@ -71,15 +76,25 @@ def document_event(*, document: Document, stage: str, done: int = 0, total: int 
 
 
 def document_create(
-    *, owner, data: bytes, filename: str, title: str = "", allow_jsonl: bool = False, ingest: bool = True
+    *,
+    owner,
+    data: bytes,
+    filename: str,
+    title: str = "",
+    allow_jsonl: bool = False,
+    ingest: bool = True,
+    count_quota: bool = True,
 ) -> Document:
     """Store an uploaded file as ``owner``'s document (``pending``) and queue its ingestion.
 
     ``data`` is the whole file. Its type is sniffed from the content (see
     :func:`agents.ingestion.sniff_type`); ``allow_jsonl`` (``kb import`` only) also accepts ``.jsonl``
     question/answer files. The file is saved under a generated name in ``MEDIA_ROOT``. ``ingest``
-    False leaves the queuing to the caller. Raise :class:`ParleyError`: ``empty_file`` (400),
-    ``file_too_large`` (413, over ``KB_MAX_UPLOAD_MB`` MiB), ``unsupported_media_type`` (415).
+    False leaves the queuing to the caller. The document counts against the owner's
+    ``KB_DAILY_DOCUMENTS`` unless ``count_quota`` is False (an operator's ``kb import``). Raise
+    :class:`ParleyError`: ``empty_file`` (400), ``file_too_large`` (413, over ``KB_MAX_UPLOAD_MB``
+    MiB), ``unsupported_media_type`` (415), ``ingestion_quota_exceeded`` (429, see
+    :func:`accounts.quotas.ingestion_admit`).
     """
     limit = settings.KB_MAX_UPLOAD_MB * 1024 * 1024
     if not data:
@@ -100,6 +115,8 @@ def document_create(
             raise ParleyError(
                 str(exc), code="unsupported_media_type", status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
             ) from exc
+    if count_quota:
+        ingestion_admit(user=owner)
     with transaction.atomic():
         document = Document(
             owner=owner,
@@ -116,9 +133,7 @@ def document_create(
             document.file.delete(save=False)
             raise
         if ingest:
-            from .tasks import document_ingest_task  # here: tasks.py imports this module
-
-            task_enqueue_on_commit(document_ingest_task, str(document.pk))
+            _ingest_enqueue_on_commit(document.pk)
             transaction.on_commit(lambda: document_event(document=document, stage="queued"))
     return document
 
@@ -134,15 +149,92 @@ def document_delete(*, document: Document) -> None:
 
 def document_retry(*, document: Document) -> Document:
     """Ingest ``document`` again from its stored file: back to ``pending``, and its ingestion queued."""
-    from .tasks import document_ingest_task  # here: tasks.py imports this module
-
     with transaction.atomic():
         locked = Document.objects.select_for_update().get(pk=document.pk)
-        locked.status, locked.failure_reason = DocumentStatus.PENDING, ""
-        locked.save(update_fields=["status", "failure_reason", "updated_at"])
-        task_enqueue_on_commit(document_ingest_task, str(locked.pk))
+        locked.status, locked.failure_reason, locked.enqueued_at = DocumentStatus.PENDING, "", None
+        locked.save(update_fields=["status", "failure_reason", "enqueued_at", "updated_at"])
+        _ingest_enqueue_on_commit(locked.pk)
     document_event(document=locked, stage="queued")
     return locked
+
+
+def _ingest_enqueue_on_commit(document_id) -> None:
+    """Queue ``document_id``'s ingestion after the commit and record when the broker took it.
+
+    Until then ``enqueued_at`` stays null: with the broker down the document stays ``pending`` and
+    :func:`documents_requeue` queues it once the broker is back.
+    """
+    from .tasks import document_ingest_task  # here: tasks.py imports this module
+
+    task_enqueue_on_commit(document_ingest_task, str(document_id), on_sent=lambda: _mark_enqueued(document_id))
+
+
+def _mark_enqueued(document_id) -> None:
+    Document.objects.filter(pk=document_id, status=DocumentStatus.PENDING).update(enqueued_at=timezone.now())
+
+
+# Documents looked at per sweep of documents_requeue: bounds one run's work (the next run goes on).
+REQUEUE_PER_SWEEP = 100
+# A pending document without enqueued_at is this old before a sweep queues it: its own upload's
+# enqueue (on commit) comes first.
+REQUEUE_GRACE = timedelta(seconds=30)
+# A pending document queued this long ago and still not started most likely lost its message (a Redis
+# restart without persistence): it is queued again (a second message finds it done and does nothing).
+REQUEUE_PENDING_AFTER = timedelta(minutes=30)
+
+
+def documents_requeue(*, grace: timedelta = REQUEUE_GRACE) -> dict[str, int]:
+    """Queue again the ingestions that an outage or a dead worker lost; Celery beat runs it every minute.
+
+    - ``pending`` documents older than ``grace`` whose ingestion the broker never took
+      (``enqueued_at`` null: uploaded while Redis was down), or took :data:`REQUEUE_PENDING_AFTER` ago;
+    - ``processing`` documents whose ingestion stopped giving signs of life for
+      ``KB_INGEST_STALL_SECONDS`` (its worker was killed; the broker would only deliver the task again
+      after ``CELERY_VISIBILITY_TIMEOUT``, an hour): back to ``pending`` and queued, or, after
+      ``KB_INGEST_MAX_ATTEMPTS`` runs, ``failed`` with the reason (a document that kills its worker
+      each time must not loop).
+
+    Stops at the first document the broker refuses (still down: the next sweep tries again). Return
+    ``{"queued": n, "failed": n}``.
+    """
+    from .tasks import document_ingest_task  # here: tasks.py imports this module
+
+    now = timezone.now()
+    stall = timedelta(seconds=settings.KB_INGEST_STALL_SECONDS)
+    counts = {"queued": 0, "failed": 0}
+    to_queue = []  # stalled documents first, then pending ones
+    stalled = Document.objects.filter(status=DocumentStatus.PROCESSING).filter(
+        Q(heartbeat_at__lt=now - stall) | Q(heartbeat_at__isnull=True, updated_at__lt=now - stall)
+    )
+    for document_id in stalled.values_list("pk", flat=True)[:REQUEUE_PER_SWEEP]:
+        with transaction.atomic():
+            locked = (
+                Document.objects.select_for_update().filter(pk=document_id, status=DocumentStatus.PROCESSING).first()
+            )
+            if locked is None:
+                continue
+            if locked.attempts >= settings.KB_INGEST_MAX_ATTEMPTS:
+                fail = True
+            else:
+                fail = False
+                locked.status, locked.enqueued_at, locked.heartbeat_at = DocumentStatus.PENDING, None, None
+                locked.save(update_fields=["status", "enqueued_at", "heartbeat_at", "updated_at"])
+        if fail:
+            _fail(document_id, f"Ingestion stopped {locked.attempts} times without finishing (its worker died).")
+            counts["failed"] += 1
+        else:
+            logger.info("Ingestion of document %s stalled (its worker died); queuing it again", document_id)
+            to_queue.append(document_id)
+    pending = Document.objects.filter(status=DocumentStatus.PENDING, created_at__lt=now - grace).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - REQUEUE_PENDING_AFTER)
+    )
+    to_queue += [pk for pk in pending.order_by("created_at").values_list("pk", flat=True)[:REQUEUE_PER_SWEEP]]
+    for document_id in dict.fromkeys(to_queue):
+        if not task_enqueue(document_ingest_task, str(document_id)):
+            break  # the broker is still down: the next sweep tries again
+        _mark_enqueued(document_id)
+        counts["queued"] += 1
+    return counts
 
 
 def _fail(document_id, reason: str) -> Document | None:
@@ -159,12 +251,24 @@ def _fail(document_id, reason: str) -> Document | None:
     return document
 
 
+def _still_wanted(document_id) -> bool:
+    """Return whether ``document_id`` still exists (a deleted document's ingestion stops at its next checkpoint)."""
+    return Document.objects.filter(pk=document_id).exists()
+
+
+def document_ingest_fail(*, document_id, reason: str) -> Document | None:
+    """End ``document_id``'s ingestion ``failed`` with ``reason`` (its chunks removed); None if it is gone."""
+    return _fail(document_id, reason)
+
+
 def document_ingest(*, document_id, on_progress: Callable[[int, int], None] | None = None) -> Document | None:
     """Extract, chunk, embed and store ``document_id``'s passages; return the document (None if deleted).
 
     Idempotent: a ``ready`` document is left as it is (a redelivered task); otherwise its chunks are
     replaced in one transaction. Ends ``ready`` with ``chunk_count``, or ``failed`` with
-    ``failure_reason`` (unreadable file, no text, embedding model failure). Chunks are
+    ``failure_reason`` (unreadable file, no text, over ``KB_MAX_DOCUMENT_CHARS`` characters of text
+    or ``KB_MAX_DOCUMENT_CHUNKS`` passages, embedding model failure). A document deleted meanwhile
+    stops it at the next checkpoint (after extraction, between embedded batches): None. Chunks are
     ``KB_CHUNK_TOKENS`` tokens with ``KB_CHUNK_OVERLAP`` tokens of overlap. Sends progress events (see
     :func:`document_event`); ``on_progress(done, total)`` is also called after each embedded batch.
     Blocking: runs the embedding model.
@@ -175,20 +279,71 @@ def document_ingest(*, document_id, on_progress: Callable[[int, int], None] | No
             return document
         document.status, document.failure_reason = DocumentStatus.PROCESSING, ""
         document.attempts += 1
-        document.save(update_fields=["status", "failure_reason", "attempts", "updated_at"])
+        document.heartbeat_at = timezone.now()
+        document.save(update_fields=["status", "failure_reason", "attempts", "heartbeat_at", "updated_at"])
     document_event(document=document, stage="extract")
+    with _heartbeat(document_id):
+        return _document_ingest_run(document, on_progress=on_progress)
+
+
+@contextmanager
+def _heartbeat(document_id) -> Iterator[None]:
+    """Record a sign of life of this ingestion every ``KB_INGEST_HEARTBEAT_SECONDS`` (a thread) while the block runs.
+
+    A worker killed mid-ingestion stops it; :func:`documents_requeue` then sees the document stalled.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(settings.KB_INGEST_HEARTBEAT_SECONDS):
+                Document.objects.filter(pk=document_id, status=DocumentStatus.PROCESSING).update(
+                    heartbeat_at=timezone.now()
+                )
+        except Exception:  # the database is down: the document may be requeued, which is harmless
+            logger.warning("Could not record the heartbeat of document %s", document_id, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    thread = threading.Thread(target=beat, name=f"ingest-heartbeat-{document_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _document_ingest_run(document: Document, *, on_progress: Callable[[int, int], None] | None) -> Document | None:
+    """Extract, chunk, embed and store ``document`` (``processing``); see :func:`document_ingest`."""
+    document_id = document.pk
     try:
         with document.file.open("rb") as handle:
             data = handle.read()
-        sections = extract_sections(data=data, content_type=document.content_type)
+        sections = extract_sections(
+            data=data, content_type=document.content_type, max_chars=settings.KB_MAX_DOCUMENT_CHARS
+        )
     except FileNotFoundError:
         return _fail(document_id, "The stored file is missing; upload it again.")
     except ExtractionError as exc:
         return _fail(document_id, str(exc))
+    del data
+    if not _still_wanted(document_id):
+        return None
     passages = chunk_sections(sections, size=settings.KB_CHUNK_TOKENS, overlap=settings.KB_CHUNK_OVERLAP)
+    if settings.KB_MAX_DOCUMENT_CHUNKS and len(passages) > settings.KB_MAX_DOCUMENT_CHUNKS:
+        return _fail(
+            document_id,
+            f"The document makes {len(passages):,} passages; the limit per document is "
+            f"{settings.KB_MAX_DOCUMENT_CHUNKS:,}. Split it into smaller files.",
+        )
     embeddings: list[list[float]] = []
     try:
         for start in range(0, len(passages), EMBED_BATCH):
+            # A checkpoint per batch: a document deleted meanwhile stops its ingestion here.
+            if start and not _still_wanted(document_id):
+                logger.info("Ingestion of document %s stopped: the document was deleted", document_id)
+                return None
             embeddings += embed_texts([p.text for p in passages[start : start + EMBED_BATCH]])
             document_event(document=document, stage="embed", done=len(embeddings), total=len(passages))
             if on_progress is not None:
@@ -238,7 +393,12 @@ def kb_import(*, owner, path: Path, queue: bool = False) -> list[Document]:
         if file.suffix.lower() not in KB_IMPORT_SUFFIXES:
             continue
         document = document_create(
-            owner=owner, data=file.read_bytes(), filename=file.name, allow_jsonl=True, ingest=queue
+            owner=owner,
+            data=file.read_bytes(),
+            filename=file.name,
+            allow_jsonl=True,
+            ingest=queue,
+            count_quota=False,
         )
         if not queue:
             document = document_ingest(document_id=document.pk) or document

@@ -184,6 +184,8 @@ class MessageListApi(sse.EventStreamMixin, APIView):
     )
     def get(self, request, conversation_id):
         conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        # A client catching up after a crash reads the answer as ended, not as still streaming.
+        services.conversation_orphans_finalize(conversation=conversation)
         return Response(MessageOutputSerializer(message_list(conversation=conversation), many=True).data)
 
     @extend_schema(
@@ -311,7 +313,8 @@ class ConversationStopApi(APIView):
     """``POST``: ask the running generation of a conversation to stop; its partial text is kept.
 
     202 ``{"stopping": true}``: the answer is finalised as ``cancelled`` shortly after (whichever
-    process generates it). 409 ``no_generation`` when nothing is being generated.
+    process generates it). 409 ``no_generation`` when nothing is being generated; an answer whose
+    process died is finalised ``error`` on the way (see :func:`chat.services.conversation_orphans_finalize`).
     """
 
     @extend_schema(
@@ -326,6 +329,7 @@ class ConversationStopApi(APIView):
     )
     def post(self, request, conversation_id):
         conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        services.conversation_orphans_finalize(conversation=conversation)
         if generation_active(conversation=conversation) is None:
             raise ParleyError(
                 "Nothing is being generated in this conversation.",

@@ -82,6 +82,13 @@ class ChatConsumer(JsonWebsocketConsumer):
         if kind == "message.send":
             await self.message_send(content)
         elif kind == "generation.stop":
+            # An answer whose process died cannot be stopped: end it here, and tell every open page.
+            ended = await database_sync_to_async(services.conversation_orphans_finalize)(conversation=self.conversation)
+            for message in ended:
+                await turns.send_event(
+                    self.conversation.pk,
+                    {"type": "generation.completed", "message": MessageOutputSerializer(message).data},
+                )
             try:
                 await turns.generation_stop(self.conversation.pk)
             except Exception as exc:  # the channel layer (Redis) is down: say so, keep the socket

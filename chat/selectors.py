@@ -2,16 +2,19 @@
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import UsageRecord, User
+from accounts.quotas import generation_live
 
 from .models import Conversation, Message, MessageStatus, Role
 
-# A message still "streaming" after this long was orphaned by a process that died mid-generation.
+# A message still "streaming" after this long was orphaned by a process that died mid-generation,
+# when its lease cannot be read (Redis down) or at `manage.py finalize_orphans` without --all.
 STALE_GENERATION_AFTER = timedelta(minutes=10)
 
 
@@ -73,17 +76,43 @@ def message_get(*, conversation: Conversation, message_id) -> Message:
     return message
 
 
+def orphan_grace() -> timedelta:
+    """Return how long a new answer is never taken for an orphan (``GENERATION_ORPHAN_GRACE_SECONDS``)."""
+    return timedelta(seconds=settings.GENERATION_ORPHAN_GRACE_SECONDS)
+
+
+def generations_unfinished(*, conversation: Conversation) -> QuerySet[Message]:
+    """Return the conversation's assistant messages still ``pending``/``streaming``, newest first."""
+    return conversation.messages.filter(
+        role=Role.ASSISTANT, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING]
+    ).order_by("-created_at")
+
+
+def generation_running(*, message: Message, owner_id: int) -> bool:
+    """Return whether the unfinished answer ``message`` (of ``owner_id``'s conversation) is still being generated.
+
+    A running answer holds a generation lease in Redis that its turn renews
+    (:func:`accounts.quotas.generation_live`); a process that dies stops renewing it, and once it
+    expires the answer is orphaned. An answer younger than ``GENERATION_ORPHAN_GRACE_SECONDS`` counts
+    as running: its lease is taken before it is stored, but the clocks of PostgreSQL, Redis and the
+    web process differ a little. With Redis unreachable nothing can be told apart: an answer
+    counts as running until it is :data:`STALE_GENERATION_AFTER` old.
+    """
+    age = timezone.now() - message.created_at
+    if age < orphan_grace():
+        return True
+    live = generation_live(user_id=owner_id, generation_id=str(message.pk))
+    if live is None:
+        return age < STALE_GENERATION_AFTER
+    return live
+
+
 def generation_active(*, conversation: Conversation) -> Message | None:
-    """Return the assistant message being generated in ``conversation``, if any (ignoring stale ones)."""
-    return (
-        conversation.messages.filter(
-            role=Role.ASSISTANT,
-            status__in=[MessageStatus.PENDING, MessageStatus.STREAMING],
-            created_at__gte=timezone.now() - STALE_GENERATION_AFTER,
-        )
-        .order_by("-created_at")
-        .first()
-    )
+    """Return the assistant message being generated in ``conversation``, if any (not orphaned ones)."""
+    for message in generations_unfinished(conversation=conversation):
+        if generation_running(message=message, owner_id=conversation.owner_id):
+            return message
+    return None
 
 
 def model_messages(*, conversation: Conversation, system_prompt: str = "") -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from rest_framework import status
 
 from accounts.metering import Admission
 from accounts.models import UsageSource, User
-from accounts.quotas import generation_release
+from accounts.quotas import generation_release, generations_lapsed
 from core.errors import ParleyError
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
@@ -25,7 +25,13 @@ from inference.selectors import model_config_get
 from inference.services import generation_params
 
 from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role
-from .selectors import generation_active, message_list
+from .selectors import (
+    generation_active,
+    generation_running,
+    generations_unfinished,
+    message_list,
+    orphan_grace,
+)
 
 TITLE_LENGTH = 60  # characters of the first message used as a conversation's title
 
@@ -71,8 +77,11 @@ def conversation_delete(*, conversation: Conversation) -> None:
 def _check_no_generation(conversation: Conversation) -> None:
     """Raise ``generation_in_progress`` (409) if ``conversation`` has a live generation.
 
-    Call while holding the conversation's row lock, so two writers cannot both pass.
+    Answers orphaned by a dead process are finalised on the way (see
+    :func:`conversation_orphans_finalize`), so they never block the conversation. Call while holding
+    the conversation's row lock, so two writers cannot both pass.
     """
+    conversation_orphans_finalize(conversation=conversation)
     if generation_active(conversation=conversation):
         raise ParleyError(
             "An answer is still being generated in this conversation; stop it or wait.",
@@ -389,6 +398,7 @@ def message_partial_save(*, message_id, content: str) -> bool:
 
 
 INTERRUPTED = "The server stopped while this answer was being generated."
+ORPHANS_PER_SWEEP = 500  # answers looked at per run of orphans_finalize_lapsed: bounds one run's work
 
 
 def message_finalize_orphans(*, older_than: timedelta) -> int:
@@ -402,3 +412,64 @@ def message_finalize_orphans(*, older_than: timedelta) -> int:
     return Message.objects.filter(
         role=Role.ASSISTANT, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING], created_at__lt=cutoff
     ).update(status=MessageStatus.ERROR, error=INTERRUPTED, finished_at=timezone.now())
+
+
+def _orphan_finalize(*, message_id, owner_id: int) -> bool:
+    """End one orphaned answer ``error`` (:data:`INTERRUPTED`), partial text kept; return whether it changed.
+
+    Its generation is released, so a process that was only stalled, not dead, stops renewing it; if
+    that process finishes after all, its final save still stores the whole answer.
+    """
+    updated = Message.objects.filter(pk=message_id, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING]).update(
+        status=MessageStatus.ERROR, error=INTERRUPTED, finished_at=timezone.now()
+    )
+    generation_release(user_id=owner_id, generation_id=str(message_id))
+    return bool(updated)
+
+
+def conversation_orphans_finalize(*, conversation: Conversation) -> list[Message]:
+    """Finalise the answers of ``conversation`` whose generation is no longer running anywhere.
+
+    An answer is orphaned when its generation lease has expired (:func:`chat.selectors.generation_running`:
+    not while Redis is unreachable, nor in its first seconds). Called where a user meets the
+    conversation (its page, its message list, send, regenerate, delete, stop), so an orphan never
+    shows as running nor blocks the conversation, with or without Celery beat. Return the answers
+    finalised here, as stored now.
+    """
+    ended = [
+        message.pk
+        for message in generations_unfinished(conversation=conversation)
+        if not generation_running(message=message, owner_id=conversation.owner_id)
+        and _orphan_finalize(message_id=message.pk, owner_id=conversation.owner_id)
+    ]
+    return list(Message.objects.filter(pk__in=ended).order_by("created_at")) if ended else []
+
+
+def orphans_finalize_lapsed(*, confirm_seconds: float | None = None) -> int:
+    """Finalise answers, in every conversation, whose generation lease has lapsed for good (Celery beat).
+
+    A candidate is any ``pending``/``streaming`` answer older than
+    ``GENERATION_ORPHAN_GRACE_SECONDS``; it is finalised once its lease has been seen missing on two
+    runs ``confirm_seconds`` apart (default ``GENERATION_ORPHAN_CONFIRM_SECONDS``; see
+    :func:`accounts.quotas.generations_lapsed`), so a lease lost to a Redis restart, which a live
+    turn takes again, is not mistaken for a dead process. With Redis down, nothing is done. At most
+    :data:`ORPHANS_PER_SWEEP` answers, oldest first, per call. Return how many were finalised.
+    """
+    if confirm_seconds is None:
+        confirm_seconds = settings.GENERATION_ORPHAN_CONFIRM_SECONDS
+    candidates = list(
+        Message.objects.filter(
+            role=Role.ASSISTANT,
+            status__in=[MessageStatus.PENDING, MessageStatus.STREAMING],
+            created_at__lt=timezone.now() - orphan_grace(),
+        )
+        .order_by("created_at")
+        .values_list("pk", "conversation__owner_id")[:ORPHANS_PER_SWEEP]
+    )
+    owners = {str(pk): owner_id for pk, owner_id in candidates}
+    lapsed = generations_lapsed(
+        generations=[(owner_id, str(pk)) for pk, owner_id in candidates], confirm_seconds=confirm_seconds
+    )
+    if not lapsed:
+        return 0
+    return sum(_orphan_finalize(message_id=gid, owner_id=owners[gid]) for gid in lapsed)

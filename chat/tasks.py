@@ -15,8 +15,8 @@ from .models import MessageStatus
 
 
 # At most once (acks_late off, unlike the project's default): a turn whose worker died must not be
-# generated again from the start over the text its clients already saw. `manage.py finalize_orphans`
-# ends such a message with its partial text and the reason.
+# generated again from the start over the text its clients already saw. Its lease lapses and
+# orphans_finalize_task ends the message with its partial text and the reason.
 @shared_task(name="chat.turn_run", acks_late=False)
 def turn_run_task(message_id: str, params: dict, use_cache: bool) -> str | None:
     """Generate the answer ``message_id`` (see :func:`chat.turns.turn_run`); return its final status."""
@@ -30,6 +30,12 @@ def turn_run_task(message_id: str, params: dict, use_cache: bool) -> str | None:
     if turn is None:
         return None
     return async_to_sync(turns.turn_run)(turn).status
+
+
+@shared_task(name="chat.orphans_finalize", acks_late=False)
+def orphans_finalize_task() -> int:
+    """Finalise answers orphaned by a dead process (:func:`chat.services.orphans_finalize_lapsed`); in beat."""
+    return services.orphans_finalize_lapsed()
 
 
 # Memory. The task names are the ones these tasks had in the agents app, so messages queued before

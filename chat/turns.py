@@ -347,11 +347,17 @@ async def turn_execute(turn: Turn) -> Message:
     message_id = turn.assistant_message.pk
     await sync_to_async(turn_run_task.delay)(str(message_id), asdict(turn.params), turn.use_cache)
     deadline = time.monotonic() + settings.TURN_WAIT_SECONDS
-    while True:
-        message = await Message.objects.select_related("conversation").aget(pk=message_id)
-        if message.status not in (MessageStatus.PENDING, MessageStatus.STREAMING) or time.monotonic() > deadline:
-            return message
-        await asyncio.sleep(TURN_WAIT_POLL_SECONDS)
+    # Hold the lease while the turn waits in the queue (the worker renews it once running), so a turn
+    # queued behind a busy worker is not taken for an orphan; it stops once the worker releases it.
+    keepalive = asyncio.create_task(turn.admission.keepalive())
+    try:
+        while True:
+            message = await Message.objects.select_related("conversation").aget(pk=message_id)
+            if message.status not in (MessageStatus.PENDING, MessageStatus.STREAMING) or time.monotonic() > deadline:
+                return message
+            await asyncio.sleep(TURN_WAIT_POLL_SECONDS)
+    finally:
+        keepalive.cancel()
 
 
 def turn_start(turn: Turn) -> asyncio.Task:

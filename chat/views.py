@@ -29,6 +29,7 @@ def conversation_new(request):
 def conversation_detail(request, conversation_id):
     """The chat page of one of the user's conversations (404 for anyone else's)."""
     conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+    services.conversation_orphans_finalize(conversation=conversation)  # never show Stop for a dead answer
     messages = MessageOutputSerializer(message_list(conversation=conversation), many=True).data
     return render(
         request,

@@ -39,8 +39,7 @@ from rest_framework.views import APIView
 from accounts.authentication import APIKeyAuthentication
 from accounts.metering import Admission
 from accounts.models import UsageSource, UsageStatus
-from accounts.quotas import quota_check
-from accounts.services import usage_record
+from accounts.quotas import GenerationKeepalive
 from accounts.throttling import rate_hit
 from core.errors import ParleyError, payload_too_large
 from core.parsers import JSONParser
@@ -603,7 +602,9 @@ class EmbeddingGateway(GatewayApi):
     bundled one, else the ``EMBEDDING_MODEL`` name; anything else is 404 ``model_not_found``.
     ``encoding_format`` is ``float`` (lists of floats) or ``base64`` (little-endian float32, which
     OpenAI's Python client asks for by default). Token counts are approximate: characters / 4,
-    rounded up per input, since no tokenizer is run for them.
+    rounded up per input, since no tokenizer is run for them. A request takes a generation slot and
+    must fit in what is left of the user's daily token quota (429 ``too_many_generations`` /
+    ``quota_exceeded``).
     """
 
     class InputSerializer(serializers.Serializer):
@@ -635,16 +636,29 @@ class EmbeddingGateway(GatewayApi):
                 code="model_not_found",
             )
         texts = data["input"]
-        quota_check(user=request.user)  # 429 quota_exceeded when today's tokens are used up
         tokens = sum(math.ceil(len(text) / CHARS_PER_TOKEN) for text in texts)
+        # Like a chat completion: a generation slot (GENERATION_CONCURRENCY), held under a lease while
+        # the model runs, and the request's tokens, known in advance here, must fit in what is left
+        # of today's quota (429 too_many_generations / quota_exceeded).
+        admission = Admission.admit(
+            user=request.user,
+            generation_id=str(uuid.uuid4()),
+            reserve_tokens=tokens,
+            source=UsageSource.GATEWAY,
+            must_fit=True,
+        )
         started = time.perf_counter()
         provider = "local" if settings.EMBEDDING_MODEL == "local" else "openai_compatible"
+        finish = {"model_slug": served, "provider": provider, "completion_tokens": 0}
         try:
-            vectors = embed_texts(texts)
+            with GenerationKeepalive(user_id=request.user.pk, generation_id=admission.generation_id):
+                vectors = embed_texts(texts)
         except BaseException:
-            _embedding_usage(request.user, served, provider, UsageStatus.ERROR, 0, started)
+            latency_ms = round((time.perf_counter() - started) * 1000)
+            admission.finish(**finish, status=UsageStatus.ERROR, prompt_tokens=0, latency_ms=latency_ms)
             raise
-        _embedding_usage(request.user, served, provider, UsageStatus.COMPLETE, tokens, started)
+        latency_ms = round((time.perf_counter() - started) * 1000)
+        admission.finish(**finish, status=UsageStatus.COMPLETE, prompt_tokens=tokens, latency_ms=latency_ms)
         base64_encoded = data["encoding_format"] == "base64"
         return Response(
             {
@@ -661,23 +675,6 @@ class EmbeddingGateway(GatewayApi):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
-
-
-def _embedding_usage(user, model: str, provider: str, status: UsageStatus, tokens: int, started: float) -> None:
-    """Record one ``/v1/embeddings`` request (source ``gateway``; ``tokens`` are prompt tokens)."""
-    try:
-        usage_record(
-            user=user,
-            model_slug=model,
-            provider=provider,
-            source=UsageSource.GATEWAY,
-            status=status,
-            prompt_tokens=tokens,
-            completion_tokens=0,
-            latency_ms=round((time.perf_counter() - started) * 1000),
-        )
-    except Exception:  # the vectors matter more than their bookkeeping
-        logger.exception("Could not record usage of an embeddings request")
 
 
 def _base64(vector: list[float]) -> str:

@@ -216,15 +216,19 @@ def worker_environment(media_root) -> dict:
     }
 
 
-def start_worker(media_root, name: str) -> subprocess.Popen:
-    """Start ``celery -A config worker --pool=solo`` and wait until it answers a ping."""
+def start_worker(media_root, name: str, pool: str = "solo", env: dict | None = None) -> subprocess.Popen:
+    """Start ``celery -A config worker`` (``--pool=solo``, one process, unless ``pool`` says otherwise;
+    time limits need ``prefork``) on both queues and wait until it answers a ping. ``env`` adds to
+    (or replaces) :func:`worker_environment`'s variables."""
     from config.celery import app as celery_app
 
     command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo", "--loglevel=WARNING",
-        "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
+        sys.executable, "-m", "celery", "-A", "config", "worker", f"--pool={pool}", "--concurrency=1",
+        "--loglevel=WARNING",
+        "--without-gossip", "--without-mingle", "-n", f"{name}@%h", "-Q", "celery,ingestion",
     ]  # fmt: skip
-    worker = subprocess.Popen(command, env=worker_environment(media_root), cwd=django_settings.BASE_DIR)  # noqa: S603
+    environment = {**worker_environment(media_root), **(env or {})}
+    worker = subprocess.Popen(command, env=environment, cwd=django_settings.BASE_DIR)  # noqa: S603
     deadline = time.monotonic() + 90
     while not celery_app.control.ping(destination=[f"{name}@{os.uname().nodename}"], timeout=0.5):
         if worker.poll() is not None:

@@ -183,9 +183,46 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
 # Workers log through LOGGING below (JSON, request ids, redaction), not Celery's own format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Celery beat (the `beat` process): nightly usage retention (manage.py usage prune).
+# Document ingestion runs on its own queue, so one user's upload never waits in front of chat's
+# memory and summary tasks or the sweeps (the Procfile's `ingest` worker consumes it).
+CELERY_TASK_ROUTES = {"agents.document_ingest": {"queue": "ingestion"}}
+KB_INGEST_SOFT_TIME_LIMIT = env.int("KB_INGEST_SOFT_TIME_LIMIT", default=600)  # seconds: then `failed`
+KB_INGEST_HARD_TIME_LIMIT = env.int("KB_INGEST_HARD_TIME_LIMIT", default=KB_INGEST_SOFT_TIME_LIMIT + 60)  # killed
+CELERY_TASK_ANNOTATIONS = {
+    "agents.document_ingest": {
+        "soft_time_limit": KB_INGEST_SOFT_TIME_LIMIT,
+        "time_limit": KB_INGEST_HARD_TIME_LIMIT,
+    }
+}
+# The ingest worker's child memory cap is its --max-memory-per-child (Procfile), not a setting here:
+# a worker running chat turns (INFERENCE_EXECUTION=celery) holds a model that may be bigger.
+# An ingestion records a sign of life this often (seconds); one silent for KB_INGEST_STALL_SECONDS lost
+# its worker and is queued again (at most KB_INGEST_MAX_ATTEMPTS runs) by a sweep every
+# DOCUMENTS_REQUEUE_SECONDS, which also queues documents uploaded while the broker was down.
+KB_INGEST_HEARTBEAT_SECONDS = env.float("KB_INGEST_HEARTBEAT_SECONDS", default=15)
+KB_INGEST_STALL_SECONDS = env.float("KB_INGEST_STALL_SECONDS", default=60)
+KB_INGEST_MAX_ATTEMPTS = env.int("KB_INGEST_MAX_ATTEMPTS", default=3)
+DOCUMENTS_REQUEUE_SECONDS = env.int("DOCUMENTS_REQUEUE_SECONDS", default=60)
+# Seconds between two sweeps for answers orphaned by a dead process (Celery beat).
+ORPHAN_SWEEP_SECONDS = env.int("ORPHAN_SWEEP_SECONDS", default=30)
+# Seconds a new answer is never taken for an orphan (its lease is taken before it is stored; clocks differ).
+GENERATION_ORPHAN_GRACE_SECONDS = env.float("GENERATION_ORPHAN_GRACE_SECONDS", default=10)
+# Celery beat (the `beat` process): nightly usage retention (manage.py usage prune), orphaned answers.
 CELERY_BEAT_SCHEDULE = {
     "usage-prune-nightly": {"task": "accounts.tasks.usage_prune_task", "schedule": crontab(hour=3, minute=30)},
+    # Answers left streaming by a dead process (README, "Crashes and outages"). A run queued behind
+    # a busy worker expires rather than piling up: the next one does the same work.
+    # Documents uploaded while the broker was down, or whose worker died (README, "Crashes and outages").
+    "documents-requeue": {
+        "task": "agents.documents_requeue",
+        "schedule": DOCUMENTS_REQUEUE_SECONDS,
+        "options": {"expires": DOCUMENTS_REQUEUE_SECONDS},
+    },
+    "orphans-finalize": {
+        "task": "chat.orphans_finalize",
+        "schedule": ORPHAN_SWEEP_SECONDS,
+        "options": {"expires": ORPHAN_SWEEP_SECONDS},
+    },
 }
 
 REST_FRAMEWORK = {
@@ -225,6 +262,13 @@ RATE_LIMIT_ANON = env("RATE_LIMIT_ANON", default="200/min")  # requests per anon
 RATE_LIMIT_WS = env("RATE_LIMIT_WS", default="30/min")  # WebSocket message.send frames per user
 GENERATION_CONCURRENCY = env.int("GENERATION_CONCURRENCY", default=2)  # generations per user at once; 0: no limit
 GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a crashed process's slots free after
+# An answer whose lease has been missing this long (seen on two sweeps) was orphaned by a dead
+# process and is finalised (chat.tasks.orphans_finalize_task, every ORPHAN_SWEEP_SECONDS in beat).
+# Longer than one renewal plus the Redis breaker's rest, so a live turn that lost its lease to a
+# Redis restart has taken it again by then.
+GENERATION_ORPHAN_CONFIRM_SECONDS = env.float(
+    "GENERATION_ORPHAN_CONFIRM_SECONDS", default=GENERATION_LEASE_SECONDS / 3 + CACHE_RETRY_AFTER_ERROR
+)
 QUOTA_DAILY_TOKENS = env.int("QUOTA_DAILY_TOKENS", default=200_000)  # per user per UTC day; 0: unlimited
 
 # Inference
@@ -290,6 +334,10 @@ EMBEDDING_PRELOAD = env.bool("EMBEDDING_PRELOAD", default=True)
 MEDIA_URL = "media/"  # uploads are never served directly: documents are read through the API
 MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(PARLEY_DATA_DIR / "media")))
 KB_MAX_UPLOAD_MB = env.int("KB_MAX_UPLOAD_MB", default=10)  # per uploaded document, MiB
+# Budgets per document: characters of extracted text, and passages (each one embedded).
+KB_MAX_DOCUMENT_CHARS = env.int("KB_MAX_DOCUMENT_CHARS", default=1_000_000)  # 0: no limit
+KB_MAX_DOCUMENT_CHUNKS = env.int("KB_MAX_DOCUMENT_CHUNKS", default=2_000)  # 0: no limit
+KB_DAILY_DOCUMENTS = env.int("KB_DAILY_DOCUMENTS", default=50)  # uploads per user per UTC day; 0: no limit
 KB_CHUNK_TOKENS = env.int("KB_CHUNK_TOKENS", default=200)  # MiniLM word pieces per chunk (it reads 256 at most)
 KB_CHUNK_OVERLAP = env.int("KB_CHUNK_OVERLAP", default=40)  # word pieces shared by consecutive chunks
 KB_TOP_K = env.int("KB_TOP_K", default=4)  # passages retrieved per question
