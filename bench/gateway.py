@@ -9,9 +9,9 @@ apart, as many as the request's ``max_tokens``) and Parley as the Procfile runs 
 HTTPS redirect on loopback, pooled database connections), rate limits, generation slots and quotas
 out of the way, and no embedding model preloaded (no bench user has documents or memories, so no
 turn embeds). Parley reaches the upstream through a ModelConfig ``bench-gateway`` (provider
-``openai_compatible``, response cache ``never``: every request reaches the upstream). Users ``bench-
-gateway-NN`` are made afresh each run, one per concurrent client, each with an API key (for /v1) and
-a logged-in session (for the WebSocket), and deleted at the end with their data.
+``openai_compatible``, response cache ``never``: every request reaches the upstream). Users
+``bench-gateway-NN`` are made afresh each run, one per concurrent client, each with an API key (for
+/v1) and a logged-in session (for the WebSocket), and deleted at the end with their data.
 
 Each round measures, direct to the upstream and through Parley (the order swaps every round, so
 machine noise hits both sides; one unmeasured warm-up round first):
