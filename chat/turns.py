@@ -237,6 +237,33 @@ def _turn_finish(
     return message
 
 
+# Seconds between tries of a turn's final save (about 30 s in all): a database that restarts or fails
+# over for a few seconds must not cost an answer its text or its clients their end event.
+FINAL_SAVE_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+NOT_STORED = "The answer could not be stored: the database did not answer. Its text so far is shown here only."
+
+
+async def _turn_finish_retried(turn: Turn, **fields) -> Message:
+    """Run :func:`_turn_finish`, trying again while the database fails (``FINAL_SAVE_DELAYS``).
+
+    Return the stored message; if every try failed, the assistant message as it was (``streaming``)
+    with the answer's text, so the clients can still be told how it ended (the orphan sweep
+    finalises the stored row once the database is back).
+    """
+    for delay in (*FINAL_SAVE_DELAYS, None):
+        try:
+            return await database_sync_to_async(_turn_finish)(turn, **fields)
+        except Exception:
+            if delay is None:
+                logger.exception("Could not store the answer %s; giving up", turn.assistant_message.pk)
+                break
+            logger.warning("Could not store the answer %s; trying again in %g s", turn.assistant_message.pk, delay)
+            await asyncio.sleep(delay)
+    message = turn.assistant_message
+    message.content = fields["outcome"].content
+    return message
+
+
 async def turn_run(turn: Turn) -> Message:
     """See :func:`_turn_run`; the turn's database calls run on a thread of its own.
 
@@ -322,9 +349,12 @@ async def _turn_run(turn: Turn) -> Message:
         metadata["cache"] = outcome.cache
     if error_code:
         metadata["error_code"] = error_code
-    message = await database_sync_to_async(_turn_finish)(
+    message = await _turn_finish_retried(
         turn, outcome=outcome, status=status, error=error, metadata=metadata, citations=citations
     )
+    if message.status == MessageStatus.STREAMING:  # never stored: the database stayed away
+        status, error, error_code = MessageStatus.ERROR, NOT_STORED, "service_unavailable"
+        message.status, message.error = status, error
     if error_code:
         relay.send({"type": "error", "code": error_code, "detail": error, "message_id": message_id})
     relay.send({"type": "generation.completed", "message": MessageOutputSerializer(message).data})
