@@ -18,7 +18,8 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
+# The openai SDK's HTTP layer (a dependency of it): its timeouts, limits and transport errors.
+import httpx2
 import openai
 
 from .base import (
@@ -47,7 +48,7 @@ CHARS_PER_TOKEN = 4
 def _client(base_url: str, api_key: str, connect_timeout: float, read_timeout: float) -> openai.OpenAI:
     """Return a shared client per server, key and timeouts: building one costs ~30 ms, and a shared
     one keeps its HTTP connections alive between turns. (The SDK's clients are thread-safe.)"""
-    timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+    timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
     # Servers without auth (llama.cpp, vLLM, Ollama) accept any key; the SDK insists on one.
     return openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=0)
 
@@ -64,34 +65,50 @@ def _async_client(base_url: str, api_key: str, connect_timeout: float, read_time
     clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
     key = (base_url, api_key, connect_timeout, read_timeout)
     if key not in clients:
-        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+        timeout = httpx2.Timeout(read_timeout, connect=connect_timeout)
+        limits = httpx2.Limits(max_connections=None, max_keepalive_connections=100)
         clients[key] = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "unused",
             timeout=timeout,
             max_retries=0,
-            http_client=httpx.AsyncClient(timeout=timeout, limits=limits),
+            http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, limits=limits),
         )
     return clients[key]
 
 
-async def _sse_data(response) -> AsyncIterator[str]:
-    """Yield the ``data`` of each server-sent event of ``response`` (an SDK streaming response).
+@contextlib.contextmanager
+def _stream_errors():
+    """Translate errors met while reading a stream that has started (no retry then: the caller keeps
+    the text so far) into Parley's error codes."""
+    try:
+        yield
+    except openai.APIError as exc:
+        raise translate_error(exc) from exc
+    except httpx2.TimeoutException as exc:
+        raise translate_error(openai.APITimeoutError(request=exc.request)) from exc
+    except (httpx2.HTTPError, ValueError) as exc:  # a broken connection, or a body that is not JSON
+        raise InferenceError(f"The model server's stream broke off: {exc}") from exc
+
+
+class _EventData:
+    """Turn the lines of a server-sent event stream into each event's ``data``.
 
     https://html.spec.whatwg.org/multipage/server-sent-events.html: lines ``data: ...`` (several
     join with newlines) end with a blank line; comments (``:``) and other fields are skipped.
     """
-    lines: list[str] = []
-    async for line in response.iter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
-    if lines:
-        yield "\n".join(lines)
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        """Take one line; return the event's data when ``line`` ends an event, else None."""
+        if line.startswith("data:"):
+            self._lines.append(line[5:].removeprefix(" "))
+        elif not line and self._lines:
+            data, self._lines = "\n".join(self._lines), []
+            return data
+        return None
 
 
 def backoff_delay(attempt: int) -> float:
@@ -158,23 +175,25 @@ class _StreamState:
         self.finish_reason: str | None = None
         self.parts = 0
 
-    def read(self, part) -> list[Chunk]:
-        """Return the text chunks of one ``ChatCompletionChunk``, noting its usage and finish reason."""
-        chunks = []
-        if part.usage is not None:
-            self.usage = Usage(
-                prompt_tokens=part.usage.prompt_tokens or 0, completion_tokens=part.usage.completion_tokens or 0
-            )
-        for choice in part.choices:
-            if choice.delta and choice.delta.content:
-                self.parts += 1
-                chunks.append(Chunk(delta=choice.delta.content))
-            if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
-        return chunks
+    def read_event(self, data: str, request) -> list[Chunk] | None:
+        """Return the text chunks of one event's ``data`` (a JSON ``chat.completion.chunk``), or None at ``[DONE]``.
+
+        Raise ``openai.APIError`` for an error event, as OpenAI's own client does. The chunk is read as
+        JSON: building a typed ``ChatCompletionChunk`` per chunk was about two thirds of the CPU a
+        streamed token cost Parley (cProfile of a 2,000-chunk turn: 0.66 of 1.03 s in
+        ``openai._models.construct``).
+        """
+        if data == "[DONE]":
+            return None
+        part = json.loads(data)
+        if part.get("error"):
+            error = part["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise openai.APIError(message or "error", request, body=error)
+        return self.read_data(part)
 
     def read_data(self, part: dict) -> list[Chunk]:
-        """See :meth:`read`, for a chunk decoded from JSON (a dict in OpenAI's wire format)."""
+        """Return the text chunks of one chunk decoded from JSON, noting its usage and finish reason."""
         chunks = []
         usage = part.get("usage")
         if usage:
@@ -231,11 +250,11 @@ class OpenAICompatibleProvider(Provider):
             **({"stream_options": {"include_usage": True}} if stream else {}),
         }
 
-    def _request(self, messages, params: GenerationParams, *, stream: bool):
-        """Send the request, retrying what is safe to retry (nothing has been streamed yet)."""
+    def _request(self, messages, params: GenerationParams):
+        """Send a whole (non-streamed) request, retrying what is safe to retry."""
         for attempt in range(self.max_retries + 1):
             try:
-                return self.client.chat.completions.create(**self._arguments(messages, params, stream=stream))
+                return self.client.chat.completions.create(**self._arguments(messages, params, stream=False))
             except openai.APIError as exc:
                 time.sleep(_retry_delay(exc, attempt, self.max_retries))
         raise AssertionError("unreachable")
@@ -243,31 +262,36 @@ class OpenAICompatibleProvider(Provider):
     def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[Chunk]:
-        state = _StreamState()
-        stream = self._request(messages, params, stream=True)
-        try:
-            with stream:
-                for part in stream:
-                    yield from state.read(part)
+        arguments = self._arguments(messages, params, stream=True)
+        state, events = _StreamState(), _EventData()
+        with contextlib.ExitStack() as stack:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    response = stack.enter_context(
+                        self.client.chat.completions.with_streaming_response.create(**arguments)
+                    )
+                    break
+                except openai.APIError as exc:
+                    time.sleep(_retry_delay(exc, attempt, self.max_retries))
+            with _stream_errors():
+                for line in response.iter_lines():
+                    data = events.feed(line)
+                    chunks = state.read_event(data, response.http_request) if data is not None else []
+                    if chunks is None:
+                        break
+                    yield from chunks
                     if cancel is not None and cancel.is_set():
                         state.finish_reason = "cancelled"
                         break
-        except openai.APIError as exc:  # after the first token: no retry, the caller keeps the text so far
-            raise translate_error(exc) from exc
         yield state.last(messages)
 
     async def astream(
         self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
     ) -> AsyncIterator[Chunk]:
-        """See :meth:`stream`; on the event loop, with the loop's shared ``AsyncOpenAI`` client.
-
-        The SDK sends the request (retries, errors, headers), but the chunks are read as JSON: building
-        a typed ``ChatCompletionChunk`` per chunk was about two thirds of the CPU a streamed token cost
-        Parley (cProfile of a 2,000-chunk turn: 0.66 of 1.03 s in ``openai._models.construct``).
-        """
+        """See :meth:`stream`; on the event loop, with the loop's shared ``AsyncOpenAI`` client."""
         client = _async_client(*self.client_args)
         arguments = self._arguments(messages, params, stream=True)
-        state = _StreamState()
+        state, events = _StreamState(), _EventData()
         async with contextlib.AsyncExitStack() as stack:
             for attempt in range(self.max_retries + 1):
                 try:
@@ -277,31 +301,21 @@ class OpenAICompatibleProvider(Provider):
                     break
                 except openai.APIError as exc:
                     await asyncio.sleep(_retry_delay(exc, attempt, self.max_retries))
-            try:
-                async for data in _sse_data(response):
-                    if data == "[DONE]":
+            with _stream_errors():
+                async for line in response.iter_lines():
+                    data = events.feed(line)
+                    chunks = state.read_event(data, response.http_request) if data is not None else []
+                    if chunks is None:
                         break
-                    part = json.loads(data)
-                    if part.get("error"):
-                        error = part["error"]
-                        message = error.get("message") if isinstance(error, dict) else str(error)
-                        raise openai.APIError(message or "error", response.http_request, body=error)
-                    for chunk in state.read_data(part):
+                    for chunk in chunks:
                         yield chunk
                     if cancel is not None and cancel.is_set():
                         state.finish_reason = "cancelled"
                         break
-            # After the first token: no retry, the caller keeps the text so far.
-            except openai.APIError as exc:
-                raise translate_error(exc) from exc
-            except httpx.TimeoutException as exc:
-                raise translate_error(openai.APITimeoutError(request=exc.request)) from exc
-            except (httpx.HTTPError, ValueError) as exc:  # a broken connection or body
-                raise InferenceError(f"The model server's stream broke off: {exc}") from exc
         yield state.last(messages)
 
     def complete(self, messages: list[dict[str, str]], params: GenerationParams) -> Completion:
-        response = self._request(messages, params, stream=False)
+        response = self._request(messages, params)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content if choice and choice.message else "") or ""
         if response.usage is not None:
