@@ -110,7 +110,16 @@ async def ws_headers(user: User | None, origin: str = "http://testserver") -> li
 
 
 def _application():
+    """Return the ASGI application; called in the forked Daphne child, before it serves anything."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asgiref.sync import SyncToAsync
+
     from config.asgi import application
+
+    # The fork copied the test process's executor for thread-sensitive sync_to_async, but not its
+    # worker thread: once an async test has used it, every ORM call in the child would wait forever.
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
 
     return application
 
@@ -128,3 +137,19 @@ def daphne_url(transactional_db):
     yield f"http://127.0.0.1:{process.port.value}"
     process.terminate()
     process.join(10)
+
+
+async def ws_connect(base_url: str, path: str, user: User | None):
+    """Open a real WebSocket (the ``websockets`` client) to ``path`` of the Daphne at ``base_url``.
+
+    Logged in as ``user`` (anonymous when None), with the Origin of a browser on that site. Return
+    the open ``websockets`` connection; a refused handshake raises ``websockets.InvalidStatus``.
+    """
+    from websockets.asyncio.client import connect
+
+    headers = {}
+    if user is not None:
+        headers["Cookie"] = f"sessionid={await database_sync_to_async(session_cookie)(user)}"
+    return await connect(
+        base_url.replace("http://", "ws://") + path, origin=base_url, additional_headers=headers, open_timeout=30
+    )

@@ -21,13 +21,21 @@ class DocumentsConsumer(JsonWebsocketConsumer):
         if not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.group = documents_group(user.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        # Counted against the same per-user cap as chat sockets (core.websocket).
+        if not await self.presence_open(user):
+            return
+        try:
+            self.group = documents_group(user.pk)
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except BaseException:
+            await self.presence_close()  # disconnect() is not called when connect() raises
+            raise
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
+        await self.presence_close()
         if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.group_leave(self.group)
 
     async def receive_json(self, content, **kwargs) -> None:
         if content.get("type") == "ping":

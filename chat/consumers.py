@@ -10,7 +10,7 @@ from django.http import Http404
 
 from accounts.services import user_group
 from accounts.throttling import websocket_message_throttle
-from core import presence, prometheus
+from core import prometheus
 from core.errors import ParleyError
 from core.log import websocket_message_begin
 from core.websocket import JsonWebsocketConsumer
@@ -45,13 +45,20 @@ class ChatConsumer(JsonWebsocketConsumer):
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.group = turns.conversation_group(self.conversation.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        # The user's group: a "session.close" sent there closes every socket of theirs.
-        self.user_group = user_group(user.pk)
-        await self.channel_layer.group_add(self.user_group, self.channel_name)
-        # Counted before the handshake completes, so a client that sees the socket open is counted.
-        self.presence = await presence.ws_connection_open(channel_name=self.channel_name, user_id=user.pk)
+        # Counted (and capped) before joining any group and before the handshake completes, so a
+        # socket over the cap costs no channel-layer work and a client that sees it open is counted.
+        if not await self.presence_open(user):
+            return
+        try:
+            self.group = turns.conversation_group(self.conversation.pk)
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            # The user's group: a "session.close" sent there closes every socket of theirs.
+            self.user_group = user_group(user.pk)
+            await self.channel_layer.group_add(self.user_group, self.channel_name)
+        except BaseException:
+            # Channels calls disconnect() only for a socket whose connect() returned.
+            await self.presence_close()
+            raise
         await self.accept()
         prometheus.ws_connection_opened()
         self.counted = True
@@ -60,12 +67,14 @@ class ChatConsumer(JsonWebsocketConsumer):
         if getattr(self, "counted", False):
             prometheus.ws_connection_closed()
             self.counted = False
+        # First, and whatever fails after: a socket left counted would inflate the counts and hold
+        # one of the user's WS_MAX_CONNECTIONS_PER_USER places until TTL_SECONDS.
+        await self.presence_close()
         if hasattr(self, "user_group"):
-            await self.channel_layer.group_discard(self.user_group, self.channel_name)
-        await presence.ws_connection_close(getattr(self, "presence", None))
+            await self.group_leave(self.user_group)
         # Leaving the group does not stop a generation: other tabs, and the stored message, still get it.
         if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.group_leave(self.group)
 
     async def send_parley_error(self, exc: ParleyError) -> None:
         """Send ``exc`` as an ``error`` frame, with ``retry_after`` (seconds) and its extra keys when it has them."""

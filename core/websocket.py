@@ -4,20 +4,69 @@ A frame that is binary, not JSON, not a JSON object, nested too deeply or holdin
 surrogate (see :func:`core.parsers.json_loads`) is answered with ``{"type": "error", "code",
 "detail"}`` and the socket stays open. Channels' own decoding raises instead, which closes the
 socket with 1011 and no word to the client.
+
+Each socket of a logged-in user is counted (:mod:`core.presence`) and capped per user: the socket
+beyond ``WS_MAX_CONNECTIONS_PER_USER`` is accepted and closed at once with
+:data:`CLOSE_TOO_MANY_SOCKETS`. (A handshake refused before it is accepted reaches the client as a
+bare HTTP 403, with no code; a close frame carries one.)
 """
 
 from __future__ import annotations
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+import logging
 
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from . import presence
 from .parsers import UnsafeJSON, json_loads
+
+logger = logging.getLogger(__name__)
+
+# Close codes (RFC 6455 leaves 4000-4999 to applications); 4429 echoes HTTP 429.
+CLOSE_TOO_MANY_SOCKETS = 4429
 
 
 class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
     """``AsyncJsonWebsocketConsumer`` that answers undecodable frames with an ``error`` frame.
 
-    ``receive_json(content)`` is called with JSON objects (``dict``) only.
+    ``receive_json(content)`` is called with JSON objects (``dict``) only. Subclasses call
+    :meth:`presence_open` in ``connect`` and :meth:`presence_close` in ``disconnect``.
     """
+
+    presence: presence.WsPresence | None = None
+
+    async def presence_open(self, user) -> bool:
+        """Count this socket as one of ``user``'s; return False when that is over their cap.
+
+        Over ``WS_MAX_CONNECTIONS_PER_USER``, the socket is accepted and closed with
+        :data:`CLOSE_TOO_MANY_SOCKETS` and not counted: the caller returns from ``connect``.
+        """
+        self.presence = await presence.ws_connection_open(
+            channel_name=self.channel_name, user_id=user.pk, limit=settings.WS_MAX_CONNECTIONS_PER_USER
+        )
+        if self.presence is None:
+            logger.info("WebSocket of user %s refused: %s open already", user.pk, settings.WS_MAX_CONNECTIONS_PER_USER)
+            await self.accept()
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason="Too many open sockets; close another tab.")
+            return False
+        return True
+
+    async def presence_close(self) -> None:
+        """Stop counting this socket (safe to call twice, or when it was never counted). Never raises."""
+        opened, self.presence = self.presence, None
+        await presence.ws_connection_close(opened)
+
+    async def group_leave(self, group: str) -> None:
+        """Leave channel-layer ``group``; a failure (Redis down or saturated) is logged, not raised.
+
+        The group's membership expires on its own (channels-redis ``group_expiry``), so a missed
+        leave costs a few undelivered messages, never a stuck socket or count.
+        """
+        try:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception as exc:
+            logger.warning("WebSocket did not leave group %s (%s)", group, type(exc).__name__)
 
     async def send_error(self, code: str, detail: str, **extra) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, **extra})

@@ -146,13 +146,25 @@ CACHES = {
     "semantic": redis_cache(CACHE_REDIS_URL, f"{REDIS_KEY_PREFIX}:semantic", CACHE_SEMANTIC_TTL),
 }
 
+# Redis connections of the channel layer per Daphne process, and seconds a join, leave or event
+# waits for a free one before failing (core.channel_layer).
+CHANNEL_LAYER_MAX_CONNECTIONS = env.int("CHANNEL_LAYER_MAX_CONNECTIONS", default=100)
+CHANNEL_LAYER_POOL_TIMEOUT = env.float("CHANNEL_LAYER_POOL_TIMEOUT", default=10.0)
+
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "core.channel_layer.RedisChannelLayer",
         "CONFIG": {
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
             # 5 s blocking pop: give the read more time than the pop, or idle receives fail.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 15,
+                    "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
+                    "timeout": CHANNEL_LAYER_POOL_TIMEOUT,
+                }
+            ],
             "prefix": f"{REDIS_KEY_PREFIX}:asgi",
         },
     }
@@ -209,6 +221,9 @@ REQUEST_JSON_MAX_DEPTH = env.int("REQUEST_JSON_MAX_DEPTH", default=64)
 RATE_LIMIT_USER = env("RATE_LIMIT_USER", default="600/min")  # requests per authenticated user
 RATE_LIMIT_ANON = env("RATE_LIMIT_ANON", default="200/min")  # requests per anonymous client IP
 RATE_LIMIT_WS = env("RATE_LIMIT_WS", default="30/min")  # WebSocket message.send frames per user
+# Open WebSockets (chat and /ws/documents/) per user across all processes; one more is closed
+# at once with code 4429 (core.websocket). 0: no limit.
+WS_MAX_CONNECTIONS_PER_USER = env.int("WS_MAX_CONNECTIONS_PER_USER", default=20)
 GENERATION_CONCURRENCY = env.int("GENERATION_CONCURRENCY", default=2)  # generations per user at once; 0: no limit
 GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a crashed process's slots free after
 QUOTA_DAILY_TOKENS = env.int("QUOTA_DAILY_TOKENS", default=200_000)  # per user per UTC day; 0: unlimited
