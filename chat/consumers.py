@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 # Close codes (RFC 6455 leaves 4000-4999 to applications).
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
-CLOSE_SESSION_ENDED = 4403  # an operator deactivated the user (accounts.services.user_deactivate)
 
 
 class ChatConsumer(JsonWebsocketConsumer):
@@ -52,7 +51,8 @@ class ChatConsumer(JsonWebsocketConsumer):
         try:
             self.group = turns.conversation_group(self.conversation.pk)
             await self.channel_layer.group_add(self.group, self.channel_name)
-            # The user's group: a "session.close" sent there closes every socket of theirs.
+            # The user's group: a "session.close" sent there closes every socket of theirs
+            # (JsonWebsocketConsumer.session_close).
             self.user_group = user_group(user.pk)
             await self.channel_layer.group_add(self.user_group, self.channel_name)
         except BaseException:
@@ -130,10 +130,6 @@ class ChatConsumer(JsonWebsocketConsumer):
             {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data},
         )
         turns.turn_start(turn)
-
-    async def session_close(self, message: dict) -> None:
-        """Close this socket: its user was deactivated (a ``session.close`` on the user's group)."""
-        await self.close(code=CLOSE_SESSION_ENDED)
 
     async def chat_event(self, message: dict) -> None:
         """Relay one event of the conversation's group to this socket."""

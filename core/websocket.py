@@ -23,7 +23,8 @@ from .parsers import UnsafeJSON, json_loads
 
 logger = logging.getLogger(__name__)
 
-# Close codes (RFC 6455 leaves 4000-4999 to applications); 4429 echoes HTTP 429.
+# Close codes (RFC 6455 leaves 4000-4999 to applications); 4403 and 4429 echo HTTP 403 and 429.
+CLOSE_SESSION_ENDED = 4403  # the user's rights changed (accounts.services.user_sockets_close)
 CLOSE_TOO_MANY_SOCKETS = 4429
 
 
@@ -56,6 +57,14 @@ class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
         """Stop counting this socket (safe to call twice, or when it was never counted). Never raises."""
         opened, self.presence = self.presence, None
         await presence.ws_connection_close(opened)
+
+    async def session_close(self, message: dict) -> None:
+        """Close this socket with :data:`CLOSE_SESSION_ENDED`: a ``session.close`` on its user's group.
+
+        Sent when the user is deactivated or their password, groups or permissions change: a
+        reconnect is authorised against the new state.
+        """
+        await self.close(code=CLOSE_SESSION_ENDED)
 
     async def group_leave(self, group: str) -> None:
         """Leave channel-layer ``group``; a failure (Redis down or saturated) is logged, not raised.
