@@ -26,15 +26,11 @@ class DocumentsConsumer(JsonWebsocketConsumer):
         # Counted against the same per-user cap as chat sockets (core.websocket).
         if not await self.presence_open(user):
             return
-        try:
-            self.group = documents_group(user.pk)
-            await self.channel_layer.group_add(self.group, self.channel_name)
-            # A "session.close" there (the user's rights changed) closes this socket too.
-            self.user_group = user_group(user.pk)
-            await self.channel_layer.group_add(self.user_group, self.channel_name)
-        except BaseException:
-            await self.presence_close()  # disconnect() is not called when connect() raises
-            raise
+        self.group = documents_group(user.pk)
+        # A "session.close" there (the user's rights changed) closes this socket too.
+        self.user_group = user_group(user.pk)
+        if not await self.groups_join([self.group, self.user_group]):
+            return
         await self.accept()
 
     async def disconnect(self, code: int) -> None:

@@ -48,17 +48,12 @@ class ChatConsumer(JsonWebsocketConsumer):
         # socket over the cap costs no channel-layer work and a client that sees it open is counted.
         if not await self.presence_open(user):
             return
-        try:
-            self.group = turns.conversation_group(self.conversation.pk)
-            await self.channel_layer.group_add(self.group, self.channel_name)
-            # The user's group: a "session.close" sent there closes every socket of theirs
-            # (JsonWebsocketConsumer.session_close).
-            self.user_group = user_group(user.pk)
-            await self.channel_layer.group_add(self.user_group, self.channel_name)
-        except BaseException:
-            # Channels calls disconnect() only for a socket whose connect() returned.
-            await self.presence_close()
-            raise
+        self.group = turns.conversation_group(self.conversation.pk)
+        # The user's group: a "session.close" sent there closes every socket of theirs
+        # (JsonWebsocketConsumer.session_close).
+        self.user_group = user_group(user.pk)
+        if not await self.groups_join([self.group, self.user_group]):
+            return
         await self.accept()
         prometheus.ws_connection_opened()
         self.counted = True

@@ -9,6 +9,10 @@ Each socket of a logged-in user is counted (:mod:`core.presence`) and capped per
 beyond ``WS_MAX_CONNECTIONS_PER_USER`` is accepted and closed at once with
 :data:`CLOSE_TOO_MANY_SOCKETS`. (A handshake refused before it is accepted reaches the client as a
 bare HTTP 403, with no code; a close frame carries one.)
+
+With Redis (the channel layer) down, an open socket gets one ``service_unavailable`` error frame
+and stays open (its pings answered; events resume when Redis is back), and a new socket is
+accepted, sent that frame and closed with :data:`CLOSE_TRY_AGAIN_LATER`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,20 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from . import presence
+from .channel_layer import CHANNEL_LAYER_ERRORS
 from .parsers import UnsafeJSON, json_loads
 
 logger = logging.getLogger(__name__)
 
-# Close codes (RFC 6455 leaves 4000-4999 to applications); 4403 and 4429 echo HTTP 403 and 429.
+# Close codes (RFC 6455 leaves 4000-4999 to applications); 4403, 4429 and 4503 echo HTTP codes.
 CLOSE_SESSION_ENDED = 4403  # the user's rights changed (accounts.services.user_sockets_close)
 CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_TRY_AGAIN_LATER = 4503  # Redis (the channel layer) is down: reconnect later
+
+SERVICE_UNAVAILABLE_DETAIL = (
+    "Live updates are paused: the server cannot reach Redis. Answers are still stored; they show "
+    "here when it is back, or on reload."
+)
 
 
 class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
@@ -57,6 +68,44 @@ class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
         """Stop counting this socket (safe to call twice, or when it was never counted). Never raises."""
         opened, self.presence = self.presence, None
         await presence.ws_connection_close(opened)
+
+    async def groups_join(self, groups: list[str]) -> bool:
+        """Join the channel-layer ``groups``; return False when Redis fails (the socket is then closed).
+
+        Call from ``connect`` after :meth:`presence_open`. With Redis down the socket is accepted, sent
+        a ``service_unavailable`` error frame and closed with :data:`CLOSE_TRY_AGAIN_LATER` (not an
+        HTTP 500): the chat page reconnects with backoff.
+        """
+        try:
+            for group in groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+            return True
+        except CHANNEL_LAYER_ERRORS as exc:
+            logger.warning("WebSocket refused: the channel layer is unavailable (%s)", type(exc).__name__)
+        except BaseException:
+            # Channels calls disconnect() only for a socket whose connect() returned.
+            await self.presence_close()
+            raise
+        await self.presence_close()
+        await self.accept()
+        await self.send_error("service_unavailable", SERVICE_UNAVAILABLE_DETAIL)
+        await self.close(code=CLOSE_TRY_AGAIN_LATER)
+        return False
+
+    async def channel_layer_unavailable(self, message: dict) -> None:
+        """Tell the client once per outage that live events are paused; the socket stays open.
+
+        The channel layer sends this in place of a message while Redis fails (core.channel_layer).
+        """
+        if not getattr(self, "layer_down", False):
+            self.layer_down = True
+            logger.warning("WebSocket's channel layer is unavailable (%s)", message.get("error"))
+            await self.send_error("service_unavailable", SERVICE_UNAVAILABLE_DETAIL)
+
+    async def dispatch(self, message: dict) -> None:
+        if message.get("type") != "channel_layer.unavailable" and not message["type"].startswith("websocket."):
+            self.layer_down = False  # a message came through the channel layer: it is back
+        await super().dispatch(message)
 
     async def session_close(self, message: dict) -> None:
         """Close this socket with :data:`CLOSE_SESSION_ENDED`: a ``session.close`` on its user's group.
