@@ -63,6 +63,11 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
     return api_key
 
 
+def api_keys_revoke_all(*, user: User) -> int:
+    """Revoke every live API key of ``user`` from now on; return how many were revoked."""
+    return APIKey.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
 # last_used_at is a hint for people reviewing their keys, not an audit log: one write a minute per
 # key at most keeps authentication from writing to the database on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

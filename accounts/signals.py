@@ -4,18 +4,25 @@ A socket authenticates once, at its handshake. Deactivation (the admin action, t
 Active box, the shell, a script), a new password, and a change of the user's groups or permissions
 (or of a group's permissions) must not leave sockets open that were authorised under the old state:
 each closes the user's sockets once committed (:func:`accounts.services.user_sockets_close`); a
-socket that reconnects is authorised afresh.
+socket that reconnects is authorised afresh. A new password also revokes the user's API keys
+(``API_KEYS_REVOKE_ON_PASSWORD_CHANGE``).
 """
 
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
+from django.contrib.auth.hashers import is_password_usable
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_save
 from django.dispatch import receiver
 
 from .models import User
-from .services import user_sockets_close
+from .services import api_keys_revoke_all, user_sockets_close
+
+logger = logging.getLogger(__name__)
 
 # Saves that touch none of these fields (a login's last_login, a quota edit) change no right.
 RIGHT_FIELDS = {"is_active", "password", "is_staff", "is_superuser"}
@@ -37,7 +44,11 @@ def user_rights_before(sender, instance: User, update_fields=None, raw=False, **
         return
     if stored["is_active"] and not instance.is_active:
         instance._rights_lost.append("deactivated")
-    if stored["password"] != instance.password:
+    # Django re-hashes a password on login when its hasher changes (a Django upgrade does that):
+    # check_password() then saves it with _password unset. That is no new password.
+    if stored["password"] != instance.password and (
+        instance._password is not None or not is_password_usable(instance.password)
+    ):
         instance._rights_lost.append("password changed")
     if (stored["is_staff"] and not instance.is_staff) or (stored["is_superuser"] and not instance.is_superuser):
         instance._rights_lost.append("staff rights removed")
@@ -47,6 +58,9 @@ def user_rights_before(sender, instance: User, update_fields=None, raw=False, **
 def user_rights_after(sender, instance: User, created=False, **kwargs) -> None:
     lost = getattr(instance, "_rights_lost", [])
     if lost and not created:
+        if "password changed" in lost and settings.API_KEYS_REVOKE_ON_PASSWORD_CHANGE:
+            revoked = api_keys_revoke_all(user=instance)
+            logger.info("Password of user %s changed: %s API key(s) revoked", instance.pk, revoked)
         _close_after_commit([instance.pk], ", ".join(lost))
     instance._rights_lost = []
 

@@ -14,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
 
 from .forms import LoginForm
+from .selectors import api_key_list
 
 
 class SignupForm(UserCreationForm):
@@ -67,3 +68,18 @@ def signup(request):
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(settings.LOGIN_REDIRECT_URL)
     return render(request, "registration/signup.html", {"form": form})
+
+
+class PasswordChangeDoneView(auth_views.PasswordChangeDoneView):
+    """Django's page after a password change, with a notice about the user's API keys.
+
+    With ``API_KEYS_REVOKE_ON_PASSWORD_CHANGE`` on, the keys were revoked with the change; either
+    way the page lists the keys that still work, so a key the user does not recognise can go.
+    """
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            keys_revoked=settings.API_KEYS_REVOKE_ON_PASSWORD_CHANGE,
+            live_keys=list(api_key_list(user=self.request.user)),
+            **kwargs,
+        )

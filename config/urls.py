@@ -22,7 +22,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", account_views.signup, name="signup"),
     path("password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
-    path("password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("password/done/", account_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("api/v1/admin/metrics/", AdminMetricsApi.as_view(), name="api_admin_metrics"),
     path("api/v1/", include(chat_api)),
     path("api/v1/", include(inference_api)),

@@ -226,6 +226,9 @@ RATE_LIMIT_WS = env("RATE_LIMIT_WS", default="30/min")  # WebSocket message.send
 WS_MAX_CONNECTIONS_PER_USER = env.int("WS_MAX_CONNECTIONS_PER_USER", default=20)
 GENERATION_CONCURRENCY = env.int("GENERATION_CONCURRENCY", default=2)  # generations per user at once; 0: no limit
 GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a crashed process's slots free after
+# A password change (any path: the user's page, the admin, a script) revokes the user's API keys,
+# so a key minted from a stolen session does not outlive the reset (accounts.signals).
+API_KEYS_REVOKE_ON_PASSWORD_CHANGE = env.bool("API_KEYS_REVOKE_ON_PASSWORD_CHANGE", default=True)
 QUOTA_DAILY_TOKENS = env.int("QUOTA_DAILY_TOKENS", default=200_000)  # per user per UTC day; 0: unlimited
 
 # Inference
