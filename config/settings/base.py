@@ -92,8 +92,10 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
-# Anyone may create an account at /signup/; off: only the operator creates accounts (admin, manage.py).
-SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
+# Off (the default): only the operator creates accounts (admin, manage.py); on: anyone may, at
+# /signup/, each account with its own quota, so sign-ups are limited per client IP.
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
+RATE_LIMIT_SIGNUP = env("RATE_LIMIT_SIGNUP", default="5/hour")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
