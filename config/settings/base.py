@@ -188,6 +188,9 @@ CELERY_BEAT_SCHEDULE = {
     "usage-prune-nightly": {"task": "accounts.tasks.usage_prune_task", "schedule": crontab(hour=3, minute=30)},
 }
 
+# Reverse proxies in front of Parley. Above 0, /metrics also needs METRICS_TOKEN from loopback.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
 REST_FRAMEWORK = {
     # API keys first: a ``Bearer pk_...`` token is an API key, any other Bearer token a JWT. The first
     # class also supplies the WWW-Authenticate header, which makes DRF answer 401 (not 403) when a
@@ -212,7 +215,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     # X-Forwarded-For is trusted only behind this many proxies; 0 uses the peer address (REMOTE_ADDR).
-    "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 # Arrays and objects nested deeper than this in a JSON body or WebSocket frame are refused (400
 # parse_error; an error frame). Python's decoder fails at ~1,000 levels with a 500; Parley's own
