@@ -322,6 +322,10 @@ SIMPLE_JWT = {
 
 # Health checks (/health/ready/)
 # Seconds to wait for a Celery worker to answer a ping.
+# /health/ready/ probes the backends at most once per this many seconds per process, and answers
+# anonymous callers at most RATE_LIMIT_HEALTH times per client IP per process (empty: no limit).
+HEALTH_READY_CACHE_SECONDS = env.float("HEALTH_READY_CACHE_SECONDS", default=1.0)
+RATE_LIMIT_HEALTH = env("RATE_LIMIT_HEALTH", default="60/min")
 HEALTH_CELERY_TIMEOUT = env.float("HEALTH_CELERY_TIMEOUT", default=1.0)
 # Whether readiness fails without a Celery worker: by default only when turns run in Celery.
 HEALTH_CELERY_REQUIRED = env.bool("HEALTH_CELERY_REQUIRED", default=INFERENCE_EXECUTION == "celery")
