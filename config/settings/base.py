@@ -345,6 +345,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # No badge from the online validator (validator.swagger.io): the page loads nothing off-site.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     # Choice sets that share a field name ("status") get names of their own.
     "ENUM_NAME_OVERRIDES": {"CacheStatusEnum": ["ok", "degraded"]},
     # An example for every request and response body (core.schema_examples), after the enum hook.
