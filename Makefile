@@ -1,11 +1,12 @@
-# Parley: `make run` starts everything; `make test` runs the test suite. Both set themselves up.
+# Parley: `make run` starts everything (`make dev`: with DEBUG on); `make test` runs the test suite.
+# All set themselves up.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint bench screenshot
+.PHONY: install run dev test lint bench screenshot
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ run: install
 		python manage.py ensure_operator && \
 		python manage.py finalize_orphans --all && \
 		exec honcho start -f Procfile'
+
+# `make run` with DEBUG on (Django's debug pages, static files reloaded): for development only.
+dev: export DJANGO_DEBUG = true
+dev: run
 
 test: install
 	$(BIN)/ruff check .

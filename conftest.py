@@ -110,7 +110,16 @@ async def ws_headers(user: User | None, origin: str = "http://testserver") -> li
 
 
 def _application():
+    """Return the ASGI application; called in the forked Daphne child, before it serves anything."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asgiref.sync import SyncToAsync
+
     from config.asgi import application
+
+    # The fork copied the test process's executor for thread-sensitive sync_to_async, but not its
+    # worker thread: once an async test has used it, every ORM call in the child would wait forever.
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
 
     return application
 
@@ -121,7 +130,13 @@ def daphne_process(transactional_db):
 
     Settings changed before this fixture starts are the server's too (the child is forked).
     """
+    from config.celery import app as celery_app
+
     connections.close_all()  # the child is forked: it must open its own database connections
+    # Likewise the broker connections of Celery's pool (a readiness probe pings the workers): kombu
+    # closes them in the child after the fork, and one left waiting on a BRPOP reply would block the
+    # child there forever, reading from the parent's socket.
+    celery_app.pool.force_close_all(close_pool=False)
     process = DaphneProcess("127.0.0.1", _application)
     process.start()
     if not process.ready.wait(30):
@@ -139,3 +154,19 @@ def daphne_process(transactional_db):
 def daphne_url(daphne_process):
     """The base URL of :func:`daphne_process`'s server."""
     return daphne_process.url
+
+
+async def ws_connect(base_url: str, path: str, user: User | None):
+    """Open a real WebSocket (the ``websockets`` client) to ``path`` of the Daphne at ``base_url``.
+
+    Logged in as ``user`` (anonymous when None), with the Origin of a browser on that site. Return
+    the open ``websockets`` connection; a refused handshake raises ``websockets.InvalidStatus``.
+    """
+    from websockets.asyncio.client import connect
+
+    headers = {}
+    if user is not None:
+        headers["Cookie"] = f"sessionid={await database_sync_to_async(session_cookie)(user)}"
+    return await connect(
+        base_url.replace("http://", "ws://") + path, origin=base_url, additional_headers=headers, open_timeout=30
+    )

@@ -7,4 +7,5 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         # drf-spectacular finds an extension by subclassing: importing the module registers it.
-        from . import schema  # noqa: F401
+        # Open WebSockets close when their user's rights change, by any path (accounts.signals).
+        from . import schema, signals  # noqa: F401

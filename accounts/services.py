@@ -63,6 +63,11 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
     return api_key
 
 
+def api_keys_revoke_all(*, user: User) -> int:
+    """Revoke every live API key of ``user`` from now on; return how many were revoked."""
+    return APIKey.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
 # last_used_at is a hint for people reviewing their keys, not an audit log: one write a minute per
 # key at most keeps authentication from writing to the database on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -161,7 +166,7 @@ def usage_record(
 
 
 def user_group(user_id: int) -> str:
-    """Return the channel-layer group every chat WebSocket of user ``user_id`` joins."""
+    """Return the channel-layer group every WebSocket of user ``user_id`` joins (chat and documents)."""
     return f"user.{user_id}"
 
 
@@ -175,17 +180,26 @@ def user_deactivate(*, user: User) -> User:
     if user.is_active:
         user.is_active = False
         user.save(update_fields=["is_active"])
-    transaction.on_commit(lambda: _user_sockets_close(user.pk))
+    # (The User post_save receiver in accounts.signals closes them too; closing twice is harmless.)
+    transaction.on_commit(lambda: user_sockets_close(user_id=user.pk))
     return user
 
 
-def _user_sockets_close(user_id: int) -> None:
+def user_sockets_close(*, user_id: int, reason: str = "deactivated") -> None:
+    """Close every open WebSocket (chat and ``/ws/documents/``) of user ``user_id``, on all processes.
+
+    Call after the change that ended the user's right is committed (``transaction.on_commit``): a
+    socket that reconnects then authenticates against the new state. Sockets close with code 4403.
+    Never raises: with Redis down the close is logged and skipped (the sockets cannot reach the
+    channel layer either, and their reconnects authenticate afresh).
+    """
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
     try:
         async_to_sync(get_channel_layer().group_send)(user_group(user_id), {"type": "session.close"})
-    except Exception as exc:  # Redis down: the sockets cannot act for the user anyway, as auth now fails
+        logger.info("Closed the WebSockets of user %s (%s)", user_id, reason)
+    except Exception as exc:
         logger.warning("Could not close the WebSockets of user %s (%s)", user_id, type(exc).__name__)
 
 

@@ -174,6 +174,15 @@ def login_attempt(*, ip: str, username: str) -> tuple[RateResult | None, RateRes
     return by_ip, by_account
 
 
+def signup_attempt(*, ip: str) -> RateResult | None:
+    """Count one sign-up submission from ``ip`` against ``RATE_LIMIT_SIGNUP`` (e.g. ``"5/hour"``).
+
+    Every submission counts, accepted or not, so the form cannot be used to probe names or
+    passwords at speed either. Return the outcome, or None when not counted (no rate, Redis down).
+    """
+    return rate_hit(scope="signup", ident=ip, rate=settings.RATE_LIMIT_SIGNUP)
+
+
 def login_refusal(results: tuple[RateResult | None, RateResult | None]) -> RateResult | None:
     """Return the refused one of :func:`login_attempt`'s results (the longer wait if both), or None."""
     refused = [result for result in results if result is not None and not result.allowed]

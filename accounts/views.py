@@ -14,6 +14,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.debug import sensitive_post_parameters
 
 from .forms import LoginForm
+from .selectors import api_key_list
+from .throttling import client_ip, signup_attempt
+
+SIGNUP_LOCKOUT_MESSAGE = "Too many sign-ups from your address. Try again in %(seconds)d seconds."
 
 
 class SignupForm(UserCreationForm):
@@ -56,14 +60,40 @@ class LoginView(auth_views.LoginView):
 
 @sensitive_post_parameters("password1", "password2")
 def signup(request):
-    """Create an account and sign in. 404 when ``SIGNUP_ENABLED`` is off (the operator creates accounts)."""
+    """Create an account and sign in. 404 when ``SIGNUP_ENABLED`` is off (the operator creates accounts).
+
+    Submissions are limited per client IP (``RATE_LIMIT_SIGNUP``): over it the form is shown again
+    with :data:`SIGNUP_LOCKOUT_MESSAGE`, status 429 and ``Retry-After`` (seconds).
+    """
     if not settings.SIGNUP_ENABLED:
         raise Http404("Sign-up is switched off on this server.")
     if request.user.is_authenticated:
         return redirect(settings.LOGIN_REDIRECT_URL)
     form = SignupForm(request.POST or None)
+    if request.method == "POST":
+        attempt = signup_attempt(ip=client_ip(request))
+        if attempt is not None and not attempt.allowed:
+            form.add_error(None, SIGNUP_LOCKOUT_MESSAGE % {"seconds": attempt.reset})
+            response = render(request, "registration/signup.html", {"form": form}, status=429)
+            response["Retry-After"] = str(attempt.reset)
+            return response
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(settings.LOGIN_REDIRECT_URL)
     return render(request, "registration/signup.html", {"form": form})
+
+
+class PasswordChangeDoneView(auth_views.PasswordChangeDoneView):
+    """Django's page after a password change, with a notice about the user's API keys.
+
+    With ``API_KEYS_REVOKE_ON_PASSWORD_CHANGE`` on, the keys were revoked with the change; either
+    way the page lists the keys that still work, so a key the user does not recognise can go.
+    """
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            keys_revoked=settings.API_KEYS_REVOKE_ON_PASSWORD_CHANGE,
+            live_keys=list(api_key_list(user=self.request.user)),
+            **kwargs,
+        )

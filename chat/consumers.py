@@ -10,7 +10,7 @@ from django.http import Http404
 
 from accounts.services import user_group
 from accounts.throttling import websocket_message_throttle
-from core import presence, prometheus
+from core import prometheus
 from core.errors import ParleyError
 from core.log import websocket_message_begin
 from core.websocket import JsonWebsocketConsumer
@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 # Close codes (RFC 6455 leaves 4000-4999 to applications).
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
-CLOSE_SESSION_ENDED = 4403  # an operator deactivated the user (accounts.services.user_deactivate)
 
 
 class ChatConsumer(JsonWebsocketConsumer):
@@ -47,13 +46,16 @@ class ChatConsumer(JsonWebsocketConsumer):
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        # Counted (and capped) before joining any group and before the handshake completes, so a
+        # socket over the cap costs no channel-layer work and a client that sees it open is counted.
+        if not await self.presence_open(user):
+            return
         self.group = turns.conversation_group(self.conversation.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        # The user's group: a "session.close" sent there closes every socket of theirs.
+        # The user's group: a "session.close" sent there closes every socket of theirs
+        # (JsonWebsocketConsumer.session_close).
         self.user_group = user_group(user.pk)
-        await self.channel_layer.group_add(self.user_group, self.channel_name)
-        # Counted before the handshake completes, so a client that sees the socket open is counted.
-        self.presence = await presence.ws_connection_open(channel_name=self.channel_name, user_id=user.pk)
+        if not await self.groups_join([self.group, self.user_group]):
+            return
         await self.accept()
         prometheus.ws_connection_opened()
         self.counted = True
@@ -62,12 +64,14 @@ class ChatConsumer(JsonWebsocketConsumer):
         if getattr(self, "counted", False):
             prometheus.ws_connection_closed()
             self.counted = False
+        # First, and whatever fails after: a socket left counted would inflate the counts and hold
+        # one of the user's WS_MAX_CONNECTIONS_PER_USER places until TTL_SECONDS.
+        await self.presence_close()
         if hasattr(self, "user_group"):
-            await self.channel_layer.group_discard(self.user_group, self.channel_name)
-        await presence.ws_connection_close(getattr(self, "presence", None))
+            await self.group_leave(self.user_group)
         # Leaving the group does not stop a generation: other tabs, and the stored message, still get it.
         if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.group_leave(self.group)
 
     async def send_parley_error(self, exc: ParleyError) -> None:
         """Send ``exc`` as an ``error`` frame, with ``retry_after`` (seconds) and its extra keys when it has them."""
@@ -130,10 +134,6 @@ class ChatConsumer(JsonWebsocketConsumer):
             {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data},
         )
         turns.turn_start(turn)
-
-    async def session_close(self, message: dict) -> None:
-        """Close this socket: its user was deactivated (a ``session.close`` on the user's group)."""
-        await self.close(code=CLOSE_SESSION_ENDED)
 
     async def chat_event(self, message: dict) -> None:
         """Relay one event of the conversation's group to this socket."""

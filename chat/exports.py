@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 
 from django.db.models import Prefetch, QuerySet
@@ -60,15 +61,43 @@ def conversations_export_json(conversations: Iterable[Conversation]) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2)
 
 
+# Characters that start Markdown structure anywhere in a line (emphasis, code, links, images, raw
+# HTML, headings, tables, strikethrough, escapes); each is backslash-escaped, which CommonMark
+# allows for any ASCII punctuation.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>#|~])")
+# Structure that only a line's start makes: list items, setext heading underlines, thematic breaks,
+# ordered list items (1. or 1)).
+_MARKDOWN_LINE_START = re.compile(r"^(\s{0,3})([-+=])", re.MULTILINE)
+_MARKDOWN_ORDERED = re.compile(r"^(\s{0,3}\d{1,9})([.)])", re.MULTILINE)
+
+
+def markdown_escape(text: str, *, single_line: bool = False) -> str:
+    """Return ``text`` escaped so that Markdown shows it literally: it cannot make headings, list
+    items (a forged ``- owner:`` line), links, emphasis, code or raw HTML.
+
+    ``single_line``: newlines become spaces (for a heading or a list item).
+    """
+    if single_line:
+        text = " ".join(text.splitlines())
+    text = _MARKDOWN_INLINE.sub(r"\\\1", text)
+    text = _MARKDOWN_LINE_START.sub(r"\1\\\2", text)
+    return _MARKDOWN_ORDERED.sub(r"\1\\\2", text)
+
+
 def conversations_export_markdown(conversations: Iterable[Conversation]) -> str:
-    """Return the conversations as one Markdown document: a heading per conversation, a section per message."""
+    """Return the conversations as one Markdown document: a heading per conversation, a section per message.
+
+    Every text a user can set (titles, usernames, message content, errors) is escaped
+    (:func:`markdown_escape`): the structure of the document is the exporter's alone.
+    """
     parts: list[str] = []
     for conversation in conversations:
         data = conversation_export_data(conversation)
-        parts.append(f"# {data['title']}\n")
+        parts.append(f"# {markdown_escape(data['title'], single_line=True)}\n")
         parts.append(
-            f"- owner: {data['owner']}\n- model: {data['model'] or '–'}\n- created: {data['created_at']}\n"
-            f"- id: {data['id']}\n"
+            f"- owner: {markdown_escape(data['owner'], single_line=True)}\n"
+            f"- model: {markdown_escape(data['model'] or '–', single_line=True)}\n"
+            f"- created: {data['created_at']}\n- id: {data['id']}\n"
         )
         for m in data["messages"]:
             facts = [m["created_at"], m["status"]]
@@ -80,8 +109,9 @@ def conversations_export_markdown(conversations: Iterable[Conversation]) -> str:
                 facts.append("cached")
             if m["superseded"]:
                 facts.append("superseded")
-            parts.append(f"## {m['role'].capitalize()}\n\n_{' · '.join(facts)}_\n\n{m['content']}\n")
+            facts = [markdown_escape(str(fact), single_line=True) for fact in facts]
+            parts.append(f"## {m['role'].capitalize()}\n\n_{' · '.join(facts)}_\n\n{markdown_escape(m['content'])}\n")
             if m["error"]:
-                parts.append(f"> Error: {m['error']}\n")
+                parts.append(f"> Error: {markdown_escape(m['error'], single_line=True)}\n")
         parts.append("---\n")
     return "\n".join(parts)

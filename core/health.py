@@ -9,6 +9,12 @@
   (error texts, file paths, worker host names) is shown to staff only: the endpoint is public, and
   a database error can name hosts and users. Failures are always logged with their detail.
 
+Readiness is probed at most once per ``HEALTH_READY_CACHE_SECONDS`` (1 s) per process: callers in
+between get the last result (concurrent ones wait for the probe under way), so a flood of probes
+cannot turn into a flood of database, Redis and broker pings. Anonymous callers are limited to
+``RATE_LIMIT_HEALTH`` per client IP and process (429 ``rate_limited`` with ``Retry-After``); logged-in
+users are not.
+
 ``celery`` is ok when the broker accepts a connection and a worker answers a ping within
 ``HEALTH_CELERY_TIMEOUT`` seconds. It is required only when ``HEALTH_CELERY_REQUIRED`` is true, by
 default when ``INFERENCE_EXECUTION`` is ``celery``: with inline execution chat works without a worker,
@@ -16,6 +22,8 @@ so a missing worker is reported but does not take the web process out of rotatio
 """
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,6 +33,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from django_redis import get_redis_connection
+from rest_framework.throttling import BaseThrottle
 
 from config.celery import app
 
@@ -92,17 +101,81 @@ def _probe(name: str, check: Callable[[], str | None], required: bool, *, verbos
     return result
 
 
+class _Probed:
+    """The last readiness probe of this process: its components (details included) and when (monotonic s)."""
+
+    lock = threading.Lock()
+    components: dict | None = None
+    at: float = -math.inf
+
+
+def readiness_cache_clear() -> None:
+    """Forget the last probe and the anonymous counts: the next ``/health/ready/`` probes again."""
+    with _Probed.lock:
+        _Probed.components, _Probed.at = None, -math.inf
+    with _AnonymousCalls.lock:
+        _AnonymousCalls.window_start, _AnonymousCalls.counts = -math.inf, {}
+
+
+def _components() -> dict:
+    """Return every component's probe result, at most ``HEALTH_READY_CACHE_SECONDS`` old."""
+    with _Probed.lock:  # one probe at a time; the callers waiting for it then share its result
+        if _Probed.components is None or time.monotonic() - _Probed.at >= settings.HEALTH_READY_CACHE_SECONDS:
+            checks = {
+                "database": (check_database, True),
+                "redis": (check_redis, True),
+                **_REGISTERED,
+                "celery": (check_celery, settings.HEALTH_CELERY_REQUIRED),
+            }
+            _Probed.components = {
+                name: _probe(name, check, required, verbose=True) for name, (check, required) in checks.items()
+            }
+            _Probed.at = time.monotonic()
+        return _Probed.components
+
+
+class _AnonymousCalls:
+    """Fixed-window counts of anonymous readiness calls per client IP, in this process.
+
+    Kept in memory rather than in Redis: readiness must answer when Redis is down.
+    """
+
+    lock = threading.Lock()
+    window_start: float = -math.inf
+    counts: dict[str, int] = {}
+
+
+def _anonymous_refusal(request: HttpRequest) -> int | None:
+    """Count one anonymous call; return seconds to wait when it is over ``RATE_LIMIT_HEALTH``, else None."""
+    rate = settings.RATE_LIMIT_HEALTH
+    if not rate:
+        return None
+    count, _, period = rate.partition("/")
+    seconds = {"s": 1, "sec": 1, "min": 60, "m": 60, "hour": 3600, "h": 3600, "day": 86400, "d": 86400}[period]
+    ip = BaseThrottle().get_ident(request)  # X-Forwarded-For only behind TRUSTED_PROXY_COUNT proxies
+    now = time.monotonic()
+    with _AnonymousCalls.lock:
+        if now - _AnonymousCalls.window_start >= seconds:
+            _AnonymousCalls.window_start, _AnonymousCalls.counts = now, {}
+        _AnonymousCalls.counts[ip] = _AnonymousCalls.counts.get(ip, 0) + 1
+        if _AnonymousCalls.counts[ip] > int(count):
+            return max(1, math.ceil(_AnonymousCalls.window_start + seconds - now))
+    return None
+
+
 @never_cache
 @require_safe
 def readiness(request: HttpRequest) -> JsonResponse:
-    """Check each dependency; 200 when every required one is ok, else 503."""
-    checks = {
-        "database": (check_database, True),
-        "redis": (check_redis, True),
-        **_REGISTERED,
-        "celery": (check_celery, settings.HEALTH_CELERY_REQUIRED),
-    }
+    """Check each dependency (at most once a second); 200 when every required one is ok, else 503."""
+    if not request.user.is_authenticated and (retry_after := _anonymous_refusal(request)) is not None:
+        detail = f"Too many readiness probes from your address. Try again in {retry_after} s."
+        response = JsonResponse({"error": {"code": "rate_limited", "detail": detail}}, status=429)
+        response["Retry-After"] = str(retry_after)
+        return response
     verbose = request.user.is_authenticated and request.user.is_staff
-    components = {name: _probe(name, check, required, verbose=verbose) for name, (check, required) in checks.items()}
+    components = {
+        name: {key: value for key, value in result.items() if verbose or key != "detail"}
+        for name, result in _components().items()
+    }
     ready = all(c["status"] == "ok" for c in components.values() if c["required"])
     return JsonResponse({"status": "ok" if ready else "down", "components": components}, status=200 if ready else 503)

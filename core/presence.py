@@ -1,11 +1,16 @@
-"""Who is connected: a count of open chat WebSockets, across every Daphne process, kept in Redis.
+"""Who is connected: a count of open WebSockets, across every Daphne process, kept in Redis.
 
 Each open socket is a member (its channel name) of two Redis sorted sets, all sockets and its
 user's, scored by when it was last seen (Unix seconds). The consumer's process re-marks its sockets
 every ``HEARTBEAT_SECONDS``; counts leave out members not seen for ``TTL_SECONDS``, so the sockets
 of a process that crashed (and never ran ``disconnect``) stop counting within ``TTL_SECONDS``.
 
-Presence never breaks a socket: when Redis fails, marking is skipped (logged) and counts are 0.
+The same per-user set caps each user's open sockets (``WS_MAX_CONNECTIONS_PER_USER``): a socket is
+admitted by adding it and counting in one Redis transaction, so concurrent handshakes cannot both
+slip under the cap.
+
+Presence never breaks a socket: when Redis fails, marking is skipped (logged), counts are 0 and the
+cap is not enforced.
 """
 
 from __future__ import annotations
@@ -43,6 +48,27 @@ def ws_connection_mark(*, channel_name: str, user_id: int) -> None:
         # A set no live process marks any more disappears on its own.
         pipe.expire(key, TTL_SECONDS)
     pipe.execute()
+
+
+def ws_connection_admit(*, channel_name: str, user_id: int, limit: int) -> bool:
+    """Mark socket ``channel_name`` of user ``user_id`` as open, unless the user already has ``limit`` open.
+
+    Return whether it was admitted (and is now counted); ``limit`` 0 admits every socket. Sockets not
+    seen for ``TTL_SECONDS`` do not count. Raise Redis errors.
+    """
+    now = time.time()
+    user_key = _key(user_id)
+    pipe = _redis().pipeline(transaction=True)  # MULTI: the count sees every earlier admission
+    pipe.zremrangebyscore(user_key, "-inf", now - TTL_SECONDS)
+    pipe.zadd(user_key, {channel_name: now})
+    pipe.expire(user_key, TTL_SECONDS)
+    pipe.zcard(user_key)
+    open_sockets = pipe.execute()[-1]
+    if limit and open_sockets > limit:
+        _redis().zrem(user_key, channel_name)
+        return False
+    ws_connection_mark(channel_name=channel_name, user_id=user_id)
+    return True
 
 
 def ws_connection_unmark(*, channel_name: str, user_id: int) -> None:
@@ -104,14 +130,22 @@ async def _heartbeat(presence: WsPresence, failed: bool) -> None:
             failed = await _mark(presence, failed=failed)
 
 
-async def ws_connection_open(*, channel_name: str, user_id: int) -> WsPresence:
+async def ws_connection_open(*, channel_name: str, user_id: int, limit: int = 0) -> WsPresence | None:
     """Start counting socket ``channel_name`` of user ``user_id``, until :func:`ws_connection_close`.
 
+    Return None, counting nothing, when the user already has ``limit`` sockets open (0: no limit).
     Call from the consumer's ``connect``: the socket counts once this returns, and is marked again
-    every ``HEARTBEAT_SECONDS`` by a background task.
+    every ``HEARTBEAT_SECONDS`` by a background task. When Redis fails the socket is admitted.
     """
     presence = WsPresence(channel_name=channel_name, user_id=user_id)
-    failed = await _mark(presence, failed=False)
+    try:
+        admitted = await asyncio.to_thread(ws_connection_admit, channel_name=channel_name, user_id=user_id, limit=limit)
+        failed = False
+    except Exception as exc:
+        logger.warning("Presence not recorded (%s); WebSocket counts will be low", type(exc).__name__)
+        admitted, failed = True, True
+    if not admitted:
+        return None
     presence.heartbeat = asyncio.get_running_loop().create_task(_heartbeat(presence, failed))
     return presence
 

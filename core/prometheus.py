@@ -163,10 +163,21 @@ def mark_process_dead(pid: int) -> None:
         _safely("mark_process_dead", lambda: multiprocess.mark_process_dead(pid))
 
 
+# Headers a reverse proxy adds (as request.META keys); any HTTP_X_FORWARDED_* counts too.
+FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_X_CLIENT_IP", "HTTP_TRUE_CLIENT_IP", "HTTP_VIA")
+
+
+def _forwarded(request: HttpRequest) -> bool:
+    return any(name in request.META for name in FORWARDING_HEADERS) or any(
+        name.startswith("HTTP_X_FORWARDED_") for name in request.META
+    )
+
+
 def _from_loopback(request: HttpRequest) -> bool:
-    # A request relayed by a reverse proxy on this host comes from loopback too: one carrying
-    # forwarding headers is not taken as local.
-    if "HTTP_X_FORWARDED_FOR" in request.META or "HTTP_FORWARDED" in request.META:
+    # A request relayed by a reverse proxy on this host comes from loopback too: behind a declared
+    # proxy (TRUSTED_PROXY_COUNT), or with any forwarding header (a proxy may send only X-Real-IP),
+    # no request is taken as local.
+    if settings.TRUSTED_PROXY_COUNT > 0 or _forwarded(request):
         return False
     try:
         return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
@@ -178,7 +189,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """``GET /metrics``: the Prometheus text format.
 
     With ``METRICS_TOKEN`` set, only ``Authorization: Bearer <METRICS_TOKEN>`` gets in (401 without
-    credentials, 403 with wrong ones); without it, only requests from loopback (403 otherwise).
+    credentials, 403 with wrong ones); without it, only direct requests from loopback (403
+    otherwise): none at all when ``TRUSTED_PROXY_COUNT`` > 0, and none carrying a forwarding header.
     """
     token = settings.METRICS_TOKEN
     if token:
@@ -190,5 +202,5 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             return HttpResponse("Forbidden.\n", status=403, content_type="text/plain")
     elif not _from_loopback(request):
-        return HttpResponse("Forbidden: set METRICS_TOKEN to scrape from elsewhere.\n", status=403)
+        return HttpResponse("Forbidden: set METRICS_TOKEN to scrape through a proxy or from elsewhere.\n", status=403)
     return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)

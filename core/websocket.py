@@ -4,20 +4,127 @@ A frame that is binary, not JSON, not a JSON object, nested too deeply or holdin
 surrogate (see :func:`core.parsers.json_loads`) is answered with ``{"type": "error", "code",
 "detail"}`` and the socket stays open. Channels' own decoding raises instead, which closes the
 socket with 1011 and no word to the client.
+
+Each socket of a logged-in user is counted (:mod:`core.presence`) and capped per user: the socket
+beyond ``WS_MAX_CONNECTIONS_PER_USER`` is accepted and closed at once with
+:data:`CLOSE_TOO_MANY_SOCKETS`. (A handshake refused before it is accepted reaches the client as a
+bare HTTP 403, with no code; a close frame carries one.)
+
+With Redis (the channel layer) down, an open socket gets one ``service_unavailable`` error frame
+and stays open (its pings answered; events resume when Redis is back), and a new socket is
+accepted, sent that frame and closed with :data:`CLOSE_TRY_AGAIN_LATER`.
 """
 
 from __future__ import annotations
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+import logging
 
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from . import presence
+from .channel_layer import CHANNEL_LAYER_ERRORS
 from .parsers import UnsafeJSON, json_loads
+
+logger = logging.getLogger(__name__)
+
+# Close codes (RFC 6455 leaves 4000-4999 to applications); 4403, 4429 and 4503 echo HTTP codes.
+CLOSE_SESSION_ENDED = 4403  # the user's rights changed (accounts.services.user_sockets_close)
+CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_TRY_AGAIN_LATER = 4503  # Redis (the channel layer) is down: reconnect later
+
+SERVICE_UNAVAILABLE_DETAIL = (
+    "Live updates are paused: the server cannot reach Redis. Answers are still stored; they show "
+    "here when it is back, or on reload."
+)
 
 
 class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
     """``AsyncJsonWebsocketConsumer`` that answers undecodable frames with an ``error`` frame.
 
-    ``receive_json(content)`` is called with JSON objects (``dict``) only.
+    ``receive_json(content)`` is called with JSON objects (``dict``) only. Subclasses call
+    :meth:`presence_open` in ``connect`` and :meth:`presence_close` in ``disconnect``.
     """
+
+    presence: presence.WsPresence | None = None
+
+    async def presence_open(self, user) -> bool:
+        """Count this socket as one of ``user``'s; return False when that is over their cap.
+
+        Over ``WS_MAX_CONNECTIONS_PER_USER``, the socket is accepted and closed with
+        :data:`CLOSE_TOO_MANY_SOCKETS` and not counted: the caller returns from ``connect``.
+        """
+        self.presence = await presence.ws_connection_open(
+            channel_name=self.channel_name, user_id=user.pk, limit=settings.WS_MAX_CONNECTIONS_PER_USER
+        )
+        if self.presence is None:
+            logger.info("WebSocket of user %s refused: %s open already", user.pk, settings.WS_MAX_CONNECTIONS_PER_USER)
+            await self.accept()
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason="Too many open sockets; close another tab.")
+            return False
+        return True
+
+    async def presence_close(self) -> None:
+        """Stop counting this socket (safe to call twice, or when it was never counted). Never raises."""
+        opened, self.presence = self.presence, None
+        await presence.ws_connection_close(opened)
+
+    async def groups_join(self, groups: list[str]) -> bool:
+        """Join the channel-layer ``groups``; return False when Redis fails (the socket is then closed).
+
+        Call from ``connect`` after :meth:`presence_open`. With Redis down the socket is accepted, sent
+        a ``service_unavailable`` error frame and closed with :data:`CLOSE_TRY_AGAIN_LATER` (not an
+        HTTP 500): the chat page reconnects with backoff.
+        """
+        try:
+            for group in groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+            return True
+        except CHANNEL_LAYER_ERRORS as exc:
+            logger.warning("WebSocket refused: the channel layer is unavailable (%s)", type(exc).__name__)
+        except BaseException:
+            # Channels calls disconnect() only for a socket whose connect() returned.
+            await self.presence_close()
+            raise
+        await self.presence_close()
+        await self.accept()
+        await self.send_error("service_unavailable", SERVICE_UNAVAILABLE_DETAIL)
+        await self.close(code=CLOSE_TRY_AGAIN_LATER)
+        return False
+
+    async def channel_layer_unavailable(self, message: dict) -> None:
+        """Tell the client once per outage that live events are paused; the socket stays open.
+
+        The channel layer sends this in place of a message while Redis fails (core.channel_layer).
+        """
+        if not getattr(self, "layer_down", False):
+            self.layer_down = True
+            logger.warning("WebSocket's channel layer is unavailable (%s)", message.get("error"))
+            await self.send_error("service_unavailable", SERVICE_UNAVAILABLE_DETAIL)
+
+    async def dispatch(self, message: dict) -> None:
+        if message.get("type") != "channel_layer.unavailable" and not message["type"].startswith("websocket."):
+            self.layer_down = False  # a message came through the channel layer: it is back
+        await super().dispatch(message)
+
+    async def session_close(self, message: dict) -> None:
+        """Close this socket with :data:`CLOSE_SESSION_ENDED`: a ``session.close`` on its user's group.
+
+        Sent when the user is deactivated or their password, groups or permissions change: a
+        reconnect is authorised against the new state.
+        """
+        await self.close(code=CLOSE_SESSION_ENDED)
+
+    async def group_leave(self, group: str) -> None:
+        """Leave channel-layer ``group``; a failure (Redis down or saturated) is logged, not raised.
+
+        The group's membership expires on its own (channels-redis ``group_expiry``), so a missed
+        leave costs a few undelivered messages, never a stuck socket or count.
+        """
+        try:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception as exc:
+            logger.warning("WebSocket did not leave group %s (%s)", group, type(exc).__name__)
 
     async def send_error(self, code: str, detail: str, **extra) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, **extra})

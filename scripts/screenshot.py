@@ -87,6 +87,8 @@ def main() -> None:
                 viewport={"width": args.width, "height": args.height},
                 device_scale_factor=1,
                 color_scheme="dark" if args.dark else "light",
+                # wait_for_function below evaluates a string, which the page's CSP (no eval) refuses.
+                bypass_csp=True,
             )
             page = context.new_page()
             page.set_default_timeout(120_000)

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc assets served locally: no CDN, works offline
+    "csp",  # Content-Security-Policy (CONTENT_SECURITY_POLICY below)
     "channels",
     "django_prometheus",
     "core",
@@ -47,6 +48,7 @@ MIDDLEWARE = [
     "core.log.request_id_middleware",  # first: every later log record carries the request id
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "core.static.AsyncWhiteNoiseMiddleware",  # WhiteNoise, without a thread hop per request
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -64,6 +66,26 @@ GATEWAY_MIDDLEWARE = [
     "core.log.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
 ]
+
+# Content-Security-Policy (django-csp) on every response: scripts only from this site's own files
+# (no inline script, no eval, no CDN), nothing loaded from elsewhere. Styles may be inline: the
+# admin, Swagger UI and ReDoc set style attributes and <style> elements. ReDoc's search runs in a
+# worker made from a blob: URL; Swagger UI's icons are data: images. Sockets connect to 'self'.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "worker-src": ["'self'", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],  # as X-Frame-Options: DENY
+    }
+}
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -100,8 +122,10 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
-# Anyone may create an account at /signup/; off: only the operator creates accounts (admin, manage.py).
-SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=True)
+# Off (the default): only the operator creates accounts (admin, manage.py); on: anyone may, at
+# /signup/, each account with its own quota, so sign-ups are limited per client IP.
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
+RATE_LIMIT_SIGNUP = env("RATE_LIMIT_SIGNUP", default="5/hour")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -154,6 +178,11 @@ CACHES = {
     "semantic": redis_cache(CACHE_REDIS_URL, f"{REDIS_KEY_PREFIX}:semantic", CACHE_SEMANTIC_TTL),
 }
 
+# Redis connections of the channel layer per Daphne process, and seconds a join, leave or event
+# waits for a free one before failing (core.channel_layer).
+CHANNEL_LAYER_MAX_CONNECTIONS = env.int("CHANNEL_LAYER_MAX_CONNECTIONS", default=100)
+CHANNEL_LAYER_POOL_TIMEOUT = env.float("CHANNEL_LAYER_POOL_TIMEOUT", default=10.0)
+
 CHANNEL_LAYERS = {
     "default": {
         # channels-redis, counting the messages it drops for full channels (core.channel_layer).
@@ -166,7 +195,14 @@ CHANNEL_LAYERS = {
             "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=60),
             # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
             # 5 s blocking pop: give the read more time than the pop, or idle receives fail.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 15,
+                    "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
+                    "timeout": CHANNEL_LAYER_POOL_TIMEOUT,
+                }
+            ],
             "prefix": f"{REDIS_KEY_PREFIX}:asgi",
         },
     }
@@ -225,6 +261,9 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Reverse proxies in front of Parley. Above 0, /metrics also needs METRICS_TOKEN from loopback.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
 REST_FRAMEWORK = {
     # API keys first: a ``Bearer pk_...`` token is an API key, any other Bearer token a JWT. The first
     # class also supplies the WWW-Authenticate header, which makes DRF answer 401 (not 403) when a
@@ -249,7 +288,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     # X-Forwarded-For is trusted only behind this many proxies; 0 uses the peer address (REMOTE_ADDR).
-    "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 # Arrays and objects nested deeper than this in a JSON body or WebSocket frame are refused (400
 # parse_error; an error frame). Python's decoder fails at ~1,000 levels with a 500; Parley's own
@@ -260,6 +299,9 @@ REQUEST_JSON_MAX_DEPTH = env.int("REQUEST_JSON_MAX_DEPTH", default=64)
 RATE_LIMIT_USER = env("RATE_LIMIT_USER", default="600/min")  # requests per authenticated user
 RATE_LIMIT_ANON = env("RATE_LIMIT_ANON", default="200/min")  # requests per anonymous client IP
 RATE_LIMIT_WS = env("RATE_LIMIT_WS", default="30/min")  # WebSocket message.send frames per user
+# Open WebSockets (chat and /ws/documents/) per user across all processes; one more is closed
+# at once with code 4429 (core.websocket). 0: no limit.
+WS_MAX_CONNECTIONS_PER_USER = env.int("WS_MAX_CONNECTIONS_PER_USER", default=20)
 GENERATION_CONCURRENCY = env.int("GENERATION_CONCURRENCY", default=2)  # generations per user at once; 0: no limit
 GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a crashed process's slots free after
 # An answer whose lease has been missing this long (seen on two sweeps) was orphaned by a dead
@@ -269,6 +311,9 @@ GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a 
 GENERATION_ORPHAN_CONFIRM_SECONDS = env.float(
     "GENERATION_ORPHAN_CONFIRM_SECONDS", default=GENERATION_LEASE_SECONDS / 3 + CACHE_RETRY_AFTER_ERROR
 )
+# A password change (any path: the user's page, the admin, a script) revokes the user's API keys,
+# so a key minted from a stolen session does not outlive the reset (accounts.signals).
+API_KEYS_REVOKE_ON_PASSWORD_CHANGE = env.bool("API_KEYS_REVOKE_ON_PASSWORD_CHANGE", default=True)
 QUOTA_DAILY_TOKENS = env.int("QUOTA_DAILY_TOKENS", default=200_000)  # per user per UTC day; 0: unlimited
 
 # Inference
@@ -361,6 +406,10 @@ SIMPLE_JWT = {
 
 # Health checks (/health/ready/)
 # Seconds to wait for a Celery worker to answer a ping.
+# /health/ready/ probes the backends at most once per this many seconds per process, and answers
+# anonymous callers at most RATE_LIMIT_HEALTH times per client IP per process (empty: no limit).
+HEALTH_READY_CACHE_SECONDS = env.float("HEALTH_READY_CACHE_SECONDS", default=1.0)
+RATE_LIMIT_HEALTH = env("RATE_LIMIT_HEALTH", default="60/min")
 HEALTH_CELERY_TIMEOUT = env.float("HEALTH_CELERY_TIMEOUT", default=1.0)
 # Whether readiness fails without a Celery worker: by default only when turns run in Celery.
 HEALTH_CELERY_REQUIRED = env.bool("HEALTH_CELERY_REQUIRED", default=INFERENCE_EXECUTION == "celery")
@@ -380,6 +429,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # No badge from the online validator (validator.swagger.io): the page loads nothing off-site.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     # Choice sets that share a field name ("status") get names of their own.
     "ENUM_NAME_OVERRIDES": {"CacheStatusEnum": ["ok", "degraded"]},
     # An example for every request and response body (core.schema_examples), after the enum hook.

@@ -421,7 +421,14 @@
       }
       // Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to 15 s.
       const delay = Math.min(15000, 500 * 2 ** attempt++) * (0.8 + Math.random() * 0.4);
-      statusLine.textContent = `Connection lost; reconnecting in ${Math.round(delay / 1000)} s…`;
+      const seconds = Math.round(delay / 1000);
+      if (event.code === 4429) {
+        statusLine.textContent = `Too many Parley tabs are open; close one. Retrying in ${seconds} s…`;
+      } else if (event.code === 4503) {
+        statusLine.textContent = `Live updates are unavailable on the server; retrying in ${seconds} s…`;
+      } else {
+        statusLine.textContent = `Connection lost; reconnecting in ${seconds} s…`;
+      }
       setTimeout(connect, delay);
     });
     socket.addEventListener("message", (event) => {

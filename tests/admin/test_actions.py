@@ -72,6 +72,30 @@ def test_export_as_markdown_downloads_a_readable_transcript(admin_client, chats)
     assert LogEntry.objects.filter(change_message="Exported as Markdown").count() == 2
 
 
+def test_the_markdown_export_shows_user_text_literally(admin_client, user, local_model):
+    from markdown_it import MarkdownIt
+
+    from chat.services import conversation_create
+
+    from .conftest import finished_turn
+
+    forged = conversation_create(owner=user, title="Notes\n# Payroll\n- owner: root")
+    question = "# Admin notice\n- owner: root\n- model: gpt-5\n\n[click](http://evil.example) <img src=x>\n---\n1. pay"
+    finished_turn(forged, question, "**Done.** `ok`", error="")
+
+    text = export(admin_client, "export_markdown", [forged]).content.decode()
+    html = MarkdownIt("commonmark").render(text)
+
+    # The document's structure is the exporter's: one conversation heading, one owner line.
+    assert html.count("<h1>") == 1 and html.count("<h2>") == 2  # User, Assistant
+    assert html.count("<li>owner: ") == 1 and "<li>owner: alice</li>" in html
+    assert html.count("<hr />") == 1  # the exporter's separator only
+    assert "<a " not in html and "<img" not in html and "<ol>" not in html and "<strong>" not in html
+    # ...and the user's text is all there, as text.
+    for shown in ("# Admin notice", "- owner: root", "[click](http://evil.example)", "&lt;img src=x&gt;", "**Done.**"):
+        assert shown in html
+
+
 def browser_form_data(html: str, form_id: str) -> dict[str, list[str]]:
     """Return what a browser would submit for the form ``form_id`` of ``html``, untouched."""
     from bs4 import BeautifulSoup

@@ -2,6 +2,7 @@ import re
 
 import pytest
 from django.conf import settings as settings_module
+from django.test import Client
 
 from accounts.models import User
 from chat.services import conversation_create, message_send
@@ -72,7 +73,17 @@ def test_admin_shows_conversations_with_their_messages(admin_client, conversatio
     assert admin_client.get("/admin/inference/modelconfig/").status_code == 200
 
 
-def test_signup_creates_an_account_and_signs_in(client, db):
+@pytest.fixture
+def signup_on(settings):
+    settings.SIGNUP_ENABLED = True
+
+
+def test_signup_is_off_by_default(client, db):
+    assert client.get("/signup/").status_code == 404
+    assert b"/signup/" not in client.get("/login/").content
+
+
+def test_signup_creates_an_account_and_signs_in(client, db, signup_on):
     page = client.get("/signup/")
     assert page.status_code == 200
     assert b'name="password1"' in page.content
@@ -85,7 +96,7 @@ def test_signup_creates_an_account_and_signs_in(client, db):
     assert User.objects.get(username="bob").check_password(NEW_PASSWORD)
 
 
-def test_signup_rejects_a_weak_or_mismatched_password(client, db):
+def test_signup_rejects_a_weak_or_mismatched_password(client, db, signup_on):
     response = client.post("/signup/", {"username": "bob", "password1": "123", "password2": "123"})
     assert response.status_code == 200
     assert b"too short" in response.content
@@ -147,3 +158,17 @@ def test_chat_page_loads_vendored_libraries_from_this_server(client, user, conve
         assert library in readme and version in readme
     for license_file in ["marked.LICENSE", "dompurify.LICENSE", "highlight.js.LICENSE"]:
         assert (vendor / license_file).stat().st_size > 500
+
+
+def test_signups_are_limited_per_address(client, db, signup_on, settings):
+    settings.RATE_LIMIT_SIGNUP = "3/hour"
+    for n in range(3):
+        password = f"{NEW_PASSWORD}{n}"
+        answer = Client().post("/signup/", {"username": f"bot{n}", "password1": password, "password2": password})
+        assert answer.status_code == 302
+    refused = client.post("/signup/", {"username": "bot9", "password1": NEW_PASSWORD, "password2": NEW_PASSWORD})
+    assert refused.status_code == 429
+    assert 0 < int(refused["Retry-After"]) <= 3600
+    assert b"Too many sign-ups from your address" in refused.content
+    assert not User.objects.filter(username="bot9").exists()
+    assert User.objects.filter(username__startswith="bot").count() == 3

@@ -12,9 +12,18 @@ from django.test import Client
 
 from config.celery import app as celery_app
 from conftest import make_user
+from core import health
 from inference.models import ModelConfig
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fresh_readiness():
+    """Each test probes afresh: readiness results are cached for a second, per process."""
+    health.readiness_cache_clear()
+    yield
+    health.readiness_cache_clear()
 
 
 def closed_port() -> int:
@@ -130,3 +139,29 @@ def test_a_running_worker_makes_celery_ok(local_model, settings, celery_worker):
     assert status == 200, body
     assert body["components"]["celery"]["status"] == "ok"
     assert "answered" in body["components"]["celery"]["detail"]
+
+
+def test_ready_probes_the_backends_at_most_once_a_second(local_model, settings, django_assert_num_queries):
+    assert ready(staff=False)[0] == 200
+    redis_down(settings)
+    # Within the second: the last probe's answer, without touching the database or Redis.
+    with django_assert_num_queries(0):
+        assert ready(staff=False)[0] == 200
+    time.sleep(settings.HEALTH_READY_CACHE_SECONDS)
+    status, body = ready(staff=False)
+    assert status == 503 and body["components"]["redis"]["status"] == "down"
+
+
+def test_anonymous_probes_are_limited_per_address_and_staff_are_not(local_model, settings):
+    settings.RATE_LIMIT_HEALTH = "3/min"
+    for _ in range(3):
+        assert Client().get("/health/ready/", REMOTE_ADDR="192.0.2.10").status_code == 200
+    refused = Client().get("/health/ready/", REMOTE_ADDR="192.0.2.10")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 0 < int(refused["Retry-After"]) <= 60
+    assert Client().get("/health/ready/", REMOTE_ADDR="192.0.2.11").status_code == 200  # another address
+    staff = Client()
+    staff.force_login(make_user("operator", is_staff=True))
+    for _ in range(5):
+        assert staff.get("/health/ready/", REMOTE_ADDR="192.0.2.10").status_code == 200

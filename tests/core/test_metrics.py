@@ -38,6 +38,24 @@ def test_without_a_token_others_are_refused(client, settings):
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 403
 
 
+@pytest.mark.parametrize(
+    "header",
+    ["HTTP_X_REAL_IP", "HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PROTO"],
+)
+def test_without_a_token_any_forwarding_header_is_refused(client, settings, header):
+    settings.METRICS_TOKEN = ""
+    # A proxy on this host that sends only X-Real-IP (nginx's usual) exposed /metrics before.
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1", **{header: "203.0.113.9"}).status_code == 403
+
+
+def test_behind_a_declared_proxy_even_loopback_needs_the_token(client, settings):
+    settings.METRICS_TOKEN = ""
+    settings.TRUSTED_PROXY_COUNT = 1
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 403
+    settings.METRICS_TOKEN = "scrape-secret-123"
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret-123").status_code == 200
+
+
 def test_with_a_token_only_the_token_gets_in(client, settings):
     settings.METRICS_TOKEN = "scrape-secret-123"
     assert client.get("/metrics").status_code == 401  # even from loopback

@@ -97,10 +97,9 @@ def live_server_url(chromium, django_db_setup, django_db_blocker) -> str:
         log.close()
 
 
-@pytest.fixture
-def browser_page(chromium, live_server_url):
-    """A fresh browser context and page; ``page.requests`` lists every URL it requested."""
-    context = chromium.new_context(viewport={"width": 1200, "height": 800})
+def open_page(chromium, *, bypass_csp: bool):
+    """Return a page in a fresh browser context; ``page.requests`` lists every URL it requested."""
+    context = chromium.new_context(viewport={"width": 1200, "height": 800}, bypass_csp=bypass_csp)
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.requests = []
@@ -113,8 +112,27 @@ def browser_page(chromium, live_server_url):
         dialog.accept() if dialog.type == "confirm" else dialog.dismiss()
 
     page.on("dialog", on_dialog)
+    return page
+
+
+@pytest.fixture
+def browser_page(chromium, live_server_url):
+    """A fresh page that ignores the Content-Security-Policy (``tests/ui/test_csp.py`` tests it).
+
+    The XSS tests then prove the rendering safe on its own, not thanks to the policy; and
+    Playwright's ``wait_for_function`` evaluates strings, which the policy (no eval) would refuse.
+    """
+    page = open_page(chromium, bypass_csp=True)
     yield page
-    context.close()
+    page.context.close()
+
+
+@pytest.fixture
+def csp_page(chromium, live_server_url):
+    """A fresh page under the Content-Security-Policy, as every real browser is."""
+    page = open_page(chromium, bypass_csp=False)
+    yield page
+    page.context.close()
 
 
 def log_in(page, base_url: str, user) -> None:
