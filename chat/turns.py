@@ -259,6 +259,8 @@ async def _turn_finish_retried(turn: Turn, **fields) -> Message:
                 break
             logger.warning("Could not store the answer %s; trying again in %g s", turn.assistant_message.pk, delay)
             await asyncio.sleep(delay)
+    # Its generation slot is in Redis, not the database: free it now rather than when its lease lapses.
+    await asyncio.to_thread(turn.admission.release)
     message = turn.assistant_message
     message.content = fields["outcome"].content
     return message
