@@ -130,13 +130,7 @@ def daphne_process(transactional_db):
 
     Settings changed before this fixture starts are the server's too (the child is forked).
     """
-    from config.celery import app as celery_app
-
     connections.close_all()  # the child is forked: it must open its own database connections
-    # Likewise the broker connections of Celery's pool (a readiness probe pings the workers): kombu
-    # closes them in the child after the fork, and one left waiting on a BRPOP reply would block the
-    # child there forever, reading from the parent's socket.
-    celery_app.pool.force_close_all(close_pool=False)
     process = DaphneProcess("127.0.0.1", _application)
     process.start()
     if not process.ready.wait(30):

@@ -75,10 +75,13 @@ def check_redis() -> str | None:
 def check_celery() -> str:
     """Connect to the Celery broker, then ping the workers; raise when none answers in time."""
     timeout = settings.HEALTH_CELERY_TIMEOUT
+    # A connection of the probe's own, closed here, not one of Celery's pool: the ping's reply
+    # consumer leaves a BRPOP in flight, and a pooled connection in that state is closed again by
+    # kombu in every process forked later, where both processes then read one socket and hang.
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
-    # limit=1: return on the first answer instead of waiting out the timeout.
-    replies = app.control.ping(timeout=timeout, limit=1)
+        # limit=1: return on the first answer instead of waiting out the timeout.
+        replies = app.control.ping(timeout=timeout, limit=1, connection=connection)
     if not replies:
         raise RuntimeError(f"broker reachable, but no worker answered within {timeout:g} s")
     return f"{', '.join(name for reply in replies for name in reply)} answered"

@@ -216,12 +216,23 @@ def worker_environment(media_root) -> dict:
     }
 
 
+def celery_ping(**kwargs) -> list:
+    """Return ``celery_app.control.ping(**kwargs)``, sent over a broker connection of its own.
+
+    Not over Celery's pool: a ping no worker answered leaves its connection waiting for a BRPOP
+    reply, and kombu closes a pooled connection again in every child forked later (``daphne_url``),
+    where the child and this process then both read that one socket, and one of them hangs.
+    """
+    from config.celery import app as celery_app
+
+    with celery_app.connection_for_write() as connection:
+        return celery_app.control.ping(connection=connection, **kwargs)
+
+
 def start_worker(media_root, name: str, pool: str = "solo", env: dict | None = None) -> subprocess.Popen:
     """Start ``celery -A config worker`` (``--pool=solo``, one process, unless ``pool`` says otherwise;
     time limits need ``prefork``) on both queues and wait until it answers a ping. ``env`` adds to
     (or replaces) :func:`worker_environment`'s variables."""
-    from config.celery import app as celery_app
-
     command = [
         sys.executable, "-m", "celery", "-A", "config", "worker", f"--pool={pool}", "--concurrency=1",
         "--loglevel=WARNING",
@@ -230,7 +241,7 @@ def start_worker(media_root, name: str, pool: str = "solo", env: dict | None = N
     environment = {**worker_environment(media_root), **(env or {})}
     worker = subprocess.Popen(command, env=environment, cwd=django_settings.BASE_DIR)  # noqa: S603
     deadline = time.monotonic() + 90
-    while not celery_app.control.ping(destination=[f"{name}@{os.uname().nodename}"], timeout=0.5):
+    while not celery_ping(destination=[f"{name}@{os.uname().nodename}"], timeout=0.5):
         if worker.poll() is not None:
             raise AssertionError("the Celery worker exited")
         if time.monotonic() > deadline:

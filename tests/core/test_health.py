@@ -10,10 +10,10 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
-from config.celery import app as celery_app
 from conftest import make_user
 from core import health
 from inference.models import ModelConfig
+from tests.servers import celery_ping
 
 pytestmark = pytest.mark.django_db
 
@@ -124,7 +124,7 @@ def celery_worker():
     worker = subprocess.Popen(command, env=env, cwd=django_settings.BASE_DIR)  # noqa: S603
     try:
         deadline = time.monotonic() + 60
-        while not celery_app.control.ping(timeout=0.5):
+        while not celery_ping(timeout=0.5):
             assert worker.poll() is None, "the Celery worker exited"
             assert time.monotonic() < deadline, "the Celery worker did not answer within 60 s"
         yield worker
