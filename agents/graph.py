@@ -293,7 +293,8 @@ async def generate(state: TurnState, config) -> dict:
         cancel=options["cancel"],
     )
     write = get_stream_writer()
-    async for batch in generation.batches():
+    # Deltas leave in batches of CHAT_TOKEN_BATCH_MS (the first at once), as the relay sends them.
+    async for batch in generation.batches(batch_seconds=settings.CHAT_TOKEN_BATCH_MS / 1000):
         write({"type": "chunks", "chunks": batch})
     return {"outcome": generation.outcome, "agents_used": list(state.get("agents_used", [])) + ["generate"]}
 

@@ -178,9 +178,12 @@ class Generation:
             except RuntimeError:  # the loop closed
                 pass
 
-    async def batches(self) -> AsyncIterator[list[Chunk]]:
+    async def batches(self, *, batch_seconds: float = 0.0) -> AsyncIterator[list[Chunk]]:
         """Yield lists of chunks as they arrive (every chunk that came since the last yield), then end.
 
+        With ``batch_seconds`` > 0, after the first text (sent at once: batching is for throughput,
+        not the TTFT) a batch is yielded at most every ``batch_seconds``: one wake-up of the caller per
+        batch, not per token, which is most of a streamed token's CPU when tokens come one by one.
         Text deltas come first; the last chunk has the finish reason and usage. A cached answer is
         replayed in deltas of a few words. Raise :class:`ModelTimeout` when no first chunk comes within
         the model's ``ttft_timeout`` or no next one within its ``idle_timeout`` (seconds), or while
@@ -188,7 +191,7 @@ class Generation:
         errors as they come.
         """
         if not cache_allowed(config=self.config, params=self.params, requested=self.use_cache):
-            async for batch in self._live():
+            async for batch in self._live(batch_seconds):
                 yield batch
             return
         llm = cache_layer("llm")
@@ -216,7 +219,7 @@ class Generation:
                         yield batch
                     return
             self.outcome.cache["hit"] = False
-            async for batch in self._live():
+            async for batch in self._live(batch_seconds):
                 yield batch
             await self._store(llm, key, scope)
         finally:
@@ -287,7 +290,7 @@ class Generation:
                 scope=scope, owner_id=self.owner_id, prompt=self.semantic_prompt, response=answer
             )
 
-    async def _live(self) -> AsyncIterator[list[Chunk]]:
+    async def _live(self, batch_seconds: float = 0.0) -> AsyncIterator[list[Chunk]]:
         """Stream from the provider; see :meth:`batches`."""
         config, outcome = self.config, self.outcome
         loop = asyncio.get_running_loop()
@@ -324,8 +327,12 @@ class Generation:
         parts: list[str] = []
         stall_deadline = loop.time() + config.ttft_timeout
         stop_deadline: float | None = None
+        next_batch_at = 0.0  # with batch_seconds: when the next batch of text may go out
         try:
             while True:
+                if next_batch_at > loop.time() and not self.cancel.is_set():
+                    # Let the text gather; the producer's chunks wait in the feed without waking this.
+                    await asyncio.sleep(next_batch_at - loop.time())
                 items = feed.take()
                 if not items:
                     if self.cancel.is_set() and stop_deadline is None:
@@ -367,6 +374,8 @@ class Generation:
                     batch.append(item)
                 stall_deadline = loop.time() + config.idle_timeout
                 if batch:
+                    if batch_seconds and any(chunk.delta for chunk in batch):
+                        next_batch_at = loop.time() + batch_seconds
                     yield batch
                 if done:
                     break
