@@ -62,6 +62,9 @@ class LoginView(auth_views.LoginView):
 def signup(request):
     """Create an account and sign in. 404 when ``SIGNUP_ENABLED`` is off (the operator creates accounts).
 
+    With ``SIGNUP_APPROVAL`` the account is created inactive and a page says it awaits an operator's
+    approval (ticking Active in the admin); it cannot log in until then.
+
     Submissions are limited per client IP (``RATE_LIMIT_SIGNUP``): over it the form is shown again
     with :data:`SIGNUP_LOCKOUT_MESSAGE`, status 429 and ``Retry-After`` (seconds).
     """
@@ -78,6 +81,12 @@ def signup(request):
             response["Retry-After"] = str(attempt.reset)
             return response
     if request.method == "POST" and form.is_valid():
+        if settings.SIGNUP_APPROVAL:
+            # The account waits, inactive, until an operator ticks Active in the admin.
+            user = form.save(commit=False)
+            user.is_active = False
+            user.save()
+            return render(request, "registration/signup_pending.html", {"username": user.username})
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(settings.LOGIN_REDIRECT_URL)

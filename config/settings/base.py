@@ -125,6 +125,8 @@ LOGOUT_REDIRECT_URL = "login"
 # Off (the default): only the operator creates accounts (admin, manage.py); on: anyone may, at
 # /signup/, each account with its own quota, so sign-ups are limited per client IP.
 SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
+# New accounts wait, inactive, for an operator to approve them (tick Active in the admin).
+SIGNUP_APPROVAL = env.bool("SIGNUP_APPROVAL", default=False)
 RATE_LIMIT_SIGNUP = env("RATE_LIMIT_SIGNUP", default="5/hour")
 
 LANGUAGE_CODE = "en-us"

@@ -96,6 +96,21 @@ def test_signup_creates_an_account_and_signs_in(client, db, signup_on):
     assert User.objects.get(username="bob").check_password(NEW_PASSWORD)
 
 
+def test_with_approval_a_new_account_waits_inactive_until_an_operator_approves_it(client, db, signup_on, settings):
+    settings.SIGNUP_APPROVAL = True
+    form = {"username": "bob", "email": "bob@example.com", "password1": NEW_PASSWORD, "password2": NEW_PASSWORD}
+    response = client.post("/signup/", form)
+    assert response.status_code == 200
+    assert b"awaits an operator" in response.content
+    assert client.get("/").status_code == 302  # not signed in
+    bob = User.objects.get(username="bob")
+    assert not bob.is_active
+    assert client.post("/login/", {"username": "bob", "password": NEW_PASSWORD}).status_code == 200  # refused
+    bob.is_active = True
+    bob.save(update_fields=["is_active"])
+    assert client.post("/login/", {"username": "bob", "password": NEW_PASSWORD}).status_code == 302
+
+
 def test_signup_rejects_a_weak_or_mismatched_password(client, db, signup_on):
     response = client.post("/signup/", {"username": "bob", "password1": "123", "password2": "123"})
     assert response.status_code == 200
