@@ -178,8 +178,6 @@ async def _listen_for_stop(layer, channel: str, cancel: threading.Event) -> None
     while True:
         try:
             event = await layer.receive(channel)
-        except asyncio.CancelledError:
-            raise
         except Exception:  # Redis down: try again shortly
             await asyncio.sleep(1)
             continue
