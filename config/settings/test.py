@@ -20,3 +20,4 @@ LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=2)
 
 # The suite loads the embedding model where a test needs it, not in every Daphne it starts.
 EMBEDDING_PRELOAD = env.bool("EMBEDDING_PRELOAD", default=False)
+MODEL_PRELOAD = env.bool("MODEL_PRELOAD", default=False)
