@@ -1,5 +1,6 @@
 // Chat page: render the stored messages, stream new answers over the WebSocket, and use the REST
 // API for the rest (regenerate, stop fallback, feedback). Protocol: DESIGN.md "WebSocket protocol".
+// The composer's keys, draft and model picker are composer.js's (shared with the home page).
 //
 // Safety: user text is set with textContent only. Answers are Markdown rendered by
 // ParleyRender.render (marked, then DOMPurify, then highlight.js), for stored and streaming
@@ -13,16 +14,13 @@
   "use strict";
 
   const { api } = window.Parley;
+  const { form, prompt, modelSelect, draftKey } = window.ParleyComposer;
   const chat = document.getElementById("main");
   const list = document.getElementById("messages");
-  const form = document.getElementById("composer");
-  const prompt = document.getElementById("prompt");
   const sendButton = document.getElementById("send");
   const stopButton = document.getElementById("stop");
-  const modelSelect = document.getElementById("model");
   const statusLine = document.getElementById("status");
   const conversationId = chat.dataset.conversationId;
-  const draftKey = "parley:draft:" + conversationId;
 
   const messages = new Map(); // id -> {data, el, raw, steps: [{name, status}]}
   let streamingId = null; // the answer being generated, if any
@@ -397,8 +395,9 @@
       chat.dataset.connected = "true";
       clearInterval(pinger);
       pinger = setInterval(() => socket.readyState === WebSocket.OPEN && socket.send('{"type":"ping"}'), 25000);
-      if (reconnected) {
-        // Catch up with what happened while disconnected; resume an answer still streaming.
+      // Catch up with what happened while disconnected, or since the page was rendered when an
+      // answer was streaming then (the first message sent from the home page): resume it.
+      if (reconnected || streamingId) {
         try {
           load(await api(`conversations/${conversationId}/messages/`));
           forgetRestoredIfStored();
@@ -548,7 +547,7 @@
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const content = prompt.value;
-    if (!content.trim()) return;
+    if (!content.trim()) return; // composer.js says so
     if (streamingId) {
       statusLine.textContent = "An answer is still being generated: stop it (Esc) or wait.";
       return;
@@ -557,16 +556,6 @@
       prompt.value = "";
       localStorage.removeItem(draftKey);
     }
-  });
-  prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      form.requestSubmit();
-    }
-  });
-  prompt.addEventListener("input", () => {
-    if (prompt.value) localStorage.setItem(draftKey, prompt.value);
-    else localStorage.removeItem(draftKey);
   });
   stopButton.addEventListener("click", stop);
   document.addEventListener("keydown", (event) => {
@@ -580,25 +569,6 @@
     if (b) copy(b.parentElement.querySelector("code")?.textContent || "", b);
   });
 
-  // Models: the enabled ones from the API (the server-rendered options stay if it fails).
-  api("models/")
-    .then((models) => {
-      if (!Array.isArray(models) || !models.length) return;
-      const current = modelSelect.dataset.current || modelSelect.value;
-      modelSelect.replaceChildren(
-        ...models.map((m) => {
-          const option = document.createElement("option");
-          option.value = m.slug;
-          option.textContent = m.display_name;
-          option.selected = current ? m.slug === current : m.is_default;
-          return option;
-        }),
-      );
-    })
-    .catch(() => {});
-
-  prompt.value = localStorage.getItem(draftKey) || "";
   load(JSON.parse(document.getElementById("initial-messages").textContent));
   connect();
-  prompt.focus();
 })();
