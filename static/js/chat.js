@@ -10,6 +10,9 @@
 // token event carries its `offset` in the answer. After a reconnect the page reloads the messages
 // over REST (the longer of the stored and the already shown text is kept), then places each new
 // token at its offset, so text sent while the socket was down is filled in and none is repeated.
+// Tokens that arrive past the text known here (the stored text lags by up to a second) are kept
+// and joined on once a later read of the stored text reaches them, so the stream goes on smoothly
+// after a reconnect, or on a page opened while its answer streams (the first message from home).
 (function () {
   "use strict";
 
@@ -249,9 +252,33 @@
         renderSteps(entry);
         paintNow(entry);
       }
+      if (old && old.ahead && message.status === "streaming") {
+        entry.ahead = old.ahead;
+        if (joinAhead(entry)) paintNow(entry);
+      }
       if (message.role === "assistant" && message.status === "streaming") streamingId = message.id;
     }
     setGenerating(streamingId !== null);
+  }
+
+  /** Keep a delta that starts past the text shown (``offset`` > its length), joined to the deltas kept before it. */
+  function keepAhead(entry, offset, delta) {
+    const ahead = entry.ahead;
+    if (ahead && offset >= ahead.from && offset <= ahead.from + ahead.text.length) {
+      ahead.text = ahead.text.slice(0, offset - ahead.from) + delta;
+    } else {
+      entry.ahead = { from: offset, text: delta };
+    }
+  }
+
+  /** Once the text shown reaches the kept deltas, continue it with them; return whether the text changed. */
+  function joinAhead(entry) {
+    const ahead = entry.ahead;
+    if (!ahead || ahead.from > entry.raw.length) return false;
+    entry.ahead = null;
+    if (entry.raw.length >= ahead.from + ahead.text.length) return false; // the stored text has it all
+    entry.raw = entry.raw.slice(0, ahead.from) + ahead.text;
+    return true;
   }
 
   // ---- actions -------------------------------------------------------------------------------
@@ -507,13 +534,16 @@
           setGenerating(true);
         }
         if (typeof data.offset === "number" && data.offset > entry.raw.length) {
-          // Events were missed (a full channel, a lagging socket): read the stored text, then go on by offset.
+          // Text before this delta is missing here (sent before this socket joined, or events were
+          // dropped): keep the delta, read the stored text, and join the two when they meet.
+          keepAhead(entry, data.offset, data.delta);
           catchUp();
           break;
         }
         // Place the delta at its offset: overlapping text (already shown) is replaced, not repeated.
         const at = typeof data.offset === "number" ? data.offset : entry.raw.length;
         entry.raw = entry.raw.slice(0, at) + data.delta;
+        joinAhead(entry);
         paint(entry);
         break;
       }

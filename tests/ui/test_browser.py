@@ -93,6 +93,50 @@ def test_login_then_the_first_message_on_home_streams_its_answer_and_stop_keeps_
     assert list(Conversation.objects.all()) == [conversation]
 
 
+# Every distinct text the (first) answer shows, in order: window.__answers.
+RECORD_ANSWER = """
+window.__answers = [];
+new MutationObserver(() => {
+  const el = document.querySelector('.message.assistant .content');
+  const text = el ? el.textContent : null;
+  if (text !== null && text !== window.__answers[window.__answers.length - 1]) window.__answers.push(text);
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def test_an_answer_already_streaming_when_its_page_opens_streams_on_without_gaps(
+    browser_page, live_server_url, user, local_model
+):
+    # A slow model: its answer to the first message, sent from the home page, is still streaming
+    # when the browser lands on the conversation page, which joins it midway.
+    words = tuple(f" word{n:02d}" for n in range(60))
+    with ScriptedServer(["ok"], words=words, word_delay=0.1) as server:
+        ModelConfig.objects.create(
+            slug="scripted",
+            display_name="Scripted",
+            provider=Provider.OPENAI_COMPATIBLE,
+            model="scripted",
+            base_url=server.base_url,
+        )
+        page = browser_page
+        log_in(page, live_server_url, user)
+        page.add_init_script(RECORD_ANSWER)
+        page.goto(live_server_url + "/")
+        page.get_by_label("Model").select_option("scripted")
+        page.get_by_label("Message").fill("Count for me")
+        page.get_by_label("Message").press("Enter")
+        page.wait_for_url(re.compile(r"/c/[0-9a-f-]+/$"))
+        page.wait_for_selector(".message.assistant[data-status=complete]")
+    answer = "".join(words).strip()
+    assert page.locator(ANSWER).text_content().strip() == answer
+    assert Conversation.objects.get().model.slug == "scripted"
+    shown = [text.strip() for text in page.evaluate("window.__answers")]
+    assert len(shown) >= 3, shown  # it grew on the page, not all at once
+    # Each text shown on the way was the answer's beginning: nothing repeated, skipped or out of order.
+    assert [text for text in shown if not answer.startswith(text)] == []
+    assert shown == sorted(shown, key=len)
+
+
 def test_a_refused_first_message_comes_back_with_the_reason(browser_page, live_server_url, user, local_model):
     too_long = "x" * (settings.CHAT_MAX_MESSAGE_CHARS + 1)
     page = browser_page
