@@ -209,6 +209,43 @@ def message_send(
     )
 
 
+def conversation_start(
+    *,
+    owner: User,
+    content: str,
+    client_id: str = "",
+    model_slug: str | None = None,
+    params: dict | None = None,
+    cache: bool = True,
+) -> Turn:
+    """Create a conversation of ``owner`` with ``content`` as its first message; return that message's turn.
+
+    The conversation never exists without its message: it is created and the message and its
+    ``streaming`` answer stored (see :func:`message_send`) in one transaction, so an error stores
+    nothing. The model is ``model_slug``, else the default; it becomes the conversation's model,
+    and the title comes from the message. Run the turn with :func:`chat.turns.turn_start`. Raise
+    what :func:`message_send` raises (``empty_message`` 400, ``message_too_long`` 413,
+    ``model_unavailable``, ``invalid_params``, ``too_many_generations`` / ``quota_exceeded`` 429).
+    """
+    turn = None
+    try:
+        with transaction.atomic():
+            conversation = conversation_create(owner=owner)
+            turn = message_send(
+                conversation=conversation,
+                content=content,
+                client_id=client_id,
+                model_slug=model_slug,
+                params=params,
+                cache=cache,
+            )
+    except BaseException:
+        if turn is not None:  # the commit failed: nothing is stored, so free the generation slot now
+            turn.admission.release()
+        raise
+    return turn
+
+
 def message_regenerate(
     *,
     conversation: Conversation,

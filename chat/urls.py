@@ -6,7 +6,6 @@ app_name = "chat"
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("c/new/", views.conversation_new, name="conversation_new"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
 ]
 

@@ -1,28 +1,82 @@
 """Server-rendered chat pages. The answer streams over the WebSocket (static/js/chat.js)."""
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods
 
-from inference.selectors import model_config_list
+from accounts.throttling import websocket_message_throttle
+from core.errors import ParleyError
+from inference.providers import ModelUnavailable
+from inference.selectors import model_config_get, model_config_list
 
-from . import services
+from . import services, turns
+from .forms import FirstMessageForm
 from .selectors import conversation_get, conversation_list, message_list
 from .serializers import MessageOutputSerializer
 
 
-@login_required
-def home(request):
-    """The conversation list, with a button to start a new one."""
-    return render(request, "chat/home.html", {"conversations": conversation_list(user=request.user)})
+def _default_model_slug() -> str:
+    """Return the slug of the model a turn uses when none is chosen ("" when no model is enabled)."""
+    try:
+        return model_config_get().slug
+    except ModelUnavailable:
+        return ""
+
+
+def _home_page(request, *, content: str = "", model_slug: str = "", error: ParleyError | None = None):
+    """Render the home composer; with ``error``, the refused ``content`` again, the reason and its status."""
+    response = render(
+        request,
+        "chat/home.html",
+        {
+            "conversations": conversation_list(user=request.user),
+            "models": model_config_list(),
+            "current_model": model_slug or _default_model_slug(),
+            "content": content,
+            "error": error,
+        },
+        status=error.status_code if error else 200,
+    )
+    if error is not None and error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response
 
 
 @login_required
-@require_POST
-def conversation_new(request):
-    """Start an empty conversation and open it."""
-    conversation = services.conversation_create(owner=request.user)
-    return redirect(conversation)
+@require_http_methods(["GET", "POST"])
+async def home(request):
+    """The composer of a new conversation, with the sidebar.
+
+    ``POST`` a form ``content`` (the first message) and ``model`` (a slug; empty: the default):
+    create the conversation with that message and start its answer, then redirect (302) to the
+    conversation's page, where the answer streams (the page picks the running turn up over the
+    WebSocket and REST). Nothing is stored when the message is refused: the page comes back with
+    the text kept, the reason shown, and the error's status, as a message sent in a conversation
+    would be refused: 400 ``empty_message``, 413 ``message_too_long``, 400 ``model_unavailable``
+    or ``invalid`` (a NUL character, a malformed model slug), 429 ``rate_limited`` /
+    ``too_many_generations`` / ``quota_exceeded`` with ``Retry-After``.
+    """
+    if request.method != "POST":
+        return await sync_to_async(_home_page)(request)
+    form = FirstMessageForm(request.POST)
+    content = request.POST.get("content", "")
+    model_slug = request.POST.get("model", "")
+    user = await request.auser()
+    try:
+        if not form.is_valid():
+            raise ParleyError(form.error_detail(), code="invalid")
+        # Counted like a message sent over the chat WebSocket: the UI's messages share RATE_LIMIT_WS.
+        await sync_to_async(websocket_message_throttle)(user=user)
+        turn = await sync_to_async(services.conversation_start)(
+            owner=user, content=form.cleaned_data["content"], model_slug=form.cleaned_data["model"] or None
+        )
+    except ParleyError as exc:
+        return await sync_to_async(_home_page)(request, content=content, model_slug=model_slug, error=exc)
+    # On this process's event loop (or in a Celery worker), not tied to this request: the answer is
+    # generated while the browser follows the redirect and connects its socket.
+    turns.turn_start(turn)
+    return redirect("chat:conversation", conversation_id=turn.user_message.conversation_id)
 
 
 @login_required
@@ -39,5 +93,6 @@ def conversation_detail(request, conversation_id):
             "conversations": conversation_list(user=request.user),
             "messages_data": messages,
             "models": model_config_list(),
+            "current_model": conversation.model.slug if conversation.model_id else _default_model_slug(),
         },
     )

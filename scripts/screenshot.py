@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -96,11 +97,12 @@ def main() -> None:
             page.get_by_label("Username").fill("demo")
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Log in").click()
-            page.get_by_role("button", name="Start a new chat").click()
-            page.wait_for_selector("#main[data-connected=true]")
             for number, question in enumerate(QUESTIONS, start=1):
                 page.get_by_label("Message").fill(question)
                 page.get_by_label("Message").press("Enter")
+                if number == 1:  # sent from the home page: it moves to the new conversation
+                    page.wait_for_url(re.compile(r"/c/[0-9a-f-]+/$"))
+                    page.wait_for_selector("#main[data-connected=true]")
                 page.wait_for_function(
                     "n => document.querySelectorAll('.message.assistant:not([data-status=streaming])').length >= n",
                     arg=number,

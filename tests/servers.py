@@ -100,14 +100,21 @@ class ScriptedServer:
     Steps: an HTTP status code (e.g. 503, 429: an error response); ``"ok"`` (streams ``words`` as
     SSE chunks, with usage unless ``send_usage`` is false, or one JSON completion); ``"stall"``
     (sends nothing for ``stall_seconds``); ``"stall-midway"`` (streams two chunks, then goes
-    silent). The last step repeats.
+    silent). The last step repeats. ``word_delay``: seconds between two streamed chunks (a slow model).
     """
 
     def __init__(
-        self, script: list, *, words: tuple[str, ...] = ("Hello", " there", "!"), stall_seconds=30, send_usage=True
+        self,
+        script: list,
+        *,
+        words: tuple[str, ...] = ("Hello", " there", "!"),
+        stall_seconds=30,
+        send_usage=True,
+        word_delay: float = 0.0,
     ):
         self.script = list(script)
         self.words = words
+        self.word_delay = word_delay
         self.send_usage = send_usage
         self.stall_seconds = stall_seconds
         self.requests: list[dict] = []
@@ -147,7 +154,9 @@ class ScriptedServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
                 words = server.words[:2] if step == "stall-midway" else server.words
-                for word in words:
+                for number, word in enumerate(words):
+                    if number and server.word_delay:
+                        server._stop.wait(server.word_delay)
                     self.wfile.write(f"data: {json.dumps(server.chunk(word))}\n\n".encode())
                     self.wfile.flush()
                 if step == "stall-midway":

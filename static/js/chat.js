@@ -1,5 +1,6 @@
 // Chat page: render the stored messages, stream new answers over the WebSocket, and use the REST
 // API for the rest (regenerate, stop fallback, feedback). Protocol: DESIGN.md "WebSocket protocol".
+// The composer's keys, draft and model picker are composer.js's (shared with the home page).
 //
 // Safety: user text is set with textContent only. Answers are Markdown rendered by
 // ParleyRender.render (marked, then DOMPurify, then highlight.js), for stored and streaming
@@ -9,20 +10,20 @@
 // token event carries its `offset` in the answer. After a reconnect the page reloads the messages
 // over REST (the longer of the stored and the already shown text is kept), then places each new
 // token at its offset, so text sent while the socket was down is filled in and none is repeated.
+// Tokens that arrive past the text known here (the stored text lags by up to a second) are kept
+// and joined on once a later read of the stored text reaches them, so the stream goes on smoothly
+// after a reconnect, or on a page opened while its answer streams (the first message from home).
 (function () {
   "use strict";
 
   const { api } = window.Parley;
+  const { form, prompt, modelSelect, draftKey } = window.ParleyComposer;
   const chat = document.getElementById("main");
   const list = document.getElementById("messages");
-  const form = document.getElementById("composer");
-  const prompt = document.getElementById("prompt");
   const sendButton = document.getElementById("send");
   const stopButton = document.getElementById("stop");
-  const modelSelect = document.getElementById("model");
   const statusLine = document.getElementById("status");
   const conversationId = chat.dataset.conversationId;
-  const draftKey = "parley:draft:" + conversationId;
 
   const messages = new Map(); // id -> {data, el, raw, steps: [{name, status}]}
   let streamingId = null; // the answer being generated, if any
@@ -251,9 +252,33 @@
         renderSteps(entry);
         paintNow(entry);
       }
+      if (old && old.ahead && message.status === "streaming") {
+        entry.ahead = old.ahead;
+        if (joinAhead(entry)) paintNow(entry);
+      }
       if (message.role === "assistant" && message.status === "streaming") streamingId = message.id;
     }
     setGenerating(streamingId !== null);
+  }
+
+  /** Keep a delta that starts past the text shown (``offset`` > its length), joined to the deltas kept before it. */
+  function keepAhead(entry, offset, delta) {
+    const ahead = entry.ahead;
+    if (ahead && offset >= ahead.from && offset <= ahead.from + ahead.text.length) {
+      ahead.text = ahead.text.slice(0, offset - ahead.from) + delta;
+    } else {
+      entry.ahead = { from: offset, text: delta };
+    }
+  }
+
+  /** Once the text shown reaches the kept deltas, continue it with them; return whether the text changed. */
+  function joinAhead(entry) {
+    const ahead = entry.ahead;
+    if (!ahead || ahead.from > entry.raw.length) return false;
+    entry.ahead = null;
+    if (entry.raw.length >= ahead.from + ahead.text.length) return false; // the stored text has it all
+    entry.raw = entry.raw.slice(0, ahead.from) + ahead.text;
+    return true;
   }
 
   // ---- actions -------------------------------------------------------------------------------
@@ -397,8 +422,9 @@
       chat.dataset.connected = "true";
       clearInterval(pinger);
       pinger = setInterval(() => socket.readyState === WebSocket.OPEN && socket.send('{"type":"ping"}'), 25000);
-      if (reconnected) {
-        // Catch up with what happened while disconnected; resume an answer still streaming.
+      // Catch up with what happened while disconnected, or since the page was rendered when an
+      // answer was streaming then (the first message sent from the home page): resume it.
+      if (reconnected || streamingId) {
         try {
           load(await api(`conversations/${conversationId}/messages/`));
           forgetRestoredIfStored();
@@ -508,13 +534,16 @@
           setGenerating(true);
         }
         if (typeof data.offset === "number" && data.offset > entry.raw.length) {
-          // Events were missed (a full channel, a lagging socket): read the stored text, then go on by offset.
+          // Text before this delta is missing here (sent before this socket joined, or events were
+          // dropped): keep the delta, read the stored text, and join the two when they meet.
+          keepAhead(entry, data.offset, data.delta);
           catchUp();
           break;
         }
         // Place the delta at its offset: overlapping text (already shown) is replaced, not repeated.
         const at = typeof data.offset === "number" ? data.offset : entry.raw.length;
         entry.raw = entry.raw.slice(0, at) + data.delta;
+        joinAhead(entry);
         paint(entry);
         break;
       }
@@ -548,7 +577,7 @@
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const content = prompt.value;
-    if (!content.trim()) return;
+    if (!content.trim()) return; // composer.js says so
     if (streamingId) {
       statusLine.textContent = "An answer is still being generated: stop it (Esc) or wait.";
       return;
@@ -557,16 +586,6 @@
       prompt.value = "";
       localStorage.removeItem(draftKey);
     }
-  });
-  prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      form.requestSubmit();
-    }
-  });
-  prompt.addEventListener("input", () => {
-    if (prompt.value) localStorage.setItem(draftKey, prompt.value);
-    else localStorage.removeItem(draftKey);
   });
   stopButton.addEventListener("click", stop);
   document.addEventListener("keydown", (event) => {
@@ -580,25 +599,6 @@
     if (b) copy(b.parentElement.querySelector("code")?.textContent || "", b);
   });
 
-  // Models: the enabled ones from the API (the server-rendered options stay if it fails).
-  api("models/")
-    .then((models) => {
-      if (!Array.isArray(models) || !models.length) return;
-      const current = modelSelect.dataset.current || modelSelect.value;
-      modelSelect.replaceChildren(
-        ...models.map((m) => {
-          const option = document.createElement("option");
-          option.value = m.slug;
-          option.textContent = m.display_name;
-          option.selected = current ? m.slug === current : m.is_default;
-          return option;
-        }),
-      );
-    })
-    .catch(() => {});
-
-  prompt.value = localStorage.getItem(draftKey) || "";
   load(JSON.parse(document.getElementById("initial-messages").textContent));
   connect();
-  prompt.focus();
 })();

@@ -1,15 +1,22 @@
 import re
 
 import pytest
+from channels.db import database_sync_to_async
 from django.conf import settings as settings_module
-from django.test import Client
+from django.test import AsyncClient, Client
+from django.utils.html import escape
 
 from accounts.models import User
+from chat import turns
+from chat.models import Conversation, Message, MessageStatus, Role
 from chat.services import conversation_create, message_send
+from conftest import make_user
+from inference.models import ModelConfig
 
 pytestmark = pytest.mark.django_db
 
 NEW_PASSWORD = "a long new passphrase"  # noqa: S105 - a test account
+TURN_TIMEOUT = 120  # seconds: a cold model load and a whole answer of the bundled model take far less
 
 
 def test_pages_redirect_anonymous_visitors_to_login(client, conversation):
@@ -26,14 +33,140 @@ def test_login_page_logs_in(client, user):
     assert client.get("/").status_code == 200
 
 
-def test_new_chat_opens_an_empty_conversation(client, user, local_model):
+def test_home_is_the_composer_with_the_model_picker_and_the_sidebar(client, user, local_model):
+    ModelConfig.objects.create(slug="second", display_name="Second model", model=local_model.model)
+    ModelConfig.objects.create(slug="off", display_name="Switched off", model=local_model.model, is_enabled=False)
+    conversation_create(owner=user, title="An older chat")
     client.force_login(user)
-    response = client.post("/c/new/")
+    page = client.get("/").content.decode()
+    composer = re.search(r'<form id="composer"[^>]*>', page).group(0)
+    assert 'method="post"' in composer and 'action="/"' in composer
+    assert 'name="csrfmiddlewaretoken"' in page
+    assert re.search(r'<textarea id="prompt" name="content"', page)
+    # The same choices as on a conversation page: the enabled models, the default selected.
+    options = re.findall(r'<option value="([\w-]+)"( selected)?>', page)
+    assert options == [("smollm2-135m", " selected"), ("second", "")]
+    assert "Switched off" not in page
+    # The sidebar, with the user's conversations and search, and the composer's script.
+    assert "An older chat" in page and 'id="conversation-search"' in page
+    assert re.search(r'src="/static/[\w/.-]*composer\.js"', page)
+
+
+def test_visiting_home_and_new_chat_stores_no_conversation(client, user, local_model):
+    client.force_login(user)
+    home = client.get("/").content.decode()
+    new_chat = re.search(r'<a class="new-chat" id="new-chat" href="([^"]+)"', home).group(1)
+    assert new_chat == "/"
+    for _ in range(3):
+        assert client.get(new_chat).status_code == 200
+    conversation = conversation_create(owner=user, title="Open")
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert re.search(r'<a class="new-chat" id="new-chat" href="/">', page)
+    assert client.post("/c/new/").status_code == 404  # the old "store an empty conversation" action is gone
+    assert list(Conversation.objects.all()) == [conversation]
+
+
+@pytest.mark.parametrize("content", ["", "   \n\t "])
+def test_an_empty_first_message_is_refused_and_nothing_is_stored(client, user, local_model, content):
+    client.force_login(user)
+    response = client.post("/", {"content": content, "model": ""})
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert re.search(r'role="alert"><span>The message is empty\.</span>', page)
+    assert 'id="composer"' in page
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+def test_an_over_long_first_message_gets_the_conversations_error_and_is_kept(client, user, local_model, settings):
+    settings.CHAT_MAX_MESSAGE_CHARS = 10
+    content = "<b>eleven chars</b>"
+    client.force_login(user)
+    conversation = conversation_create(owner=user)
+    in_a_conversation = client.post(
+        f"/api/v1/conversations/{conversation.pk}/messages/", {"content": content}, content_type="application/json"
+    )
+    assert in_a_conversation.status_code == 413
+    conversation.delete()
+    response = client.post("/", {"content": content, "model": "smollm2-135m"})
+    assert response.status_code == 413
+    page = response.content.decode()
+    assert escape(in_a_conversation.json()["error"]["detail"]) in page
+    assert "&lt;b&gt;eleven chars&lt;/b&gt;</textarea>" in page  # the text is given back, as text
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+def test_an_unknown_model_stores_nothing(client, user, local_model):
+    client.force_login(user)
+    response = client.post("/", {"content": "Hello", "model": "no-such-model"})
+    assert response.status_code == 400
+    assert "No enabled model" in response.content.decode()
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("form", "reason"),
+    [
+        ({"content": "Hello\x00there", "model": ""}, "Null characters are not allowed."),
+        ({"content": "Hello", "model": "no such/model"}, "Enter a valid “slug”"),
+        ({"content": "Hello", "model": "smoll\x00m"}, "Null characters are not allowed."),
+    ],
+)
+def test_a_first_message_that_cannot_be_stored_is_a_400_not_an_error_page(client, user, local_model, form, reason):
+    client.force_login(user)
+    response = client.post("/", form)
+    assert response.status_code == 400
+    assert reason in response.content.decode()
+    assert not Conversation.objects.exists()
+
+
+def test_anonymous_visitors_cannot_start_a_conversation(client, local_model):
+    response = client.post("/", {"content": "Hello"})
+    assert response.status_code == 302 and response.url.startswith("/login/")
+    assert not Conversation.objects.exists()
+
+
+async def start_conversation(user, **form):
+    """Post the home composer as ``user``; return the response once the answer it started is stored."""
+    client = AsyncClient()
+    await client.aforce_login(user)
+    response = await client.post("/", form)
+    assert await turns.turns_drain(timeout=TURN_TIMEOUT) == 0
+    return response
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_first_message_creates_one_conversation_and_its_answer(local_model):
+    user = await database_sync_to_async(make_user)("alice")
+    question = "What is the capital of France?"
+    response = await start_conversation(user, content=question, model="")
+    conversation = await Conversation.objects.select_related("model").aget()
+    assert response.status_code == 302 and response.url == f"/c/{conversation.pk}/"
+    assert conversation.owner_id == user.pk
+    assert conversation.title == question
+    assert conversation.model.slug == "smollm2-135m"  # the default
+    messages = [m async for m in Message.objects.filter(conversation=conversation).order_by("created_at")]
+    assert [(m.role, m.content) for m in messages[:1]] == [(Role.USER, question)]
+    assert len(messages) == 2
+    answer = messages[1]
+    assert answer.role == Role.ASSISTANT and answer.status == MessageStatus.COMPLETE and answer.content.strip()
+
+    # Its page shows the exchange.
+    client = AsyncClient()
+    await client.aforce_login(user)
+    page = (await client.get(response.url)).content.decode()
+    assert question in page and str(answer.pk) in page
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_model_chosen_on_home_is_the_conversations_model(local_model):
+    second = await ModelConfig.objects.acreate(slug="second", display_name="Second", model=local_model.model)
+    user = await database_sync_to_async(make_user)("alice")
+    response = await start_conversation(user, content="Hi", model="second")
     assert response.status_code == 302
-    page = client.get(response.url)
-    assert page.status_code == 200
-    assert b'id="composer"' in page.content
-    assert local_model.display_name.encode() in page.content
+    conversation = await Conversation.objects.aget()
+    assert conversation.model_id == second.pk
+    answer = await Message.objects.aget(conversation=conversation, role=Role.ASSISTANT)
+    assert answer.model_slug == "second" and answer.status == MessageStatus.COMPLETE
 
 
 def test_chat_page_shows_the_history_as_data_not_markup(client, user, conversation):

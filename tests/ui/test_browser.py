@@ -1,4 +1,4 @@
-"""The chat page in a real browser: streaming, stop, history, and that no payload ever runs script.
+"""The chat in a real browser: the home composer, streaming, stop, history, and that no payload runs script.
 
 Sync Playwright in plain (not async) tests: its sync API refuses to run inside a running event loop.
 """
@@ -9,8 +9,9 @@ import re
 import time
 
 import pytest
+from django.conf import settings
 
-from chat.models import Feedback, Message, MessageStatus, Role
+from chat.models import Conversation, Feedback, Message, MessageStatus, Role
 from chat.services import conversation_create
 from inference.models import ModelConfig, Provider
 from tests.servers import ScriptedServer
@@ -27,20 +28,34 @@ def wait_connected(page) -> None:
     page.wait_for_selector("#main[data-connected=true]")
 
 
-def test_login_new_chat_streams_then_stop_keeps_the_partial_answer(browser_page, live_server_url, user, local_model):
+def test_login_then_the_first_message_on_home_streams_its_answer_and_stop_keeps_it(
+    browser_page, live_server_url, user, local_model
+):
     page = browser_page
     page.goto(live_server_url + "/")
     assert "/login/" in page.url
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill("correct horse battery")
     page.get_by_role("button", name="Log in").click()
-    page.get_by_role("button", name="+ New chat").click()
-    page.wait_for_url(re.compile(r"/c/[0-9a-f-]+/$"))
-    wait_connected(page)
+    page.wait_for_url(live_server_url + "/")  # the home page is the composer
+    composer = page.get_by_label("Message")
+    assert page.evaluate("document.activeElement.id") == "prompt"
+    assert page.get_by_label("Model").input_value() == "smollm2-135m"
 
+    # An empty message goes nowhere: a note, no conversation.
+    composer.press("Enter")
+    assert page.locator("#status").text_content() == "The message is empty."
+    assert page.url == live_server_url + "/"
+    assert not Conversation.objects.exists()
+
+    # The first message creates the conversation and moves there; its answer streams on that page.
     question = "Write a long story about a brave knight who fights a dragon, with many details."
-    page.get_by_label("Message").fill(question)
-    page.get_by_label("Message").press("Enter")
+    composer.fill(question)
+    composer.press("Enter")
+    page.wait_for_url(re.compile(r"/c/[0-9a-f-]+/$"))
+    conversation = Conversation.objects.get()
+    assert page.url == f"{live_server_url}/c/{conversation.pk}/"
+    assert conversation.model == local_model
     assert page.locator(".message.user .content").inner_text() == question
     assert page.get_by_label("Message").input_value() == ""
 
@@ -70,6 +85,70 @@ def test_login_new_chat_streams_then_stop_keeps_the_partial_answer(browser_page,
     assert page.locator(ANSWER).text_content() == partial
     # The sidebar lists the conversation under the title taken from the question.
     assert page.locator("#conversations a[aria-current=page]").text_content().startswith("Write a long story")
+
+    # "+ New chat" opens the empty composer again, and stores nothing.
+    page.get_by_role("link", name="+ New chat").click()
+    page.wait_for_url(live_server_url + "/")
+    assert page.get_by_label("Message").input_value() == ""
+    assert list(Conversation.objects.all()) == [conversation]
+
+
+# Every distinct text the (first) answer shows, in order: window.__answers.
+RECORD_ANSWER = """
+window.__answers = [];
+new MutationObserver(() => {
+  const el = document.querySelector('.message.assistant .content');
+  const text = el ? el.textContent : null;
+  if (text !== null && text !== window.__answers[window.__answers.length - 1]) window.__answers.push(text);
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def test_an_answer_already_streaming_when_its_page_opens_streams_on_without_gaps(
+    browser_page, live_server_url, user, local_model
+):
+    # A slow model: its answer to the first message, sent from the home page, is still streaming
+    # when the browser lands on the conversation page, which joins it midway.
+    words = tuple(f" word{n:02d}" for n in range(60))
+    with ScriptedServer(["ok"], words=words, word_delay=0.1) as server:
+        ModelConfig.objects.create(
+            slug="scripted",
+            display_name="Scripted",
+            provider=Provider.OPENAI_COMPATIBLE,
+            model="scripted",
+            base_url=server.base_url,
+        )
+        page = browser_page
+        log_in(page, live_server_url, user)
+        page.add_init_script(RECORD_ANSWER)
+        page.goto(live_server_url + "/")
+        page.get_by_label("Model").select_option("scripted")
+        page.get_by_label("Message").fill("Count for me")
+        page.get_by_label("Message").press("Enter")
+        page.wait_for_url(re.compile(r"/c/[0-9a-f-]+/$"))
+        page.wait_for_selector(".message.assistant[data-status=complete]")
+    answer = "".join(words).strip()
+    assert page.locator(ANSWER).text_content().strip() == answer
+    assert Conversation.objects.get().model.slug == "scripted"
+    shown = [text.strip() for text in page.evaluate("window.__answers")]
+    assert len(shown) >= 3, shown  # it grew on the page, not all at once
+    # Each text shown on the way was the answer's beginning: nothing repeated, skipped or out of order.
+    assert [text for text in shown if not answer.startswith(text)] == []
+    assert shown == sorted(shown, key=len)
+
+
+def test_a_refused_first_message_comes_back_with_the_reason(browser_page, live_server_url, user, local_model):
+    too_long = "x" * (settings.CHAT_MAX_MESSAGE_CHARS + 1)
+    page = browser_page
+    log_in(page, live_server_url, user)
+    page.goto(live_server_url + "/")
+    page.get_by_label("Message").fill(too_long)
+    page.get_by_label("Message").press("Enter")
+    page.wait_for_selector("#composer-error")
+    assert page.url == live_server_url + "/"
+    assert "characters long; the limit is" in page.locator("#composer-error").text_content()
+    assert page.get_by_label("Message").input_value() == too_long  # nothing typed is lost
+    assert not Conversation.objects.exists()
 
 
 def xss_check(page) -> None:
