@@ -8,6 +8,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 from core.launcher import ServicesNotRunning, running_services
 
@@ -347,9 +348,25 @@ CHAT_TOKEN_BATCH_MS = env.int("CHAT_TOKEN_BATCH_MS", default=50)
 # ...or when it holds this many deltas, whichever comes first.
 CHAT_TOKEN_BATCH_SIZE = env.int("CHAT_TOKEN_BATCH_SIZE", default=16)
 
-# Logs: one JSON object a line (LOG_FORMAT=json) or plain text, each record with the request id
-# (core.log), secrets redacted before any handler writes (README, "Logs and metrics").
-LOG_FORMAT = env("LOG_FORMAT", default="json")  # json | plain
+# Logs: one readable line a record (LOG_FORMAT=console; local.py's default) or one JSON object a line
+# (json; the default elsewhere, for log collectors), each record with the request id (core.log),
+# secrets redacted before any handler writes (README, "Logs and metrics").
+LOG_FORMATS = ("console", "json")
+
+
+def log_format(default: str) -> str:
+    """Return LOG_FORMAT (``console`` | ``json``; ``plain``, its former name, is ``console``), else ``default``.
+
+    Raise ImproperlyConfigured for any other value.
+    """
+    value = env("LOG_FORMAT", default=default).strip().lower()
+    value = "console" if value == "plain" else value
+    if value not in LOG_FORMATS:
+        raise ImproperlyConfigured(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {value!r}.")
+    return value
+
+
+LOG_FORMAT = log_format("json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -358,7 +375,7 @@ LOGGING = {
         "redact": {"()": "core.log.RedactSecretsFilter"},
     },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "console": {"()": "core.log.ConsoleFormatter"},
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
