@@ -8,6 +8,16 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install run dev test lint bench screenshot
 
+# Where `make run` serves: `make run HOST=0.0.0.0 PORT=8080`, or PARLEY_HOST / PARLEY_PORT in the
+# environment (default 127.0.0.1:8000; the Procfile's web line reads them). Only HOST and PORT given
+# on the command line count: honcho and many hosts set PORT in the environment for other purposes.
+ifeq ($(origin HOST),command line)
+export PARLEY_HOST := $(HOST)
+endif
+ifeq ($(origin PORT),command line)
+export PARLEY_PORT := $(PORT)
+endif
+
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip wheel

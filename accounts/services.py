@@ -27,18 +27,31 @@ logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
-def operator_ensure(*, username: str = "admin", email: str = "") -> tuple[User | None, str | None]:
-    """Create an operator (superuser) with a generated password when no superuser exists.
+def operator_ensure(
+    *, username: str = "admin", email: str = "", password: str | None = None
+) -> tuple[User | None, str | None]:
+    """Create an operator (superuser) when no superuser exists.
 
-    Return ``(user, password)`` for a new operator, or ``(None, None)`` when one already exists.
-    The password is 16 random bytes, URL-safe base64 (``secrets.token_urlsafe``); it is returned
-    once and stored only hashed.
+    With ``password`` None, a password is generated: 16 random bytes, URL-safe base64
+    (``secrets.token_urlsafe``). Return ``(user, generated_password)`` for a new operator
+    (``generated_password`` None when ``password`` was given: it is returned once, stored only
+    hashed), or ``(None, None)`` when a superuser already exists. ``email`` may be empty.
+    Raise ``django.core.exceptions.ValidationError`` for a username or email the user form would
+    refuse (invalid characters, taken, too long).
     """
     if User.objects.filter(is_superuser=True).exists():
         return None, None
-    password = secrets.token_urlsafe(16)
-    user = User.objects.create_superuser(username=username, email=email, password=password)
-    return user, password
+    generated = secrets.token_urlsafe(16) if password is None else None
+    user = User(
+        username=User.normalize_username(username),
+        email=User.objects.normalize_email(email),
+        is_staff=True,
+        is_superuser=True,
+    )
+    user.set_password(generated or password)
+    user.full_clean()
+    user.save()
+    return user, generated
 
 
 @transaction.atomic

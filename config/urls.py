@@ -8,6 +8,7 @@ from accounts.urls import api_urlpatterns as accounts_api
 from agents.urls import api_urlpatterns as agents_api
 from chat.urls import api_urlpatterns as chat_api
 from core import health, prometheus
+from core.static import favicon
 from inference.admin_apis import AdminMetricsApi
 from inference.admin_views import cache_dashboard, metrics_dashboard
 from inference.urls import api_urlpatterns as inference_api
@@ -35,6 +36,7 @@ urlpatterns = [
     path("health/", health.liveness, name="health"),
     path("health/ready/", health.readiness, name="health_ready"),
     path("metrics", prometheus.metrics_view, name="prometheus_metrics"),
+    path("favicon.ico", favicon, name="favicon"),
     path("v1/", include("inference.gateway_urls")),
     path("", include("chat.urls")),
 ]

@@ -12,8 +12,9 @@ The request id lives in a context variable, so it follows a request through sync
 
 :class:`RequestIdFilter` puts it on every record as ``request_id``; :class:`RedactSecretsFilter`
 replaces API keys (``pk_...``), Bearer tokens, JWTs and password-like fields in messages, arguments,
-extra fields and tracebacks. Both are installed on the handlers (``LOGGING`` in config/settings), so
-they see the records of every logger.
+extra fields and tracebacks. Both are installed on the handler (``LOGGING`` in config/settings), so
+they see the records of every logger, whichever formatter writes them: :class:`ConsoleFormatter`
+(``LOG_FORMAT=console``) or python-json-logger's (``json``).
 """
 
 from __future__ import annotations
@@ -127,6 +128,25 @@ class RequestIdFilter(logging.Filter):
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
         return True
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One readable line a record: ``12:03:52 WARNING django.request [<request id>] Unauthorized: /api/v1/me/``.
+
+    The time is local, to the second; ``-`` stands for no request id. A traceback follows on its own
+    lines. Extra fields (``extra=``) are left out: the JSON format writes them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        record.request_id = request_id or "-"
+        try:
+            return super().format(record)
+        finally:
+            record.request_id = request_id
 
 
 REDACTED = "[REDACTED]"

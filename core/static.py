@@ -1,4 +1,4 @@
-"""WhiteNoise, able to sit in an async middleware stack.
+"""Static files: WhiteNoise, able to sit in an async middleware stack, and ``/favicon.ico``.
 
 ``whitenoise.middleware.WhiteNoiseMiddleware`` is sync-only, and one sync-only middleware makes
 Django run every request under Daphne through a thread and back (an ``async_to_sync`` bridge per
@@ -9,6 +9,8 @@ other request on without leaving the event loop.
 from __future__ import annotations
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponseRedirect
+from django.templatetags.static import static
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 
@@ -34,3 +36,13 @@ class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
         if static_file is not None:
             return await sync_to_async(self.serve)(static_file, request)
         return await self.get_response(request)
+
+
+def favicon(request: HttpRequest) -> HttpResponseRedirect:
+    """``GET /favicon.ico``: a redirect (302) to Parley's SVG icon among the static files.
+
+    Browsers ask for /favicon.ico on pages that link no icon (the admin, the API docs). Temporary,
+    not permanent: in production the static file's name carries a hash of its content, which a
+    new release may change.
+    """
+    return HttpResponseRedirect(static("favicon.svg"))

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
+
+from core.launcher import ServicesNotRunning, running_services
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -20,6 +23,15 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 PARLEY_DATA_DIR = Path(env("PARLEY_DATA_DIR", default=str(BASE_DIR / "var")))
+
+# DATABASE_URL and REDIS_URL, when unset, are those of the embedded services a running
+# `python -m core.launcher run` (`make run`) recorded under PARLEY_DATA_DIR: so a plain
+# `python manage.py ...` works on the data of the running Parley. With neither, the settings raise
+# ServicesNotRunning, which manage.py prints as one line saying how to start Parley.
+_RUNNING = {} if env("DATABASE_URL", default="") and env("REDIS_URL", default="") else running_services(PARLEY_DATA_DIR)
+for _variable in ("DATABASE_URL", "REDIS_URL"):
+    if not env(_variable, default="") and _variable not in _RUNNING:
+        raise ServicesNotRunning(_variable, PARLEY_DATA_DIR)
 
 INSTALLED_APPS = [
     # daphne first: its runserver replaces Django's with an ASGI one.
@@ -107,8 +119,8 @@ TEMPLATES = [
 ]
 
 # Database: PostgreSQL with pgvector. `python -m core.launcher run` supplies an embedded one
-# when DATABASE_URL is unset (README, "Running").
-DATABASES = {"default": env.db("DATABASE_URL")}
+# when DATABASE_URL is unset (README, "How it fits together").
+DATABASES = {"default": env.db_url_config(env("DATABASE_URL", default="") or _RUNNING["DATABASE_URL"])}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -139,7 +151,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # Redis: cache, channel layer and Celery broker.
-REDIS_URL = env("REDIS_URL")
+REDIS_URL = env("REDIS_URL", default="") or _RUNNING["REDIS_URL"]
 REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="parley")
 
 CACHE_REDIS_URL = env("CACHE_REDIS_URL", default=REDIS_URL)  # the response caches may live on their own Redis
@@ -338,9 +350,25 @@ CHAT_TOKEN_BATCH_MS = env.int("CHAT_TOKEN_BATCH_MS", default=50)
 # ...or when it holds this many deltas, whichever comes first.
 CHAT_TOKEN_BATCH_SIZE = env.int("CHAT_TOKEN_BATCH_SIZE", default=16)
 
-# Logs: one JSON object a line (LOG_FORMAT=json) or plain text, each record with the request id
-# (core.log), secrets redacted before any handler writes (README, "Logs and metrics").
-LOG_FORMAT = env("LOG_FORMAT", default="json")  # json | plain
+# Logs: one readable line a record (LOG_FORMAT=console; local.py's default) or one JSON object a line
+# (json; the default elsewhere, for log collectors), each record with the request id (core.log),
+# secrets redacted before any handler writes (README, "Logs and metrics").
+LOG_FORMATS = ("console", "json")
+
+
+def log_format(default: str) -> str:
+    """Return LOG_FORMAT (``console`` | ``json``; ``plain``, its former name, is ``console``), else ``default``.
+
+    Raise ImproperlyConfigured for any other value.
+    """
+    value = env("LOG_FORMAT", default=default).strip().lower()
+    value = "console" if value == "plain" else value
+    if value not in LOG_FORMATS:
+        raise ImproperlyConfigured(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {value!r}.")
+    return value
+
+
+LOG_FORMAT = log_format("json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -349,7 +377,7 @@ LOGGING = {
         "redact": {"()": "core.log.RedactSecretsFilter"},
     },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "console": {"()": "core.log.ConsoleFormatter"},
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",

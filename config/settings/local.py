@@ -5,7 +5,7 @@ import secrets
 from pathlib import Path
 
 from .base import *  # noqa: F403
-from .base import PARLEY_DATA_DIR, env
+from .base import LOGGING, PARLEY_DATA_DIR, env, log_format
 
 # Off unless asked for (`make dev` or DJANGO_DEBUG=true): debug pages show settings, paths and
 # code to anyone who reaches an error.
@@ -40,3 +40,7 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.
 # Serve static files from the app folders without collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# A terminal, not a log collector: one readable line a record (LOG_FORMAT=json for JSON).
+LOG_FORMAT = log_format("console")
+LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT

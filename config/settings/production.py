@@ -4,7 +4,7 @@ Passes `manage.py check --deploy` with no warnings (tests/test_deploy.py).
 """
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import LOGGING, env, log_format
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")
@@ -19,6 +19,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# One JSON object a line, for a log collector (LOG_FORMAT=console for readable lines).
+LOG_FORMAT = log_format("json")
+LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT
 
 # Under ASGI, Django advises a connection pool over persistent connections: every thread that
 # touches the database (request threads, turns, the pool behind async views) borrows a connection

@@ -1,7 +1,9 @@
 """Settings for the test suite: `make test`. Real PostgreSQL, Redis and llama.cpp, as in production."""
 
+from urllib.parse import urlsplit, urlunsplit
+
 from .base import *  # noqa: F403
-from .base import CACHES, CHANNEL_LAYERS, env
+from .base import CACHES, CHANNEL_LAYERS, REDIS_URL, env
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="parley-test-key-not-for-production")
@@ -14,6 +16,10 @@ REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", default="parley-test")
 for _alias, _cache in CACHES.items():
     _cache["KEY_PREFIX"] = REDIS_KEY_PREFIX if _alias == "default" else f"{REDIS_KEY_PREFIX}:{_alias}"
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_KEY_PREFIX}:asgi"
+# Celery's queues take no key prefix: the suite queues its tasks in Redis database 1, so that on a
+# Redis shared with a running Parley (`make test` next to `make run` reuses its Valkey) the server's
+# workers never take them.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=urlunsplit(urlsplit(REDIS_URL)._replace(path="/1")))
 
 # Small, fast generations from the real bundled model.
 LLAMA_N_THREADS = env.int("LLAMA_N_THREADS", default=2)

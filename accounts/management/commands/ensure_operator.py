@@ -1,31 +1,37 @@
 import os
 
-from django.core.management import BaseCommand, call_command
+from django.core.exceptions import ValidationError
+from django.core.management import BaseCommand, CommandError
 
-from accounts.models import User
 from accounts.services import operator_ensure
 
 
 class Command(BaseCommand):
     help = (
-        "Create an operator account when no superuser exists: from DJANGO_SUPERUSER_USERNAME, "
-        "DJANGO_SUPERUSER_PASSWORD and DJANGO_SUPERUSER_EMAIL when set (Django's createsuperuser "
-        "reads them), otherwise 'admin' with a generated password printed once."
+        "Create an operator account when no superuser exists: from DJANGO_SUPERUSER_USERNAME and "
+        "DJANGO_SUPERUSER_PASSWORD (and DJANGO_SUPERUSER_EMAIL, optional) when both are set, as Django's "
+        "createsuperuser reads them; otherwise 'admin' with a generated password printed once."
     )
 
     def handle(self, *args, **options):
-        if User.objects.filter(is_superuser=True).exists():
-            return
-        # Django's own createsuperuser --noinput reads these variables; only check they are there.
-        if os.environ.get("DJANGO_SUPERUSER_USERNAME") and os.environ.get("DJANGO_SUPERUSER_PASSWORD"):
-            call_command("createsuperuser", interactive=False, verbosity=0)
-            self.stdout.write(f"Created operator {os.environ['DJANGO_SUPERUSER_USERNAME']!r}.")
-            return
-        user, password = operator_ensure()
+        # The names Django's createsuperuser --noinput reads; unlike it, the email may be left out.
+        username = os.environ.get("DJANGO_SUPERUSER_USERNAME", "")
+        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD", "")
+        email = os.environ.get("DJANGO_SUPERUSER_EMAIL", "")
+        try:
+            if username and password:
+                user, _ = operator_ensure(username=username, email=email, password=password)
+                if user is not None:
+                    self.stdout.write(f"Created operator {user.username!r}.")
+                return
+            user, generated = operator_ensure(email=email)
+        except ValidationError as exc:
+            details = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+            raise CommandError(f"The operator account was not created ({details}).") from exc
         if user is not None:
             self.stdout.write(
                 self.style.WARNING(
-                    f"Created operator {user.username!r} with password {password}\n"
+                    f"Created operator {user.username!r} with password {generated}\n"
                     "It is shown only this once: change it at /admin/password_change/."
                 )
             )
