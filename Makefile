@@ -3,10 +3,16 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-STAMP := $(VENV)/.installed-requirements
+# Runtime (requirements/base.txt) and development (requirements/dev.txt, a superset) locks, with hashes.
+BASE_STAMP := $(VENV)/.installed-base
+DEV_STAMP := $(VENV)/.installed-dev
+PIP_INSTALL := $(BIN)/python -m pip install --require-hashes
+# `make lock` recompiles the locks; keeps existing pins unless LOCK_ARGS=--upgrade (or --upgrade-package NAME).
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS)
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run dev test lint bench screenshot
+.PHONY: install install-dev run dev test lint bench screenshot lock
 
 # Where `make run` serves: `make run HOST=0.0.0.0 PORT=8080`, or PARLEY_HOST / PARLEY_PORT in the
 # environment (default 127.0.0.1:8000; the Procfile's web line reads them). Only HOST and PORT given
@@ -18,14 +24,24 @@ ifeq ($(origin PORT),command line)
 export PARLEY_PORT := $(PORT)
 endif
 
-$(STAMP): requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip wheel
-	# llama-cpp-python compiles llama.cpp once (~11 min on 2 cores); pip caches the wheel after that.
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install -r requirements.txt
-	touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-install: $(STAMP)
+# The pinned pip first: it reuses the cached llama-cpp-python wheel in hash-checking mode (requirements/pip.in).
+# llama-cpp-python compiles llama.cpp once (~11 min on 2 cores); pip caches the wheel after that.
+$(BASE_STAMP): requirements/pip.txt requirements/base.txt | $(BIN)/python
+	$(PIP_INSTALL) --quiet -r requirements/pip.txt
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) -r requirements/base.txt
+	touch $@
+
+# Tests, lint, benchmarks and browser tooling on top of the runtime; re-installed when either lock changes.
+$(DEV_STAMP): requirements/dev.txt $(BASE_STAMP)
+	$(PIP_INSTALL) -r requirements/dev.txt
+	touch $@
+
+install: $(BASE_STAMP)
+
+install-dev: $(DEV_STAMP)
 
 # Embedded PostgreSQL+pgvector and Valkey start when DATABASE_URL / REDIS_URL are unset.
 run: install
@@ -39,21 +55,27 @@ run: install
 dev: export DJANGO_DEBUG = true
 dev: run
 
-test: install
+test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m core.launcher run -- sh -c '\
 		DJANGO_SETTINGS_MODULE=config.settings.test python manage.py makemigrations --check --dry-run && \
 		python -m pytest $(PYTEST_ARGS)'
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: install
+bench: install-dev
 	$(BIN)/python -m core.launcher run -- sh -c '\
 		python bench/stream.py && python bench/remote.py && python bench/cache.py && python bench/attacks.py && \
 		python bench/gateway.py'
 
 # docs/screenshot.png: the chat page with a short conversation, via Playwright and /usr/bin/chromium.
-screenshot: install
+screenshot: install-dev
 	$(BIN)/python -m core.launcher run -- python scripts/screenshot.py
+
+# Recompile the locks after editing requirements/*.in (pip.txt, then base.txt, then dev.txt on top of it).
+lock: install-dev
+	$(PIP_COMPILE) --output-file requirements/pip.txt requirements/pip.in
+	$(PIP_COMPILE) --output-file requirements/base.txt requirements/base.in
+	$(PIP_COMPILE) --output-file requirements/dev.txt requirements/dev.in
