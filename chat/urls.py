@@ -8,6 +8,11 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("c/new/", views.conversation_new, name="conversation_new"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
+    path("settings/", views.settings_page, name="settings"),
+    path("settings/memory/", views.memory_toggle, name="memory_toggle"),
+    path("settings/memories/", views.memory_add, name="memory_add"),
+    path("settings/memories/delete/", views.memory_remove_all, name="memory_delete_all"),
+    path("settings/memories/<uuid:memory_id>/delete/", views.memory_remove, name="memory_delete"),
 ]
 
 api_urlpatterns = [
