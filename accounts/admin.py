@@ -6,7 +6,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from . import services
 from .forms import AdminLoginForm
@@ -90,10 +92,10 @@ class UserAdmin(DjangoUserAdmin):
         "date_joined",
     ]
     list_filter = [RoleFilter, "is_active", "memory_enabled", "date_joined"]
-    readonly_fields = ["role", "usage_today", "usage_30_days", "last_login", "date_joined"]
+    readonly_fields = ["role", "memories", "usage_today", "usage_30_days", "last_login", "date_joined"]
     fieldsets = [
         *DjangoUserAdmin.fieldsets,
-        ("Parley", {"fields": ["role", "daily_token_quota", "memory_enabled"]}),
+        ("Parley", {"fields": ["role", "daily_token_quota", "memory_enabled", "memories"]}),
         ("Usage (UTC days)", {"fields": ["usage_today", "usage_30_days"]}),
     ]
     inlines = [APIKeyInline]
@@ -127,6 +129,14 @@ class UserAdmin(DjangoUserAdmin):
     @admin.display(description="active API keys", ordering="active_keys")
     def api_key_count(self, user: User) -> int:
         return getattr(user, "active_keys", 0)
+
+    @admin.display(description="memories")
+    def memories(self, user: User) -> str:
+        # A link by URL name only: the memories are the agents app's, which accounts does not import.
+        if not user.pk:
+            return "–"
+        url = reverse("admin:agents_memory_changelist") + f"?owner__id__exact={user.pk}"
+        return format_html('<a href="{}">Memories of {}</a> (read-only; delete there)', url, user.get_username())
 
     @admin.display(description="today")
     def usage_today(self, user: User) -> str:

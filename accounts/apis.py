@@ -71,7 +71,16 @@ class TokenRefreshApi(jwt_views.TokenRefreshView):
 
 
 class MeApi(APIView):
-    """``GET``: the authenticated user's profile, their usage today and their daily token quota (UTC days)."""
+    """``GET``: the authenticated user's profile, their usage today and their daily token quota (UTC days).
+
+    ``PATCH {"memory_enabled": bool}``: turn memory on or off (see ``/api/v1/memories/``); answers as ``GET``.
+    """
+
+    class InputSerializer(serializers.Serializer):
+        memory_enabled = serializers.BooleanField(
+            required=False,
+            help_text="Remember finished answers and recall memories (and your notes) in your other conversations.",
+        )
 
     class OutputSerializer(serializers.Serializer):
         class UsageTodaySerializer(serializers.Serializer):
@@ -94,6 +103,9 @@ class MeApi(APIView):
         email = serializers.CharField(allow_blank=True, help_text="Email address; empty when none is set.")
         is_staff = serializers.BooleanField()
         date_joined = serializers.DateTimeField()
+        memory_enabled = serializers.BooleanField(
+            help_text="Finished answers are remembered and memories recalled in your other conversations."
+        )
         usage_today = UsageTodaySerializer()
         quota = QuotaSerializer()
 
@@ -109,6 +121,7 @@ class MeApi(APIView):
                     "email": "alice@example.com",
                     "is_staff": False,
                     "date_joined": "2026-01-02T10:00:00Z",
+                    "memory_enabled": False,
                     "usage_today": {
                         "requests": 12,
                         "prompt_tokens": 5400,
@@ -127,17 +140,34 @@ class MeApi(APIView):
         ],
     )
     def get(self, request):
+        return Response(self._profile(request.user))
+
+    @extend_schema(
+        summary="Change the current user's settings",
+        request=InputSerializer,
+        responses=OutputSerializer,
+        examples=[OpenApiExample("memory on", value={"memory_enabled": True}, request_only=True)],
+    )
+    def patch(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
         user = request.user
+        if "memory_enabled" in serializer.validated_data:
+            user = services.user_memory_set(user=user, enabled=serializer.validated_data["memory_enabled"])
+        return Response(self._profile(user))
+
+    def _profile(self, user) -> dict:
         data = {
             "id": user.pk,
             "username": user.username,
             "email": user.email,
             "is_staff": user.is_staff,
             "date_joined": user.date_joined,
+            "memory_enabled": user.memory_enabled,
             "usage_today": usage_today(user=user),
             "quota": quota_status(user=user),
         }
-        return Response(self.OutputSerializer(data).data)
+        return self.OutputSerializer(data).data
 
 
 class APIKeyListApi(APIView):

@@ -7,6 +7,15 @@ from django.db import models
 from django.db.models import Q
 
 
+def memory_enabled_default() -> bool:
+    """Return whether a new user starts with memory on: the ``MEMORY_DEFAULT_ENABLED`` setting.
+
+    The field's default, so every way of creating a user (sign-up, the admin, ``createsuperuser``,
+    ``ensure_operator``, ``create_user`` in a script) follows it; existing users keep their value.
+    """
+    return settings.MEMORY_DEFAULT_ENABLED
+
+
 class User(AbstractUser):
     """A person using Parley. API keys in :class:`APIKey`, usage in :class:`UsageRecord` / :class:`UsageDaily`."""
 
@@ -17,7 +26,10 @@ class User(AbstractUser):
         "(QUOTA_DAILY_TOKENS). 0: unlimited.",
     )
     memory_enabled = models.BooleanField(
-        default=True, help_text="Past conversations are embedded and recalled in new ones."
+        "memory",
+        default=memory_enabled_default,
+        help_text="Finished answers are embedded and recalled, with the user's own notes, in their other "
+        "conversations. New users: MEMORY_DEFAULT_ENABLED.",
     )
 
 

@@ -178,6 +178,19 @@ def usage_record(
     return record
 
 
+def user_memory_set(*, user: User, enabled: bool) -> User:
+    """Turn ``user``'s memory on or off; return the user.
+
+    Off: nothing new is remembered from their conversations and nothing is recalled into them; the
+    memories already stored stay (the user can see and delete them) and are recalled again once it
+    is back on.
+    """
+    if user.memory_enabled != enabled:
+        user.memory_enabled = enabled
+        user.save(update_fields=["memory_enabled"])
+    return user
+
+
 def user_group(user_id: int) -> str:
     """Return the channel-layer group every WebSocket of user ``user_id`` joins (chat and documents)."""
     return f"user.{user_id}"

@@ -79,15 +79,21 @@ class DocumentAdmin(admin.ModelAdmin):
 
 @admin.register(Memory)
 class MemoryAdmin(admin.ModelAdmin):
+    """Every user's memories, read-only; operators may delete them. One user's: ``?owner__id__exact=<id>``
+    (linked from the user's page)."""
+
     list_display = ["__str__", "owner", "kind", "conversation", "created_at"]
     list_filter = ["kind"]
     search_fields = ["content", "owner__username"]
     list_select_related = ["owner", "conversation"]
-    readonly_fields = ["owner", "conversation", "message", "kind", "pairs", "content", "created_at"]
+    readonly_fields = ["id", "owner", "conversation", "message", "kind", "pairs", "content", "created_at"]
     fields = readonly_fields
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("embedding")
 
     def has_add_permission(self, request) -> bool:
+        return False  # memories come from finished answers and the users' own notes
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -1,4 +1,4 @@
-"""Knowledge-base REST API under /api/v1/documents/: upload, list, read and delete one's own documents."""
+"""Knowledge-base and memory REST API: one's own documents (/api/v1/documents/) and memories (/api/v1/memories/)."""
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
@@ -12,8 +12,8 @@ from core.errors import ParleyError
 from core.schema import ErrorSerializer
 
 from . import services
-from .models import Document
-from .selectors import document_get, document_list
+from .models import Document, Memory
+from .selectors import document_get, document_list, memory_get, memory_list
 
 DOCUMENT_EXAMPLE = {
     "id": "0b7c1f5e-2d4a-4f3b-9a61-7e2c9d1b3a55",
@@ -123,4 +123,96 @@ class DocumentDetailApi(APIView):
     @extend_schema(summary="Delete a document", responses={204: None, 404: ErrorSerializer})
     def delete(self, request, document_id):
         services.document_delete(document=document_get(user=request.user, document_id=document_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+MEMORY_EXAMPLE = {
+    "id": "5d1c8a2e-7b3f-4c19-a0d4-9e6f2b8c1a77",
+    "kind": "note",
+    "content": "I prefer metric units.",
+    "conversation_id": None,
+    "created_at": "2026-01-05T09:30:00Z",
+}
+
+
+class MemoryOutputSerializer(serializers.ModelSerializer):
+    conversation_id = serializers.UUIDField(
+        allow_null=True, read_only=True, help_text="The conversation it comes from; null for a note."
+    )
+
+    class Meta:
+        model = Memory
+        fields = ["id", "kind", "content", "conversation_id", "created_at"]
+        extra_kwargs = {
+            "kind": {"help_text": "`exchange` (a question and its answer), `summary` (of a conversation), `note`."}
+        }
+
+
+class MemoryPagination(DocumentPagination):
+    """``?page=`` (from 1) and ``?page_size=`` (default 50, at most 200)."""
+
+
+class MemoryListApi(APIView):
+    """``GET``: the user's memories, newest first. ``POST {"content"}``: add a note. ``DELETE``: delete them all.
+
+    Memories are recalled into the user's conversations only while ``memory_enabled`` is on
+    (``PATCH /api/v1/me/``); a note may be added while it is off, and is recalled once it is on.
+    """
+
+    pagination_class = MemoryPagination
+
+    class InputSerializer(serializers.Serializer):
+        content = serializers.CharField(
+            max_length=services.MEMORY_NOTE_MAX_CHARS,
+            help_text="What to remember, in your own words (surrounding whitespace is removed).",
+        )
+
+    class DeleteOutputSerializer(serializers.Serializer):
+        deleted = serializers.IntegerField(help_text="Memories deleted.")
+
+    @extend_schema(summary="List your memories", responses=MemoryOutputSerializer(many=True))
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(memory_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(MemoryOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Add a memory in your own words",
+        request=InputSerializer,
+        responses={201: MemoryOutputSerializer},
+        examples=[
+            OpenApiExample("note", value={"content": "I prefer metric units."}, request_only=True),
+            OpenApiExample("stored", value=MEMORY_EXAMPLE, response_only=True, status_codes=["201"]),
+        ],
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        memory = services.memory_note_create(owner=request.user, content=serializer.validated_data["content"])
+        return Response(MemoryOutputSerializer(memory).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="memories_destroy_all",
+        summary="Delete all your memories",
+        responses={200: DeleteOutputSerializer},
+        examples=[OpenApiExample("deleted", value={"deleted": 12}, response_only=True)],
+    )
+    def delete(self, request):
+        deleted = services.memory_delete_all(owner=request.user)
+        return Response(self.DeleteOutputSerializer({"deleted": deleted}).data)
+
+
+class MemoryDetailApi(APIView):
+    """``GET``: one of the user's memories. ``DELETE``: delete it (204); it is never recalled again.
+
+    Another user's memory is a 404, as a missing one is.
+    """
+
+    @extend_schema(summary="Get a memory", responses={200: MemoryOutputSerializer, 404: ErrorSerializer})
+    def get(self, request, memory_id):
+        return Response(MemoryOutputSerializer(memory_get(user=request.user, memory_id=memory_id)).data)
+
+    @extend_schema(summary="Delete a memory", responses={204: None, 404: ErrorSerializer})
+    def delete(self, request, memory_id):
+        services.memory_delete(memory=memory_get(user=request.user, memory_id=memory_id))
         return Response(status=status.HTTP_204_NO_CONTENT)

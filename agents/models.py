@@ -115,17 +115,23 @@ class Chunk(models.Model):
 class MemoryKind(models.TextChoices):
     EXCHANGE = "exchange", "Question and answer"
     SUMMARY = "summary", "Conversation summary"
+    NOTE = "note", "Your note"
 
 
 class Memory(models.Model):
-    """Something a user's past conversations said, embedded for recall in their other conversations.
+    """Something recalled in a user's conversations, embedded: from their past conversations, or their own note.
 
     ``exchange``: one question and its answer (``message`` is the answer). ``summary``: a summary of
-    a conversation's first ``pairs`` question/answer pairs. Written only through agents.services.
+    a conversation's first ``pairs`` question/answer pairs. ``note``: words the user asked to be
+    remembered ("I prefer metric units"), from no conversation. All are recalled the same way, only
+    while the owner has memory on. Written only through agents.services.
     """
 
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memories")
-    conversation = models.ForeignKey("chat.Conversation", on_delete=models.CASCADE, related_name="memories")
+    conversation = models.ForeignKey(
+        "chat.Conversation", on_delete=models.CASCADE, null=True, blank=True, related_name="memories"
+    )
     message = models.ForeignKey(
         "chat.Message", on_delete=models.CASCADE, null=True, blank=True, related_name="memories"
     )
@@ -145,9 +151,17 @@ class Memory(models.Model):
             models.UniqueConstraint(
                 fields=["conversation", "pairs"], condition=Q(kind="summary"), name="agents_memory_one_summary_per_size"
             ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["exchange", "summary", "note"]), name="agents_memory_kind_valid"
+            ),
+            # Exchanges and summaries come from a conversation; a note from none.
+            models.CheckConstraint(
+                condition=Q(kind="note", conversation__isnull=True) | (~Q(kind="note") & Q(conversation__isnull=False)),
+                name="agents_memory_conversation_unless_note",
+            ),
         ]
         indexes = [
-            models.Index(fields=["owner"]),
+            models.Index(fields=["owner", "-created_at"]),
             HnswIndex(
                 name="agents_memory_embedding_hnsw",
                 fields=["embedding"],

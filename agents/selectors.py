@@ -53,8 +53,8 @@ class ChunkHit:
 
 @dataclass
 class MemoryHit:
-    memory_id: int
-    conversation_id: str
+    memory_id: str
+    conversation_id: str | None  # None for a note
     kind: str
     content: str
     similarity: float
@@ -111,15 +111,32 @@ def chunk_search(
     ]
 
 
+def memory_list(*, user) -> QuerySet[Memory]:
+    """Return ``user``'s memories (exchanges, summaries, notes), newest first, without their embeddings."""
+    return Memory.objects.filter(owner=user).defer("embedding").order_by("-created_at", "pk")
+
+
+def memory_get(*, user, memory_id) -> Memory:
+    """Return ``user``'s memory ``memory_id``; raise ``Http404`` if none (or someone else's: not told apart)."""
+    memory = Memory.objects.filter(owner=user, pk=memory_id).defer("embedding").first()
+    if memory is None:
+        raise Http404("No such memory.")
+    return memory
+
+
 def memory_search(*, user_id: int, embedding: list[float], top_k: int, exclude_conversation_id=None) -> list[MemoryHit]:
-    """Return ``user_id``'s ``top_k`` memories most similar to ``embedding``, not from ``exclude_conversation_id``."""
+    """Return ``user_id``'s ``top_k`` memories most similar to ``embedding``, not from ``exclude_conversation_id``.
+
+    Notes (from no conversation) are always searched. The caller checks that the user has memory on.
+    """
     queryset = Memory.objects.filter(owner_id=user_id)
     if exclude_conversation_id is not None:
+        # exclude() keeps the rows whose conversation is NULL (notes): Django adds "IS NOT NULL".
         queryset = queryset.exclude(conversation_id=exclude_conversation_id)
     return [
         MemoryHit(
-            memory_id=row.pk,
-            conversation_id=str(row.conversation_id),
+            memory_id=str(row.pk),
+            conversation_id=str(row.conversation_id) if row.conversation_id else None,
             kind=row.kind,
             content=row.content,
             similarity=1 - row.distance,

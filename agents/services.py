@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 EMBED_BATCH = 32  # chunks embedded per call (and per progress event)
 MEMORY_TEXT_CHARS = 2000  # of a question/answer pair kept as a memory: MiniLM reads ~256 word pieces anyway
+# Of a note a user adds: about the 256 word pieces all-MiniLM-L6-v2 reads (~4 characters each); a longer
+# note's end would not count towards finding it.
+MEMORY_NOTE_MAX_CHARS = 1000
 
 
 def documents_group(user_id) -> str:
@@ -415,9 +418,10 @@ def kb_reembed(*, batch_size: int = 64, on_progress: Callable[[str, int], None] 
     counts = {}
     for kind, model in (("chunks", Chunk), ("memories", Memory)):
         done = 0
-        last_pk = 0
+        last_pk = None  # chunks have integer keys, memories UUIDs: both are ordered
         while True:
-            rows = list(model.objects.filter(pk__gt=last_pk).order_by("pk")[:batch_size])
+            remaining = model.objects.all() if last_pk is None else model.objects.filter(pk__gt=last_pk)
+            rows = list(remaining.order_by("pk")[:batch_size])
             if not rows:
                 break
             for row, vector in zip(rows, embed_texts([r.content for r in rows]), strict=True):
@@ -511,3 +515,35 @@ def memory_summary_store(
             )
     except IntegrityError:  # a concurrent run stored it first
         return Memory.objects.get(conversation_id=conversation_id, kind=MemoryKind.SUMMARY, pairs=pairs)
+
+
+def memory_note_create(*, owner, content: str) -> Memory:
+    """Store ``content``, in the user's own words, as an embedded ``note`` memory of ``owner``; return it.
+
+    The note is recalled like the memories of past conversations (the nearest ones to each
+    question), and only while ``owner`` has memory on: it may be added with memory off, and waits.
+    ``content`` is stripped of surrounding whitespace. Raise :class:`ParleyError` ``empty_memory``
+    (400) when nothing is left, ``memory_too_long`` (400) over :data:`MEMORY_NOTE_MAX_CHARS`
+    characters; :class:`InferenceError` when the embedding model fails. Blocking: runs the
+    embedding model.
+    """
+    content = content.strip()
+    if not content:
+        raise ParleyError("The memory is empty.", code="empty_memory")
+    if len(content) > MEMORY_NOTE_MAX_CHARS:
+        raise ParleyError(
+            f"The memory is {len(content):,} characters long; the limit is {MEMORY_NOTE_MAX_CHARS:,}.",
+            code="memory_too_long",
+        )
+    return Memory.objects.create(owner=owner, kind=MemoryKind.NOTE, content=content, embedding=embed_text(content))
+
+
+def memory_delete(*, memory: Memory) -> None:
+    """Delete ``memory``: it is never recalled again."""
+    memory.delete()
+
+
+def memory_delete_all(*, owner) -> int:
+    """Delete every memory of ``owner`` (exchanges, summaries, notes); return how many were deleted."""
+    deleted, _ = Memory.objects.filter(owner=owner).delete()
+    return deleted

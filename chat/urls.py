@@ -7,6 +7,11 @@ app_name = "chat"
 urlpatterns = [
     path("", views.home, name="home"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
+    path("settings/", views.settings_page, name="settings"),
+    path("settings/memory/", views.memory_toggle, name="memory_toggle"),
+    path("settings/memories/", views.memory_add, name="memory_add"),
+    path("settings/memories/delete/", views.memory_remove_all, name="memory_delete_all"),
+    path("settings/memories/<uuid:memory_id>/delete/", views.memory_remove, name="memory_delete"),
 ]
 
 api_urlpatterns = [

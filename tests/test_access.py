@@ -4,8 +4,8 @@ The operations come from the OpenAPI schema itself, so a new endpoint joins this
 Path ids name the owner's objects. What each role may see:
 
 - anonymous: 401 everywhere (token endpoints aside: they are how one logs in);
-- another user, and staff who are not the owner: the owner's conversations, messages, documents and
-  keys are 404 (not 403: their existence is not revealed); staff-only endpoints are 403 to non-staff;
+- another user, and staff who are not the owner: the owner's conversations, messages, documents,
+  memories and keys are 404 (not 403: their existence is not revealed); staff-only endpoints are 403 to non-staff;
 - the owner: never refused (no 401/403/404), never a server error;
 - nobody, ever, a 5xx.
 
@@ -19,7 +19,7 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
-from agents.services import document_create
+from agents.services import document_create, memory_exchange_store
 from chat.models import Message, MessageStatus, Role
 from chat.services import conversation_create
 from conftest import make_user
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db
 
 PUBLIC = {"/api/v1/auth/token/", "/api/v1/auth/token/refresh/"}
 STAFF_ONLY = re.compile(r"^/api/v1/(admin|cache)/")
-OWNED = re.compile(r"\{(conversation_id|message_id|document_id|api_key_id)\}")
+OWNED = re.compile(r"\{(conversation_id|message_id|document_id|api_key_id|memory_id)\}")
 
 
 def operations() -> list[tuple[str, str]]:
@@ -52,11 +52,16 @@ def world(local_model):
     )
     document = document_create(owner=owner, data=b"Some notes.", filename="notes.txt", ingest=False)
     api_key, _ = api_key_create(user=owner, name="script")
+    answer = conversation.messages.get(role=Role.ASSISTANT)
+    memory = memory_exchange_store(
+        owner_id=owner.pk, conversation_id=conversation.pk, message_id=answer.pk, question="Hi", answer="Hello"
+    )
     ids = {
         "conversation_id": conversation.pk,
         "message_id": question.pk,  # the question: feedback and regenerate refuse it (400) without generating
         "document_id": document.pk,
         "api_key_id": api_key.pk,
+        "memory_id": memory.pk,
         "layer": "intent",
     }
     return {"owner": owner, "other": other, "staff": staff}, ids

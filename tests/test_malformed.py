@@ -40,6 +40,7 @@ def test_no_malformed_body_gets_a_5xx_and_every_error_has_the_api_shape(daphne_u
         ("/api/v1/conversations/", True),
         (f"/api/v1/conversations/{conversation.pk}/messages/", True),
         ("/api/v1/documents/", True),
+        ("/api/v1/memories/", True),
         ("/v1/chat/completions", True),
         ("/v1/embeddings", True),
     ]

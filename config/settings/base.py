@@ -423,6 +423,9 @@ KB_HNSW_EF_SEARCH = env.int("KB_HNSW_EF_SEARCH", default=64)  # HNSW candidate l
 AGENTS_INTENT_MODEL = env("AGENTS_INTENT_MODEL", default="")  # model slug classifying what rules cannot; "" = rules
 AGENTS_MAX_TOOL_CALLS = env.int("AGENTS_MAX_TOOL_CALLS", default=3)  # per turn
 AGENTS_MEMORY_TOP_K = env.int("AGENTS_MEMORY_TOP_K", default=3)  # memories recalled per question
+# Whether NEW users start with memory on (accounts.models.memory_enabled_default); existing users keep
+# theirs. Off by default: recalled memories change the prompt, so repeated questions miss the llm cache.
+MEMORY_DEFAULT_ENABLED = env.bool("MEMORY_DEFAULT_ENABLED", default=False)
 AGENTS_SUMMARY_EVERY_PAIRS = env.int("AGENTS_SUMMARY_EVERY_PAIRS", default=10)  # 0: no summaries
 AGENTS_SUMMARY_MAX_TOKENS = env.int("AGENTS_SUMMARY_MAX_TOKENS", default=200)
 

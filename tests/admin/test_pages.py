@@ -6,7 +6,10 @@ from django.urls import reverse
 
 from accounts.models import UsageDaily, UsageRecord
 from accounts.services import api_key_create, usage_record
+from agents.models import Memory
+from agents.services import memory_note_create
 from chat.models import Message
+from conftest import make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -26,6 +29,7 @@ def populated(user, chats, local_model):
         ttft_ms=40,
         latency_ms=300,
     )
+    memory_note_create(owner=user, content="I prefer metric units.")
     return chats
 
 
@@ -88,3 +92,24 @@ def test_the_user_page_shows_role_quota_usage_and_keys(admin_client, user, popul
     assert "1 requests (0 errors), 15 tokens (10 prompt + 5 completion)" in page
     assert "laptop" in page
     assert UsageRecord.objects.count() == 1 and UsageDaily.objects.count() == 1
+
+
+def test_operators_see_a_users_memories_read_only_and_may_delete_them(admin_client, user, populated):
+    note = Memory.objects.get(owner=user)
+    memory_note_create(owner=make_user("bob"), content="Bob likes jazz.")
+    page = admin_client.get(reverse("admin:accounts_user_change", args=[user.pk])).content.decode()
+    listing = reverse("admin:agents_memory_changelist") + f"?owner__id__exact={user.pk}"
+    assert f'href="{listing}"' in page
+
+    theirs = admin_client.get(listing).content.decode()
+    assert "I prefer metric units." in theirs and "Bob likes jazz." not in theirs
+
+    change = reverse("admin:agents_memory_change", args=[note.pk])
+    response = admin_client.post(change, {"content": "Rewritten by an operator"})
+    assert response.status_code == 403
+    note.refresh_from_db()
+    assert note.content == "I prefer metric units."
+
+    response = admin_client.post(reverse("admin:agents_memory_delete", args=[note.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not Memory.objects.filter(pk=note.pk).exists()

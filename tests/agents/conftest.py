@@ -1,4 +1,4 @@
-"""Fixtures of the knowledge-base tests: an isolated MEDIA_ROOT, document builders, a real Celery worker."""
+"""Fixtures of the knowledge-base tests: an isolated MEDIA_ROOT, document builders, tasks run inline."""
 
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def ingested(*, owner, text: str, filename: str = "notes.txt", title: str = ""):
     """Create ``owner``'s document from ``text`` and ingest it here (no worker); return it, ready."""
     document = document_create(owner=owner, data=text.encode(), filename=filename, title=title, ingest=False)
     return document_ingest(document_id=document.pk)
+
+
+@pytest.fixture
+def eager_celery():
+    """Run queued tasks inline: for what a finished turn queues (memory), not the worker (see test_worker)."""
+    from config.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False

@@ -10,6 +10,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
+from accounts.services import user_memory_set
 from agents.graph import context_message, turn_graph_stream, turn_report
 from agents.models import Chunk, Memory, MemoryKind
 from chat.memory import conversation_summarize, memory_remember
@@ -175,6 +176,7 @@ async def test_the_context_message_carries_the_tool_result_before_the_question(u
 
 
 def test_memory_is_recalled_across_conversations_only_when_enabled(user, other_user, local_model):
+    user_memory_set(user=user, enabled=True)
     first = conversation_create(owner=user)
     turn = message_send(
         conversation=first, content="My cat is called Bartholomew Whiskerton.", params={"max_tokens": 8}
@@ -189,7 +191,7 @@ def test_memory_is_recalled_across_conversations_only_when_enabled(user, other_u
         message_send(conversation=second, content="What is my cat called?", params={"max_tokens": 8})
     )
     recalled = reply.metadata["memories"]
-    assert recalled and recalled[0]["memory_id"] == memory.pk
+    assert recalled and recalled[0]["memory_id"] == str(memory.pk)
     assert recalled[0]["conversation_id"] == str(first.pk)
 
     # Someone else never sees it.
@@ -200,8 +202,7 @@ def test_memory_is_recalled_across_conversations_only_when_enabled(user, other_u
     assert reply.metadata["memories"] == []
 
     # Memory off: nothing recalled, nothing new remembered.
-    user.memory_enabled = False
-    user.save(update_fields=["memory_enabled"])
+    user_memory_set(user=user, enabled=False)
     third = conversation_create(owner=user)
     reply = async_to_sync(turn_run)(
         message_send(conversation=third, content="What is my cat called?", params={"max_tokens": 8})
@@ -211,6 +212,7 @@ def test_memory_is_recalled_across_conversations_only_when_enabled(user, other_u
 
 
 def test_a_conversation_summary_is_stored_as_embedded_memory_once(user, local_model):
+    user_memory_set(user=user, enabled=True)
     conversation = conversation_create(owner=user)
     async_to_sync(turn_run)(
         message_send(
@@ -224,18 +226,9 @@ def test_a_conversation_summary_is_stored_as_embedded_memory_once(user, local_mo
     assert Memory.objects.filter(conversation=conversation, kind=MemoryKind.SUMMARY).count() == 1
 
 
-@pytest.fixture
-def eager_celery():
-    """Run queued tasks inline: here the point is what a finished turn queues, not the worker (see test_worker)."""
-    from config.celery import app
-
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
-
-
 def test_a_finished_turn_queues_its_memory_and_a_summary_every_n_pairs(user, local_model, settings, eager_celery):
     settings.AGENTS_SUMMARY_EVERY_PAIRS, settings.AGENTS_SUMMARY_MAX_TOKENS = 2, 24
+    user_memory_set(user=user, enabled=True)
     conversation = conversation_create(owner=user)
     first = async_to_sync(turn_run)(
         message_send(conversation=conversation, content="I grow tomatoes.", params={"max_tokens": 8})
