@@ -325,6 +325,8 @@ class Generation:
             while not self.cancel.is_set():
                 attempt = await asyncio.to_thread(router.next)
                 if attempt is None:
+                    router.gave_up(None)
+                    self.outcome.route = router.route
                     # Every deployment tried failed: its error says more than "unavailable" does.
                     raise router.last_error or router.unavailable()
                 renewer = asyncio.create_task(renew_while_running(attempt))
@@ -342,6 +344,8 @@ class Generation:
                 except Exception as exc:
                     retry = await asyncio.to_thread(router.failed, attempt, exc, started_streaming=streamed)
                     if not retry or self.cancel.is_set():
+                        router.gave_up(attempt)
+                        self.outcome.route = router.route
                         raise
                     logger.warning("%s failed before its first token (%s)", attempt.deployment.label, exc)
                     router.last_error = exc

@@ -185,26 +185,49 @@ def strategy_order(
 
 
 _ACQUIRE = """
--- KEYS: inflight, cooldown, rpm, tpm. ARGV: now ms, request id, TTL ms, max concurrent, rpm limit,
--- tpm limit (0: none), tokens. Return "ok" (the request is counted) or why the deployment cannot take it.
-local now = tonumber(ARGV[1])
-local cooldown = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cooldown > now then return 'cooling_down' end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local max = tonumber(ARGV[4])
-if max > 0 and redis.call('ZCARD', KEYS[1]) >= max then return 'at_capacity' end
-local rpm = tonumber(ARGV[5])
-if rpm > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= rpm then return 'rpm_limit' end
-local tpm = tonumber(ARGV[6])
-local tokens = tonumber(redis.call('GET', KEYS[4]) or '0')
-if tpm > 0 and tokens > 0 and tokens + tonumber(ARGV[7]) > tpm then return 'tpm_limit' end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
-redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], 120)
-redis.call('INCRBY', KEYS[4], ARGV[7])
-redis.call('EXPIRE', KEYS[4], 120)
-return 'ok'
+-- Take a slot on one of several candidate deployments, atomically: checking every process's counts
+-- and counting the request happen in one step, so a burst of requests cannot all pick the same one.
+-- KEYS: 4 per candidate (inflight, cooldown, rpm, tpm). ARGV: now ms, request id, TTL ms, tokens,
+-- mode ("least": the candidate with the fewest requests in flight, ties to the earlier one; "first":
+-- the first that can take it), then 3 per candidate: max concurrent, rpm limit, tpm limit (0: none).
+-- Return {index of the chosen candidate (1-based; 0: none), why each candidate cannot take it ('' if it can)}.
+local now, tokens, least = tonumber(ARGV[1]), tonumber(ARGV[4]), ARGV[5] == 'least'
+local n = #KEYS / 4
+local best, best_count = 0, nil
+local out = {0}
+for i = 1, n do
+  local k, a = (i - 1) * 4, 5 + (i - 1) * 3
+  local reason = ''
+  if tonumber(redis.call('GET', KEYS[k + 2]) or '0') > now then
+    reason = 'cooling_down'
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', now)
+    local count = redis.call('ZCARD', KEYS[k + 1])
+    local max, rpm, tpm = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local used = tonumber(redis.call('GET', KEYS[k + 4]) or '0')
+    if max > 0 and count >= max then
+      reason = 'at_capacity'
+    elseif rpm > 0 and tonumber(redis.call('GET', KEYS[k + 3]) or '0') >= rpm then
+      reason = 'rpm_limit'
+    elseif tpm > 0 and used > 0 and used + tokens > tpm then
+      reason = 'tpm_limit'
+    elseif best == 0 or (least and count < best_count) then
+      best, best_count = i, count
+    end
+  end
+  out[i + 1] = reason
+end
+if best > 0 then
+  local k = (best - 1) * 4
+  redis.call('ZADD', KEYS[k + 1], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[k + 1], 2 * tonumber(ARGV[3]))
+  redis.call('INCR', KEYS[k + 3])
+  redis.call('EXPIRE', KEYS[k + 3], 120)
+  redis.call('INCRBY', KEYS[k + 4], tokens)
+  redis.call('EXPIRE', KEYS[k + 4], 120)
+end
+out[1] = best
+return out
 """
 
 _RENEW = """
@@ -237,33 +260,37 @@ return ends
 """
 
 
-def slot_acquire(*, deployment: Deployment, request_id: str, tokens: int) -> str:
-    """Count ``request_id`` in flight on ``deployment`` if it can take it; return ``"ok"`` or the reason
-    it cannot: ``cooling_down``, ``at_capacity`` (``max_concurrent``), ``rpm_limit`` or ``tpm_limit``.
+def slot_acquire(
+    *, candidates: list[Deployment], request_id: str, tokens: int, least_busy: bool = False
+) -> tuple[Deployment | None, dict[str, str]]:
+    """Count ``request_id`` in flight on one of ``candidates`` (atomically: one Lua script).
 
-    ``tokens`` is the request's prompt estimate, added to this minute's tokens. Atomic (one Lua script).
+    Take the first candidate that can take it, or with ``least_busy`` the one with the fewest
+    requests in flight across every process (ties: the earlier). ``tokens`` is the request's prompt
+    estimate, added to this minute's tokens. Return ``(the chosen deployment or None, {label: why it
+    cannot take it})`` with reasons ``cooling_down``, ``at_capacity`` (``max_concurrent``),
+    ``rpm_limit`` and ``tpm_limit``. When Redis is down, the first candidate is taken, unchecked.
     """
-    result = run_script(
-        _ACQUIRE,
-        keys=[
+    minute = _now_ms() // 60_000
+    keys, limits = [], []
+    for deployment in candidates:
+        keys += [
             _key(deployment, "inflight"),
             _key(deployment, "cooldown"),
-            _key(deployment, "rpm", _now_ms() // 60_000),
-            _key(deployment, "tpm", _now_ms() // 60_000),
-        ],
-        args=[
-            _now_ms(),
-            request_id,
-            int(settings.ROUTING_INFLIGHT_TTL_SECONDS * 1000),
-            deployment.max_concurrent or 0,
-            deployment.rpm_limit or 0,
-            deployment.tpm_limit or 0,
-            tokens,
-        ],
-        default=b"ok",
-        what="deployment routing",
-    )
-    return result.decode() if isinstance(result, bytes) else str(result)
+            _key(deployment, "rpm", minute),
+            _key(deployment, "tpm", minute),
+        ]
+        limits += [deployment.max_concurrent or 0, deployment.rpm_limit or 0, deployment.tpm_limit or 0]
+    args = [_now_ms(), request_id, int(settings.ROUTING_INFLIGHT_TTL_SECONDS * 1000), tokens]
+    args.append("least" if least_busy else "first")
+    result = run_script(_ACQUIRE, keys=keys, args=args + limits, default=[1], what="deployment routing")
+    chosen = int(result[0])
+    reasons = {
+        deployment.label: reason.decode() if isinstance(reason, bytes) else str(reason)
+        for deployment, reason in zip(candidates, result[1:], strict=False)
+        if reason
+    }
+    return (candidates[chosen - 1] if chosen else None), reasons
 
 
 def slot_renew(*, deployment: Deployment, request_id: str) -> None:
@@ -448,15 +475,20 @@ class Router:
     def next(self) -> Attempt | None:
         """Return the next attempt, its slot taken (blocking: Redis), or None when nothing is left."""
         while True:
-            while self._queue:
-                deployment = self._queue.pop(0)
+            if self._queue:
                 config = self.groups[self._group][0]
                 request_id = uuid.uuid4().hex
-                verdict = slot_acquire(deployment=deployment, request_id=request_id, tokens=self.tokens)
-                if verdict == "ok":
+                deployment, reasons = slot_acquire(
+                    candidates=self._queue,
+                    request_id=request_id,
+                    tokens=self.tokens,
+                    least_busy=config.routing_strategy == RoutingStrategy.LEAST_BUSY,
+                )
+                self.skipped.update(reasons)
+                self._queue = [d for d in self._queue if d is not deployment and d.label not in reasons]
+                if deployment is not None:
                     return Attempt(config=config, deployment=deployment, request_id=request_id)
-                self.skipped[deployment.label] = verdict
-                if self._group == 0 and not self._queue:
+                if self._group == 0:
                     self._problem(self._why_none(self.groups[0][1]))
             if not self._next_group():
                 return None
@@ -487,15 +519,28 @@ class Router:
     def succeeded(self, attempt: Attempt, *, ttft_ms: int | None) -> None:
         """Record that ``attempt`` served the request (TTFT in ms from the attempt's start) and set :attr:`route`."""
         deployment_success(deployment=attempt.deployment, ttft_ms=ttft_ms)
+        self.route = self._route(attempt)
+
+    def gave_up(self, attempt: Attempt | None) -> None:
+        """Set :attr:`route` for a request that failed: on ``attempt`` (its last try), or on none."""
+        if attempt is not None:
+            self.route = self._route(attempt)
+        else:
+            self.route = {"reason": "unavailable", "skipped": dict(self.skipped)}
+            if self.tried:
+                self.route["tried"] = list(self.tried)
+
+    def _route(self, attempt: Attempt) -> dict:
         reason = "routed" if self.first_problem is None else f"fallback:{self.first_problem}"
-        self.route = {
+        route = {
             "model": attempt.config.slug,
             "deployment": attempt.deployment.label,
             "provider": attempt.deployment.provider,
             "reason": reason,
         }
         if self.tried:
-            self.route["tried"] = list(self.tried)
+            route["tried"] = list(self.tried)
+        return route
 
     def unavailable(self) -> InferenceError:
         """Return the error for a request no deployment took: 503 ``model_unavailable`` with ``Retry-After``

@@ -100,16 +100,26 @@ class ScriptedServer:
     Steps: an HTTP status code (e.g. 503, 429: an error response); ``"ok"`` (streams ``words`` as
     SSE chunks, with usage unless ``send_usage`` is false, or one JSON completion); ``"stall"``
     (sends nothing for ``stall_seconds``); ``"stall-midway"`` (streams two chunks, then goes
-    silent). The last step repeats.
+    silent). The last step repeats. A 429 carries ``Retry-After: <retry_after>``; ``first_token_delay``
+    (seconds) passes before a stream's first chunk, so concurrent requests overlap.
     """
 
     def __init__(
-        self, script: list, *, words: tuple[str, ...] = ("Hello", " there", "!"), stall_seconds=30, send_usage=True
+        self,
+        script: list,
+        *,
+        words: tuple[str, ...] = ("Hello", " there", "!"),
+        stall_seconds=30,
+        send_usage=True,
+        retry_after: str = "0",
+        first_token_delay: float = 0.0,
     ):
         self.script = list(script)
         self.words = words
         self.send_usage = send_usage
         self.stall_seconds = stall_seconds
+        self.retry_after = retry_after
+        self.first_token_delay = first_token_delay
         self.requests: list[dict] = []
         self._stop = threading.Event()
         server = self
@@ -127,7 +137,7 @@ class ScriptedServer:
                     self.send_response(step)
                     self.send_header("Content-Type", "application/json")
                     if step == 429:
-                        self.send_header("Retry-After", "0")
+                        self.send_header("Retry-After", server.retry_after)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload.encode())
@@ -146,6 +156,8 @@ class ScriptedServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
+                if server.first_token_delay:
+                    server._stop.wait(server.first_token_delay)
                 words = server.words[:2] if step == "stall-midway" else server.words
                 for word in words:
                     self.wfile.write(f"data: {json.dumps(server.chunk(word))}\n\n".encode())
