@@ -4,6 +4,7 @@ from core.errors import ParleyError
 
 from .models import Deployment, ModelConfig, ModelFallback
 from .registry import model_config_probe, model_config_set_default
+from .routing import deployment_states, model_deployments
 from .services import model_is_loaded, model_load, model_unload
 
 
@@ -24,7 +25,16 @@ class DeploymentInline(admin.TabularInline):
         "rpm_limit",
         "tpm_limit",
         "is_drained",
+        "state",
     ]
+    readonly_fields = ["state"]
+
+    @admin.display(description="state (all processes)")
+    def state(self, deployment: Deployment) -> str:
+        """The state every process shares (Redis): cooldown, in flight, p50 TTFT, last error."""
+        if deployment.pk is None:
+            return "-"
+        return deployment_states([deployment])[0].summary(deployment)
 
 
 class FallbackInline(admin.TabularInline):
@@ -50,6 +60,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
         "is_default",
         "is_enabled",
         "loaded",
+        "routing",
     ]
     list_filter = ["provider", "is_enabled", "is_default"]
     search_fields = ["slug", "display_name", "model"]
@@ -78,6 +89,16 @@ class ModelConfigAdmin(admin.ModelAdmin):
             },
         ),
     ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deployments")
+
+    @admin.display(description="deployments")
+    def routing(self, config: ModelConfig) -> str:
+        """Each deployment's state (its own fields as ``default`` when it has none), from Redis."""
+        deployments = model_deployments(config)
+        states = deployment_states(deployments)
+        return " | ".join(f"{d.name}: {s.summary(d)}" for d, s in zip(deployments, states, strict=True))
 
     @admin.display(boolean=True, description="loaded here")
     def loaded(self, config: ModelConfig) -> bool | None:

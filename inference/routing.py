@@ -30,9 +30,11 @@ import asyncio
 import logging
 import math
 import random
+import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -119,6 +121,29 @@ class DeploymentState:
         if self.recent_failures or (self.last_error and self.last_success is None):
             return "failing"
         return "healthy" if self.last_success is not None else "unknown"
+
+    @property
+    def p50_ttft_ms(self) -> float | None:
+        """Median of the recent TTFT samples (ms), None without samples."""
+        return statistics.median(self.ttft_samples) if self.ttft_samples else None
+
+    def summary(self, deployment: Deployment | None = None) -> str:
+        """Return one line for operators, e.g. ``cooling down until 12:05:09 UTC; 2 in flight; p50 TTFT 180 ms;
+        last error: upstream_error: ...`` (``drained`` first for a drained ``deployment``)."""
+        parts = ["drained"] if deployment is not None and deployment.is_drained else []
+        if self.cooldown_until is not None:
+            until = datetime.fromtimestamp(self.cooldown_until, tz=UTC).strftime("%H:%M:%S UTC")
+            parts.append(f"cooling down until {until}")
+        else:
+            parts.append(self.status)
+        parts.append(f"{self.in_flight} in flight")
+        if self.requests_this_minute:
+            parts.append(f"{self.requests_this_minute} requests / {self.tokens_this_minute} tokens this minute")
+        if self.p50_ttft_ms is not None:
+            parts.append(f"p50 TTFT {self.p50_ttft_ms:.0f} ms")
+        if self.last_error and self.status != "healthy":
+            parts.append(f"last error: {self.last_error[:200]}")
+        return "; ".join(parts)
 
 
 def deployment_states(deployments: list[Deployment]) -> list[DeploymentState]:
@@ -424,7 +449,8 @@ class Router:
         for config in [self.config, *(f for f in fallbacks if f.is_enabled)]:
             self.groups.append((config, model_deployments(config)))
 
-    aload = database_sync_to_async(load)
+    # A thread of its own, not the shared one: this runs on every live answer, on the hot async path.
+    aload = database_sync_to_async(load, thread_sensitive=False)
 
     @property
     def alternatives(self) -> bool:

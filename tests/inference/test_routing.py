@@ -8,9 +8,12 @@ import asyncio
 import json
 import subprocess
 import sys
+from io import StringIO
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from accounts.models import UsageRecord
 from accounts.services import api_key_create
@@ -60,18 +63,19 @@ async def answer(config: ModelConfig, messages=QUESTION, **kwargs) -> Generation
     return generation
 
 
-async def test_least_busy_spreads_concurrent_requests_over_both_deployments():
+def test_least_busy_spreads_concurrent_requests_over_both_deployments():
+    async def burst(config: ModelConfig) -> list[Generation]:
+        return await asyncio.gather(*(answer(config) for _ in range(6)))
+
     with (
         ScriptedServer(["ok"], words=("from", " a"), first_token_delay=2) as a,
         ScriptedServer(["ok"], words=("from", " b"), first_token_delay=2) as b,
     ):
-        config = await ModelConfig.objects.acreate(
-            slug="remote", display_name="Remote", provider="openai_compatible", model="m", base_url=a.base_url
-        )
-        await Deployment.objects.acreate(config=config, name="a", model="scripted", base_url=a.base_url)
-        await Deployment.objects.acreate(config=config, name="b", model="scripted", base_url=b.base_url)
+        config = remote_model()
+        deploy(config, "a", a.base_url)
+        deploy(config, "b", b.base_url)
 
-        generations = await asyncio.gather(*(answer(config) for _ in range(6)))
+        generations = async_to_sync(burst)(config)
 
     assert [g.outcome.finish_reason for g in generations] == ["stop"] * 6
     assert len(a.requests) + len(b.requests) == 6
@@ -283,3 +287,47 @@ def test_a_lone_failing_deployment_is_not_cooled_down_so_its_errors_stay_as_they
                 async_to_sync(answer)(config)
             assert raised.value.code == "upstream_error"
     assert len(failing.requests) == 4, "each request still reaches the server: there is nothing else to serve it"
+
+
+def test_models_check_probes_each_deployment_and_prints_the_shared_state():
+    with ScriptedServer(["ok"], words=("fine",)) as healthy:
+        config = remote_model()
+        deploy(config, "good", healthy.base_url)
+        down = deploy(config, "down", refused_url())
+        deployment_failure(deployment=down, error="model_unavailable: connection refused", retry_after=60)
+        out = StringIO()
+        call_command("models", "check", "remote", stdout=out)
+
+    text = out.getvalue()
+    assert "remote/good" in text and "check: OK" in text and "'fine'" in text
+    assert "remote/down" in text and "cooling down until" in text
+    assert "last error: model_unavailable: connection refused" in text
+    assert "check: failed: model_unavailable" in text
+    assert "OK (1 of 2 deployments answered)" in text
+
+
+def test_models_check_fails_when_no_deployment_answers():
+    config = remote_model()
+    deploy(config, "down", refused_url())
+    with pytest.raises(CommandError, match="no deployment answered"):
+        call_command("models", "check", "remote", stdout=StringIO())
+
+
+def test_the_admin_shows_each_deployments_state_and_a_missing_key_as_a_failure(admin_client, monkeypatch):
+    monkeypatch.delenv("PARLEY_TEST_MISSING_KEY", raising=False)
+    config = remote_model()
+    keyless = deploy(config, "keyless", "http://127.0.0.1:9/v1", api_key_env="PARLEY_TEST_MISSING_KEY")
+    deploy(config, "spare", refused_url(), is_drained=True)
+    Deployment.objects.filter(pk=keyless.pk).update(order=0)
+
+    generation = Generation(config=config, messages=QUESTION, params=PARAMS, use_cache=False)
+    with pytest.raises(InferenceError):
+        async_to_sync(generation.run)()
+    changelist = admin_client.get("/admin/inference/modelconfig/")
+    change = admin_client.get(f"/admin/inference/modelconfig/{config.pk}/change/")
+
+    assert changelist.status_code == 200 and change.status_code == 200
+    for page in (changelist.content.decode(), change.content.decode()):
+        assert "failing" in page
+        assert "PARLEY_TEST_MISSING_KEY is not set" in page
+        assert "drained" in page
