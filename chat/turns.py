@@ -364,7 +364,10 @@ async def _turn_run(turn: Turn) -> Message:
         status, error, error_code = MessageStatus.ERROR, NOT_STORED, "service_unavailable"
         message.status, message.error = status, error
     if error_code:
-        relay.send({"type": "error", "code": error_code, "detail": error, "message_id": message_id})
+        event = {"type": "error", "code": error_code, "detail": error, "message_id": message_id}
+        if retry_after is not None:
+            event["retry_after"] = retry_after  # seconds, as the consumer's own error frames carry it
+        relay.send(event)
     relay.send({"type": "generation.completed", "message": MessageOutputSerializer(message).data})
     await relay.close()
     return message

@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from io import StringIO
 
 import pytest
@@ -331,3 +332,41 @@ def test_the_admin_shows_each_deployments_state_and_a_missing_key_as_a_failure(a
         assert "failing" in page
         assert "PARLEY_TEST_MISSING_KEY is not set" in page
         assert "drained" in page
+
+
+def test_a_deployment_that_sends_no_first_token_in_time_hands_the_request_on():
+    with (
+        ScriptedServer(["stall"], stall_seconds=10) as stalled,
+        ScriptedServer(["ok"], words=("on", " time")) as prompt,
+    ):
+        config = remote_model(routing_strategy=RoutingStrategy.LOWEST_LATENCY, ttft_timeout=0.5)
+        deploy(config, "stalled", stalled.base_url)
+        spare = deploy(config, "prompt", prompt.base_url)
+        slow(spare)
+        generation = async_to_sync(answer)(config)
+
+    assert generation.outcome.content == "on time"
+    assert generation.outcome.route["reason"] == "fallback:model_timeout"
+    assert generation.outcome.route["tried"] == [{"deployment": "remote/stalled", "code": "model_timeout"}]
+
+
+def test_a_streamed_v1_request_fails_over_before_its_first_token(daphne_url, user):
+    import openai
+
+    with ScriptedServer([502]) as failing, ScriptedServer(["ok"], words=("stream", "ed")) as healthy:
+        config = remote_model(routing_strategy=RoutingStrategy.LOWEST_LATENCY)
+        deploy(config, "failing", failing.base_url)
+        slow(deploy(config, "healthy", healthy.base_url))
+        _, key = api_key_create(user=user, name="routing")
+        client = openai.OpenAI(base_url=daphne_url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+        chunks = list(client.chat.completions.create(model="remote", messages=QUESTION, max_tokens=8, stream=True))
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streamed"
+    assert len(failing.requests) == 1, "the failing deployment was tried first"
+    # A streamed request is recorded after its last event went out: wait for the record.
+    deadline = time.monotonic() + 30
+    while not UsageRecord.objects.filter(user=user).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = UsageRecord.objects.get(user=user)
+    assert (record.status, record.deployment, record.route) == ("complete", "remote/healthy", "fallback:upstream_error")
