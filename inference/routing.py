@@ -50,14 +50,12 @@ from .providers import (
     ModelUnavailable,
     UpstreamRateLimited,
 )
+from .providers.openai_compatible import CHARS_PER_TOKEN  # a prompt's tokens, estimated before any tokenizer
 
 logger = logging.getLogger(__name__)
 
 TTFT_SAMPLES = 20  # recent times to first token kept per deployment, for lowest_latency
 STATE_TTL_SECONDS = 3600  # how long the last error, last success and TTFT samples are kept
-# Characters per token, to estimate a prompt's tokens before any tokenizer ran: OpenAI's rule of
-# thumb for English text ("about 4 characters per token", help.openai.com, "What are tokens").
-CHARS_PER_TOKEN = 4
 # Upstream statuses that say "this deployment cannot serve now" (misconfigured, overloaded or down),
 # as opposed to "this request is wrong" (other 4xx), which another deployment would refuse too.
 FAILOVER_STATUSES = {401, 403, 404, 408, 409, 429}
@@ -570,15 +568,16 @@ class Router:
 
     def unavailable(self) -> InferenceError:
         """Return the error for a request no deployment took: 503 ``model_unavailable`` with ``Retry-After``
-        (seconds to the soonest cooldown end), or ``model_busy`` when every deployment was at its limits."""
-        reasons = set(self.skipped.values())
-        if reasons and reasons <= {"at_capacity", "rpm_limit", "tpm_limit"}:
-            return ModelBusy(f"Every deployment of {self.config.display_name} is at its limits.", retry_after=1)
+        (seconds to the soonest cooldown end), or ``model_busy`` (``retry_after`` 1) when one or more was
+        at its limits (requests in flight, per minute) and the others drained or cooling down."""
+        summary = ", ".join(f"{label}: {why}" for label, why in self.skipped.items()) or "none configured"
+        # A deployment at its limits frees up soonest (a request ends, a minute turns): say "busy".
+        if set(self.skipped.values()) & {"at_capacity", "rpm_limit", "tpm_limit"}:
+            return ModelBusy(f"{self.config.display_name} is busy ({summary}).", retry_after=1)
         if self.cooldown_ends:
             wait = max(1, math.ceil(min(self.cooldown_ends) - time.time()))
         else:
             wait = max(1, math.ceil(settings.ROUTING_COOLDOWN_SECONDS))
-        summary = ", ".join(f"{label}: {why}" for label, why in self.skipped.items()) or "none configured"
         return ModelUnavailable(
             f"No deployment of {self.config.display_name} can take requests now ({summary}).", retry_after=wait
         )

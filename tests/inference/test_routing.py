@@ -21,7 +21,7 @@ from accounts.services import api_key_create
 from inference.models import Deployment, ModelConfig, ModelFallback, Provider, RoutingStrategy
 from inference.pipeline import Generation
 from inference.providers import GenerationParams, InferenceError, ModelTimeout
-from inference.routing import deployment_failure, deployment_states, deployment_success
+from inference.routing import deployment_failure, deployment_states, deployment_success, slot_acquire
 from tests.servers import ScriptedServer, free_port, worker_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -370,3 +370,59 @@ def test_a_streamed_v1_request_fails_over_before_its_first_token(daphne_url, use
         time.sleep(0.1)
     record = UsageRecord.objects.get(user=user)
     assert (record.status, record.deployment, record.route) == ("complete", "remote/healthy", "fallback:upstream_error")
+
+
+def test_max_concurrent_requests_are_held_across_both_deployments_and_the_rest_is_busy():
+    async def burst(config: ModelConfig) -> list:
+        requests = [answer(config) for _ in range(3)]
+        return await asyncio.gather(*requests, return_exceptions=True)
+
+    with (
+        ScriptedServer(["ok"], words=("a",), first_token_delay=2) as a,
+        ScriptedServer(["ok"], words=("b",), first_token_delay=2) as b,
+    ):
+        config = remote_model()
+        deploy(config, "a", a.base_url, max_concurrent=1)
+        deploy(config, "b", b.base_url, max_concurrent=1)
+        results = async_to_sync(burst)(config)
+
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert sorted(r.outcome.content for r in results if not isinstance(r, Exception)) == ["a", "b"]
+    assert [(e.code, e.status_code, e.retry_after) for e in errors] == [("model_busy", 503, 1)]
+    assert len(a.requests) == 1 and len(b.requests) == 1
+
+
+def test_a_deployment_over_its_requests_per_minute_sends_the_rest_to_the_fallback():
+    with ScriptedServer(["ok"], words=("primary",)) as primary, ScriptedServer(["ok"], words=("spare",)) as spare:
+        config = remote_model()
+        deploy(config, "limited", primary.base_url, rpm_limit=1)
+        fallback = remote_model("spare")
+        deploy(fallback, "a", spare.base_url)
+        ModelFallback.objects.create(model=config, fallback=fallback)
+
+        first = async_to_sync(answer)(config)
+        second = async_to_sync(answer)(config)
+
+    assert (first.outcome.content, first.outcome.route["reason"]) == ("primary", "routed")
+    assert (second.outcome.content, second.outcome.route["reason"]) == ("spare", "fallback:rpm_limit")
+    assert second.outcome.route["model"] == "spare"
+
+
+def test_a_crashed_processs_in_flight_request_stops_counting_after_its_ttl(settings):
+    settings.ROUTING_INFLIGHT_TTL_SECONDS = 1
+    with ScriptedServer(["ok"], words=("free",)) as server:
+        config = remote_model()
+        only = deploy(config, "only", server.base_url, max_concurrent=1)
+        spare = deploy(config, "spare", refused_url(), is_drained=True)
+        # A process took the only slot and died without releasing it (nor renewing it).
+        taken, _ = slot_acquire(candidates=[only, spare], request_id="crashed", tokens=10)
+        assert taken == only
+        with pytest.raises(InferenceError) as raised:
+            async_to_sync(answer)(config)
+        assert raised.value.code == "model_busy"
+
+        time.sleep(1.5)  # past the entry's TTL: no renewal came
+        generation = async_to_sync(answer)(config)
+
+    assert generation.outcome.content == "free"
+    assert deployment_states([only])[0].in_flight == 0
