@@ -9,6 +9,9 @@ Chat turns (WebSocket, SSE, REST, Celery execution), ``/v1/chat/completions`` (s
   released just before;
 - the ``semantic`` layer (models that opt in): a first question matched by embedding similarity;
 - replay of a cached answer as chunks of a few words, as a live answer streams;
+- routing (:mod:`inference.routing`): the deployment of the model that serves the answer, by the
+  model's strategy and the state every process shares in Redis; before the first token only, a
+  failing deployment hands the request to the next one, then to the model's fallback models;
 - the provider stream: async providers (``astream``, e.g. the OpenAI-compatible one on
   ``openai.AsyncOpenAI``) run on the event loop; blocking ones (llama.cpp) in a worker thread that hands
   chunks to the loop without blocking it, waking it only when it waits for them;

@@ -421,7 +421,7 @@ class Router:
     """The attempts of one request of ``config`` for ``messages``; see the module docstring.
 
     Call :meth:`load` (database) first, then :meth:`next` until it returns None; report each attempt
-    with :meth:`failed` or :meth:`succeeded`, and always :meth:`release` it. :attr:`route` says what
+    with :meth:`failed` or :meth:`succeeded`, and always free its slot (:func:`slot_release`). :attr:`route` says what
     served the request: ``{"model": slug, "deployment": "<model>/<name>", "provider", "reason":
     "routed"|"fallback:<reason>", "tried"?: [{"deployment", "code"}]}`` where reason is the first
     failure's error code, ``context_window``, ``cooling_down``, ``drained`` or ``at_capacity``.
