@@ -447,8 +447,9 @@ class Router:
         for config in [self.config, *(f for f in fallbacks if f.is_enabled)]:
             self.groups.append((config, model_deployments(config)))
 
-    # A thread of its own, not the shared one: this runs on every live answer, on the hot async path.
-    aload = database_sync_to_async(load, thread_sensitive=False)
+    # Thread-sensitive, as the pipeline's other database calls: each request (Django's ASGI handler)
+    # and each chat turn (chat.turns) has a sync thread of its own, so this does not queue behind others.
+    aload = database_sync_to_async(load)
 
     @property
     def alternatives(self) -> bool:
