@@ -426,3 +426,21 @@ def test_a_crashed_processs_in_flight_request_stops_counting_after_its_ttl(setti
 
     assert generation.outcome.content == "free"
     assert deployment_states([only])[0].in_flight == 0
+
+
+def test_a_deployment_over_its_tokens_per_minute_sends_the_rest_to_the_fallback():
+    question = [{"role": "user", "content": "x" * 40}]  # estimated at 10 prompt tokens
+    with ScriptedServer(["ok"], words=("primary",)) as primary, ScriptedServer(["ok"], words=("spare",)) as spare:
+        config = remote_model()
+        limited = deploy(config, "limited", primary.base_url, tpm_limit=15)
+        fallback = remote_model("spare")
+        deploy(fallback, "a", spare.base_url)
+        ModelFallback.objects.create(model=config, fallback=fallback)
+
+        first = async_to_sync(answer)(config, question)
+        second = async_to_sync(answer)(config, question)
+
+    assert first.outcome.content == "primary"
+    # 10 estimated prompt tokens, then the 1 completion token the server reported: 11 of 15 this minute.
+    assert deployment_states([limited])[0].tokens_this_minute == 11
+    assert (second.outcome.content, second.outcome.route["reason"]) == ("spare", "fallback:tpm_limit")
