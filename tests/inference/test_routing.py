@@ -22,6 +22,7 @@ from inference.models import Deployment, ModelConfig, ModelFallback, Provider, R
 from inference.pipeline import Generation
 from inference.providers import GenerationParams, InferenceError, ModelTimeout
 from inference.routing import deployment_failure, deployment_states, deployment_success, slot_acquire
+from tests.core.test_health import redis_down
 from tests.servers import ScriptedServer, free_port, worker_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -444,3 +445,16 @@ def test_a_deployment_over_its_tokens_per_minute_sends_the_rest_to_the_fallback(
     # 10 estimated prompt tokens, then the 1 completion token the server reported: 11 of 15 this minute.
     assert deployment_states([limited])[0].tokens_this_minute == 11
     assert (second.outcome.content, second.outcome.route["reason"]) == ("spare", "fallback:tpm_limit")
+
+
+def test_with_the_routing_redis_down_answers_still_come_from_the_deployments(settings):
+    with ScriptedServer(["ok"], words=("still", " here")) as server:
+        config = remote_model()
+        deploy(config, "drained", refused_url(), is_drained=True)
+        deploy(config, "up", server.base_url)
+        redis_down(settings)  # routing state is unreachable: it fails open, with no limits or cooldowns
+
+        generation = async_to_sync(answer)(config)
+
+    assert generation.outcome.content == "still here"
+    assert generation.outcome.route["deployment"] == "remote/up", "a drained deployment stays drained"
