@@ -73,8 +73,12 @@ class Admission:
         ttft_ms: int | None = None,
         latency_ms: int | None = None,
         cached: bool = False,
+        deployment: str = "",
+        route: str = "",
     ) -> None:
         """Free the slot and record the request (tokens, USD ``cost``, milliseconds); only the first call counts.
+
+        ``deployment`` and ``route``: what served it and why (see :func:`accounts.services.usage_record`).
 
         Blocking. Never raises: the answer matters more than its bookkeeping (failures are logged).
         """
@@ -95,6 +99,8 @@ class Admission:
                 ttft_ms=ttft_ms,
                 latency_ms=latency_ms,
                 cached=cached,
+                deployment=deployment,
+                route=route,
             )
         except Exception:
             logger.exception("Could not record usage of generation %s", self.generation_id)

@@ -71,6 +71,9 @@ def usage_metrics(*, since: datetime, until: datetime | None = None, bucket: tim
                                            token), over complete, uncached requests
          "ttft_ms", "latency_ms": {"p50", "p95"}: float | None (ms, PostgreSQL percentile_cont),
          "top_users": [{"user_id", "username", "requests", "tokens"}]  (by tokens, at most TOP_USERS),
+         "deployments": [{"deployment", "requests", "errors", "fallbacks", "ttft_ms_p50"}]  per deployment
+                                           that served requests ("<model>/<name>"), most requests first;
+                                           fallbacks: requests it served for another deployment or model
          "series": [{"start": datetime, "requests", "errors", "tokens"}]  one per ``bucket``, oldest first,
                                            buckets aligned to UTC boundaries, empty ones included}
     """
@@ -104,6 +107,24 @@ def usage_metrics(*, since: datetime, until: datetime | None = None, bucket: tim
         for row in records.values("user_id", "user__username")
         .annotate(requests=Count("id"), tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
         .order_by("-tokens", "user__username")[:TOP_USERS]
+    ]
+    deployments = [
+        {
+            "deployment": row["deployment"],
+            "requests": row["requests"],
+            "errors": row["errors"],
+            "fallbacks": row["fallbacks"],
+            "ttft_ms_p50": _ms(row["ttft_p50"]),
+        }
+        for row in records.exclude(deployment="")
+        .values("deployment")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status=UsageStatus.ERROR)),
+            fallbacks=Count("id", filter=Q(route__startswith="fallback:")),
+            ttft_p50=Percentile("ttft_ms", 0.5),
+        )
+        .order_by("-requests", "deployment")
     ]
     first = _bucket_start(since, bucket)
     rows = {
@@ -144,5 +165,6 @@ def usage_metrics(*, since: datetime, until: datetime | None = None, bucket: tim
         "ttft_ms": {"p50": _ms(totals["ttft_p50"]), "p95": _ms(totals["ttft_p95"])},
         "latency_ms": {"p50": _ms(totals["latency_p50"]), "p95": _ms(totals["latency_p95"])},
         "top_users": top_users,
+        "deployments": deployments,
         "series": series,
     }

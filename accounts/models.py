@@ -113,6 +113,12 @@ class UsageRecord(models.Model):
     ttft_ms = models.PositiveIntegerField("TTFT (ms)", null=True, blank=True)
     latency_ms = models.PositiveIntegerField("latency (ms)", null=True, blank=True)
     cached = models.BooleanField(default=False)
+    deployment = models.CharField(
+        max_length=200, blank=True, help_text="<model>/<deployment> that served it; empty for a cached answer."
+    )
+    route = models.CharField(
+        max_length=64, blank=True, help_text='Why that deployment: "routed" or "fallback:<reason>".'
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -112,10 +112,13 @@ def usage_record(
     ttft_ms: int | None = None,
     latency_ms: int | None = None,
     cached: bool = False,
+    deployment: str = "",
+    route: str = "",
 ) -> UsageRecord:
     """Record one model request and add it to the user's :class:`UsageDaily` row for today (UTC).
 
-    Tokens are counts (``None`` counts as 0), ``cost`` USD, ``ttft_ms``/``latency_ms`` milliseconds.
+    Tokens are counts (``None`` counts as 0), ``cost`` USD, ``ttft_ms``/``latency_ms`` milliseconds;
+    ``deployment`` (``<model>/<name>``) served it, for ``route`` (``routed`` / ``fallback:<reason>``).
     The daily row is incremented with ``F()`` expressions in SQL, so concurrent processes never lose
     an update; the first request of a day creates the row (a racing creator retries as an update).
     """
@@ -133,6 +136,8 @@ def usage_record(
             ttft_ms=ttft_ms,
             latency_ms=latency_ms,
             cached=cached,
+            deployment=deployment,
+            route=route,
         )
         increments = {
             "requests": F("requests") + 1,
@@ -174,6 +179,7 @@ def usage_record(
         completion_tokens=completion_tokens,
         ttft_ms=ttft_ms,
         latency_ms=latency_ms,
+        deployment=deployment,
     )
     return record
 

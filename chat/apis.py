@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from core.errors import ParleyError
 from core.schema import ErrorSerializer
-from inference.providers import ModelBusy
+from inference.providers import ModelBusy, ModelUnavailable
 from inference.providers.llama_cpp import BUSY_RETRY_AFTER
 from inference.sse import event_stream_response
 
@@ -92,6 +92,17 @@ def _error_example(status_code: int, code: str, detail: str) -> OpenApiExample:
 GENERATION_IN_PROGRESS = OpenApiResponse(
     ErrorSerializer, description="A generation is already running (`generation_in_progress`)."
 )
+
+
+def _raise_if_not_taken(message) -> None:
+    """Say the HTTP way (503 with ``Retry-After``) that nothing was generated for ``message`` because the
+    model could not take the request: its queue was full (``model_busy``), or every deployment was
+    drained or cooling down (``model_unavailable`` with the seconds to the soonest cooldown end)."""
+    code, retry_after = message.metadata.get("error_code"), message.metadata.get("retry_after")
+    if code == ModelBusy.code:
+        raise ModelBusy(message.error, retry_after=retry_after or BUSY_RETRY_AFTER)
+    if code == ModelUnavailable.code and retry_after:
+        raise ModelUnavailable(message.error, retry_after=retry_after)
 
 
 class ConversationPagination(PageNumberPagination):
@@ -245,10 +256,8 @@ class MessageListApi(sse.EventStreamMixin, APIView):
             return event_stream_response(sse.turn_events(turn, announce=created))
         async_to_sync(turns.send_event)(conversation.pk, created)
         assistant_message = async_to_sync(turns.turn_execute)(turn)
-        if assistant_message.metadata.get("error_code") == ModelBusy.code:
-            # Nothing was generated because the model's queue was full: say so the HTTP way. The
-            # user's message and the failed answer stay stored, as for any failure.
-            raise ModelBusy(assistant_message.error, retry_after=BUSY_RETRY_AFTER)
+        # The user's message and the failed answer stay stored, as for any failure.
+        _raise_if_not_taken(assistant_message)
         return Response(
             {
                 "user_message": MessageOutputSerializer(turn.user_message).data,
@@ -403,8 +412,7 @@ class MessageRegenerateApi(sse.EventStreamMixin, APIView):
         if self.wants_event_stream(request):
             return event_stream_response(sse.turn_events(turn))
         assistant_message = async_to_sync(turns.turn_execute)(turn)
-        if assistant_message.metadata.get("error_code") == ModelBusy.code:
-            raise ModelBusy(assistant_message.error, retry_after=BUSY_RETRY_AFTER)
+        _raise_if_not_taken(assistant_message)
         return Response(MessageOutputSerializer(assistant_message).data, status=status.HTTP_201_CREATED)
 
 

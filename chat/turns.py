@@ -218,7 +218,9 @@ def _turn_finish(
     )
     turn.admission.finish(
         model_slug=turn.model.slug,
-        provider=turn.model.provider,
+        provider=outcome.route.get("provider") or turn.model.provider,
+        deployment=outcome.route.get("deployment", ""),
+        route=outcome.route.get("reason", ""),
         status=message.status,
         prompt_tokens=message.prompt_tokens,
         completion_tokens=message.completion_tokens,
@@ -293,6 +295,7 @@ async def _turn_run(turn: Turn) -> Message:
     outcome = Outcome()
     state: dict = {}  # what the workflow's steps added, merged: known even when generation fails
     status, error, error_code = MessageStatus.COMPLETE, "", ""
+    retry_after = None
 
     # A channel of its own, not layer.new_channel(): process-specific channels share one Redis key
     # per process, and cancelling a receive on it at the end of the turn could swallow an event
@@ -330,6 +333,7 @@ async def _turn_run(turn: Turn) -> Message:
             status, error = MessageStatus.CANCELLED, STOPPED_BY_USER
     except InferenceError as exc:
         status, error, error_code = MessageStatus.ERROR, exc.detail, exc.code
+        retry_after = exc.retry_after
     except Exception:
         logger.exception("Generation failed for message %s", message.pk)
         status, error, error_code = MessageStatus.ERROR, "The model failed unexpectedly.", "upstream_error"
@@ -347,8 +351,12 @@ async def _turn_run(turn: Turn) -> Message:
     citations, metadata = turn_report(state)
     if outcome.cache:
         metadata["cache"] = outcome.cache
+    if outcome.route:
+        metadata["route"] = outcome.route
     if error_code:
         metadata["error_code"] = error_code
+    if retry_after is not None:
+        metadata["retry_after"] = retry_after  # seconds; the REST API sends it as Retry-After
     message = await _turn_finish_retried(
         turn, outcome=outcome, status=status, error=error, metadata=metadata, citations=citations
     )
@@ -356,7 +364,10 @@ async def _turn_run(turn: Turn) -> Message:
         status, error, error_code = MessageStatus.ERROR, NOT_STORED, "service_unavailable"
         message.status, message.error = status, error
     if error_code:
-        relay.send({"type": "error", "code": error_code, "detail": error, "message_id": message_id})
+        event = {"type": "error", "code": error_code, "detail": error, "message_id": message_id}
+        if retry_after is not None:
+            event["retry_after"] = retry_after  # seconds, as the consumer's own error frames carry it
+        relay.send(event)
     relay.send({"type": "generation.completed", "message": MessageOutputSerializer(message).data})
     await relay.close()
     return message

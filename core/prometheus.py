@@ -2,9 +2,11 @@
 
 Metric names are stable (dashboards and alerts depend on them)::
 
-    parley_llm_requests_total{model,provider,status}   model requests: chat turns and /v1 calls
+    parley_llm_requests_total{model,provider,status,deployment}
+                                                       model requests: chat turns and /v1 calls; deployment
+                                                       "<model>/<name>" that served it ("none": cache, error)
     parley_llm_tokens_total{model,kind}                tokens, kind "prompt" | "completion"
-    parley_llm_ttft_seconds{model}                     histogram: time to first token
+    parley_llm_ttft_seconds{model,deployment}          histogram: time to first token
     parley_llm_generation_seconds{model}               histogram: whole request, first byte to last
     parley_cache_requests_total{layer,result}          cache lookups, result "hit" | "miss"
     parley_ws_connections                              gauge: open chat WebSockets
@@ -45,14 +47,16 @@ from prometheus_client import (
 logger = logging.getLogger(__name__)
 
 LLM_REQUESTS = Counter(
-    "parley_llm_requests_total", "Model requests (chat turns and /v1 calls).", ["model", "provider", "status"]
+    "parley_llm_requests_total",
+    "Model requests (chat turns and /v1 calls).",
+    ["model", "provider", "status", "deployment"],
 )
 LLM_TOKENS = Counter("parley_llm_tokens_total", "Tokens of model requests.", ["model", "kind"])
 # Buckets in seconds: a local model answers in tens of milliseconds, a remote or busy one in seconds.
 LLM_TTFT = Histogram(
     "parley_llm_ttft_seconds",
     "Time to first token of model requests.",
-    ["model"],
+    ["model", "deployment"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 LLM_GENERATION = Histogram(
@@ -91,21 +95,27 @@ def llm_request_observe(
     completion_tokens: int,
     ttft_ms: int | None,
     latency_ms: int | None,
+    deployment: str = "",
 ) -> None:
     """Count one model request, its tokens, and its TTFT and duration (given in ms, kept in seconds).
+
+    ``deployment`` is ``<model slug>/<deployment name>`` of the deployment that served it (empty: none,
+    e.g. a cached answer or a request that failed before any deployment took it).
 
     Called once per request, by :func:`accounts.services.usage_record`, which every chat turn and
     /v1 call goes through.
     """
 
     def record() -> None:
-        LLM_REQUESTS.labels(model=model, provider=provider or "unknown", status=str(status)).inc()
+        LLM_REQUESTS.labels(
+            model=model, provider=provider or "unknown", status=str(status), deployment=deployment or "none"
+        ).inc()
         if prompt_tokens:
             LLM_TOKENS.labels(model=model, kind="prompt").inc(prompt_tokens)
         if completion_tokens:
             LLM_TOKENS.labels(model=model, kind="completion").inc(completion_tokens)
         if ttft_ms is not None:
-            LLM_TTFT.labels(model=model).observe(ttft_ms / 1000)
+            LLM_TTFT.labels(model=model, deployment=deployment or "none").observe(ttft_ms / 1000)
         if latency_ms is not None:
             LLM_GENERATION.labels(model=model).observe(latency_ms / 1000)
 

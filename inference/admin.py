@@ -2,13 +2,55 @@ from django.contrib import admin, messages
 
 from core.errors import ParleyError
 
-from .models import ModelConfig
+from .models import Deployment, ModelConfig, ModelFallback
 from .registry import model_config_probe, model_config_set_default
+from .routing import deployment_states, model_deployments
 from .services import model_is_loaded, model_load, model_unload
+
+
+class DeploymentInline(admin.TabularInline):
+    """The servers of a model. With none, the model's own provider fields serve it as one deployment."""
+
+    model = Deployment
+    extra = 0
+    fields = [
+        "order",
+        "name",
+        "provider",
+        "model",
+        "base_url",
+        "api_key_env",
+        "weight",
+        "max_concurrent",
+        "rpm_limit",
+        "tpm_limit",
+        "is_drained",
+        "state",
+    ]
+    readonly_fields = ["state"]
+
+    @admin.display(description="state (all processes)")
+    def state(self, deployment: Deployment) -> str:
+        """The state every process shares (Redis): cooldown, in flight, p50 TTFT, last error."""
+        if deployment.pk is None:
+            return "-"
+        return deployment_states([deployment])[0].summary(deployment)
+
+
+class FallbackInline(admin.TabularInline):
+    """Models that answer, in order, when none of this model's deployments can."""
+
+    model = ModelFallback
+    fk_name = "model"
+    extra = 0
+    fields = ["order", "fallback"]
+    verbose_name = "fallback model"
+    verbose_name_plural = "fallback models (tried in order when no deployment of this model can answer)"
 
 
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
+    inlines = [DeploymentInline, FallbackInline]
     list_display = [
         "display_name",
         "slug",
@@ -18,6 +60,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
         "is_default",
         "is_enabled",
         "loaded",
+        "routing",
     ]
     list_filter = ["provider", "is_enabled", "is_default"]
     search_fields = ["slug", "display_name", "model"]
@@ -37,7 +80,25 @@ class ModelConfigAdmin(admin.ModelAdmin):
         ("Local (llama.cpp)", {"fields": ["n_threads", "n_gpu_layers"]}),
         ("Limits", {"fields": ["connect_timeout", "ttft_timeout", "idle_timeout", "max_retries", "max_queue"]}),
         ("Pricing and orchestration", {"fields": ["price_input_per_mtok", "price_output_per_mtok", "orchestrator"]}),
+        (
+            "Routing",
+            {
+                "fields": ["routing_strategy"],
+                "description": "How a request picks one of the deployments below. A model with no deployments "
+                "is served by its own provider, model, base URL and API-key fields above.",
+            },
+        ),
     ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deployments")
+
+    @admin.display(description="deployments")
+    def routing(self, config: ModelConfig) -> str:
+        """Each deployment's state (its own fields as ``default`` when it has none), from Redis."""
+        deployments = model_deployments(config)
+        states = deployment_states(deployments)
+        return " | ".join(f"{d.name}: {s.summary(d)}" for d, s in zip(deployments, states, strict=True))
 
     @admin.display(boolean=True, description="loaded here")
     def loaded(self, config: ModelConfig) -> bool | None:

@@ -122,6 +122,14 @@ class MetricsTopUserSerializer(serializers.Serializer):
     tokens = serializers.IntegerField(help_text="Prompt + completion tokens in the window.")
 
 
+class MetricsDeploymentSerializer(serializers.Serializer):
+    deployment = serializers.CharField(help_text="<model slug>/<deployment name> that served the requests.")
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    fallbacks = serializers.IntegerField(help_text="Requests it served after another deployment or model could not.")
+    ttft_ms_p50 = serializers.FloatField(allow_null=True, help_text="Median time to first token, milliseconds.")
+
+
 class MetricsBucketSerializer(serializers.Serializer):
     start = serializers.DateTimeField()
     requests = serializers.IntegerField()
@@ -170,6 +178,9 @@ class AdminMetricsApi(APIView):
         ttft_ms = MetricsPercentilesSerializer(help_text="Time to first token, milliseconds.")
         latency_ms = MetricsPercentilesSerializer(help_text="Whole request, milliseconds.")
         top_users = MetricsTopUserSerializer(many=True)
+        deployments = MetricsDeploymentSerializer(
+            many=True, help_text="Requests split by the deployment that served them."
+        )
         series = MetricsBucketSerializer(many=True)
         cache = MetricsCacheSerializer()
         ws_connections = serializers.IntegerField(help_text="Open chat WebSockets, all processes.")

@@ -391,7 +391,9 @@ def _finish(call: _Call, generation: Generation, status: UsageStatus) -> None:
     usage = outcome.usage or Usage(0, 0)
     call.admission.finish(
         model_slug=call.config.slug,
-        provider=call.config.provider,
+        provider=outcome.route.get("provider") or call.config.provider,
+        deployment=outcome.route.get("deployment", ""),
+        route=outcome.route.get("reason", ""),
         status=status,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,

@@ -10,6 +10,12 @@ class Provider(models.TextChoices):
     OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
 
 
+class RoutingStrategy(models.TextChoices):
+    LEAST_BUSY = "least_busy", "Least busy (fewest requests in flight)"
+    WEIGHTED_RANDOM = "weighted_random", "Weighted random (by each deployment's weight)"
+    LOWEST_LATENCY = "lowest_latency", "Lowest recent time to first token"
+
+
 class CachePolicy(models.TextChoices):
     DETERMINISTIC = "deterministic", "Only deterministic requests (temperature 0)"
     ALWAYS = "always", "Every request (answers repeat even at temperature > 0)"
@@ -108,6 +114,18 @@ class ModelConfig(models.Model):
             "user has their own. Sharing tells a user that someone asked that exact question, and what was answered."
         ),
     )
+    # Routing (inference.routing): which deployment serves a request, and what serves it when none can.
+    routing_strategy = models.CharField(
+        max_length=16, choices=RoutingStrategy.choices, default=RoutingStrategy.LEAST_BUSY
+    )
+    fallbacks = models.ManyToManyField(
+        "self",
+        through="ModelFallback",
+        through_fields=("model", "fallback"),
+        symmetrical=False,
+        related_name="fallback_for",
+        blank=True,
+    )
     is_default = models.BooleanField(default=False)
     is_enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -131,6 +149,79 @@ class ModelConfig(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+
+class Deployment(models.Model):
+    """One server (or local GGUF) that serves a model config; a model may have several (replicas, overflow).
+
+    ``provider``, ``model``, ``base_url`` and ``api_key_env`` mean what they mean on
+    :class:`ModelConfig`; everything else (timeouts, stop sequences, threads, prices) is the model's.
+    A model with no deployments is served by its own fields, as one implicit deployment named
+    ``default`` (:func:`inference.routing.model_deployments`). ``weight`` counts for the
+    ``weighted_random`` strategy; ``max_concurrent`` (requests in flight, across every process),
+    ``rpm_limit`` (requests per minute) and ``tpm_limit`` (prompt + completion tokens per minute)
+    are empty for no limit. A drained deployment takes no new requests; running ones finish.
+    """
+
+    config = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="deployments")
+    name = models.SlugField(max_length=64, help_text="Shown in metrics and message metadata, e.g. gpu-1.")
+    provider = models.CharField(max_length=32, choices=Provider.choices, default=Provider.OPENAI_COMPATIBLE)
+    model = models.CharField(
+        "model path or name",
+        max_length=512,
+        help_text="GGUF path (or package:<package>/<file>) for llama.cpp; the model name for a server.",
+    )
+    base_url = models.URLField("base URL", max_length=512, blank=True)
+    api_key_env = models.CharField(
+        "API-key environment variable",
+        max_length=128,
+        blank=True,
+        help_text="Name of the environment variable holding the key; the key itself is never stored.",
+    )
+    weight = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    max_concurrent = models.PositiveIntegerField(
+        "max concurrent requests", null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    is_drained = models.BooleanField("drained", default=False, help_text="Take no new requests; running ones finish.")
+    order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["order", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["config", "name"], name="inference_deployment_unique_name"),
+            models.CheckConstraint(
+                condition=~Q(provider="openai_compatible") | ~Q(base_url=""),
+                name="inference_remote_deployment_has_base_url",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.config.slug}/{self.name}" if self.config_id else self.name
+
+    @property
+    def label(self) -> str:
+        """``<model slug>/<deployment name>``: how metrics, usage records and metadata name it."""
+        return f"{self.config.slug}/{self.name}"
+
+
+class ModelFallback(models.Model):
+    """``fallback`` serves ``model``'s requests, in ``order``, when none of ``model``'s deployments can."""
+
+    model = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="fallback_links")
+    fallback = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="+")
+    order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["order", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "fallback"], name="inference_fallback_unique"),
+            models.CheckConstraint(condition=~Q(model=models.F("fallback")), name="inference_fallback_not_self"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} -> {self.fallback_id}"
 
 
 class SemanticCacheEntry(models.Model):

@@ -9,6 +9,9 @@ Chat turns (WebSocket, SSE, REST, Celery execution), ``/v1/chat/completions`` (s
   released just before;
 - the ``semantic`` layer (models that opt in): a first question matched by embedding similarity;
 - replay of a cached answer as chunks of a few words, as a live answer streams;
+- routing (:mod:`inference.routing`): the deployment of the model that serves the answer, by the
+  model's strategy and the state every process shares in Redis; before the first token only, a
+  failing deployment hands the request to the next one, then to the model's fallback models;
 - the provider stream: async providers (``astream``, e.g. the OpenAI-compatible one on
   ``openai.AsyncOpenAI``) run on the event loop; blocking ones (llama.cpp) in a worker thread that hands
   chunks to the loop without blocking it, waking it only when it waits for them;
@@ -38,6 +41,7 @@ from .cache import CacheLayer, answer_entry, canonical_key, replay_deltas, seman
 from .cache import layer as cache_layer
 from .models import ModelConfig
 from .providers import Chunk, GenerationParams, ModelTimeout, Usage
+from .routing import Router, renew_while_running, slot_release
 from .services import (
     cache_allowed,
     cache_owner,
@@ -59,7 +63,9 @@ STOP_POLL_SECONDS = 0.25  # longest a stop waits to be noticed while no chunk ar
 class Outcome:
     """What a generation produced. ``ttft_ms`` counts from the caller's ``started`` (milliseconds);
     ``finish_reason`` is ``stop``, ``length`` or ``cancelled``; ``cache`` describes the cache lookup:
-    ``{"layer": "llm"|"semantic", "key"?: first 16 hex chars, "hit": bool, "waited"?: bool, "similarity"?: float}``."""
+    ``{"layer": "llm"|"semantic", "key"?: first 16 hex chars, "hit": bool, "waited"?: bool, "similarity"?: float}``;
+    ``route`` says which deployment served a live answer and why (:attr:`inference.routing.Router.route`;
+    empty for a cached one); ``served_by`` is the model config that answered (the model or a fallback)."""
 
     content: str = ""
     usage: Usage | None = None
@@ -67,17 +73,33 @@ class Outcome:
     ttft_ms: int | None = None
     cached: bool = False
     cache: dict = field(default_factory=dict)
+    route: dict = field(default_factory=dict)
+    served_by: ModelConfig | None = field(default=None, repr=False)
 
     def cost(self, config: ModelConfig) -> Decimal | None:
-        """Return the USD cost of this answer at ``config``'s prices; None for a cached answer (it cost nothing)."""
+        """Return the USD cost of this answer at the prices of the model that served it (``config``, or
+        the fallback model that answered for it); None for a cached answer (it cost nothing)."""
         if self.cached or self.usage is None:
             return None
         return usage_cost(
-            model=config, prompt_tokens=self.usage.prompt_tokens, completion_tokens=self.usage.completion_tokens
+            model=self.served_by or config,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
         )
 
 
 _DONE = object()
+
+
+class _LinkedEvent(threading.Event):
+    """An event that also counts as set while ``parent`` is: one try's stop, linked to the generation's."""
+
+    def __init__(self, parent: threading.Event):
+        super().__init__()
+        self.parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.parent.is_set()
 
 
 class _Feed:
@@ -291,18 +313,78 @@ class Generation:
             )
 
     async def _live(self, batch_seconds: float = 0.0) -> AsyncIterator[list[Chunk]]:
-        """Stream from the provider; see :meth:`batches`."""
-        config, outcome = self.config, self.outcome
+        """Stream from a deployment the router picks (:mod:`inference.routing`); see :meth:`batches`.
+
+        Before the first chunk, a deployment that fails (connection refused, 429, 5xx, TTFT timeout, a
+        full local queue) hands the request to the next one: the model's other deployments, then its
+        fallback models; a prompt too long for the model goes to a fallback whose context window fits.
+        After the first chunk there is no switch: the error is raised with the text so far. Raise
+        :class:`ModelUnavailable` (``retry_after``: seconds to the soonest cooldown end) when no
+        deployment could take the request, or the last deployment's error when every one tried failed.
+        """
+        router = Router(config=self.config, messages=self.messages)
+        await router.aload()
+        try:
+            while not self.cancel.is_set():
+                attempt = await asyncio.to_thread(router.next)
+                if attempt is None:
+                    router.gave_up(None)
+                    self.outcome.route = router.route
+                    # Every deployment tried failed: its error says more than "unavailable" does.
+                    raise router.last_error or router.unavailable()
+                renewer = asyncio.create_task(renew_while_running(attempt))
+                streamed, ttft_ms = False, None
+                try:
+                    provider = provider_for(
+                        config=attempt.config,
+                        deployment=attempt.deployment,
+                        max_retries=0 if router.alternatives else None,
+                    )
+                    async for batch in self._stream(provider, attempt.config, batch_seconds):
+                        if not streamed:
+                            streamed, ttft_ms = True, round((time.perf_counter() - attempt.started) * 1000)
+                        yield batch
+                except Exception as exc:
+                    retry = await asyncio.to_thread(router.failed, attempt, exc, started_streaming=streamed)
+                    if not retry or self.cancel.is_set():
+                        router.gave_up(attempt)
+                        self.outcome.route = router.route
+                        raise
+                    logger.warning("%s failed before its first token (%s)", attempt.deployment.label, exc)
+                    router.last_error = exc
+                    continue
+                finally:
+                    renewer.cancel()
+                    usage = self.outcome.usage
+                    await asyncio.to_thread(
+                        slot_release,
+                        deployment=attempt.deployment,
+                        request_id=attempt.request_id,
+                        completion_tokens=usage.completion_tokens if usage else 0,
+                    )
+                await asyncio.to_thread(router.succeeded, attempt, ttft_ms=ttft_ms)
+                self.outcome.route, self.outcome.served_by = router.route, attempt.config
+                return
+            self.outcome.finish_reason = "cancelled"  # stopped between two tries: nothing was generated
+            self.outcome.usage = Usage(0, 0)
+        finally:
+            self.cancel.set()  # a no-op after a finished generation; stops an abandoned one
+
+    async def _stream(self, provider, config: ModelConfig, batch_seconds: float) -> AsyncIterator[list[Chunk]]:
+        """Stream one try from ``provider`` (serving ``config``); see :meth:`batches`."""
+        outcome = self.outcome
         loop = asyncio.get_running_loop()
         feed = self._feed = _Feed(loop)
-        provider = provider_for(config=config)
+        # The try's own stop: set when this try ends (failed or abandoned) without stopping the
+        # whole generation, which may go on with the next deployment; set too by the generation's stop.
+        cancel = _LinkedEvent(self.cancel)
         producer: asyncio.Task | None = None
         astream = getattr(provider, "astream", None)
         if astream is not None:
 
             async def produce_async() -> None:
                 try:
-                    async for chunk in astream(self.messages, self.params, self.cancel):
+                    async for chunk in astream(self.messages, self.params, cancel):
                         feed.put(chunk)
                 except Exception as exc:  # handed to the consumer, which raises it with the text so far
                     feed.put(exc)
@@ -314,7 +396,7 @@ class Generation:
 
             def produce_blocking() -> None:
                 try:
-                    for chunk in provider.stream(self.messages, self.params, self.cancel):
+                    for chunk in provider.stream(self.messages, self.params, cancel):
                         feed.put_threadsafe(chunk)
                 except BaseException as exc:
                     feed.put_threadsafe(exc)
@@ -383,7 +465,7 @@ class Generation:
             exc.partial = "".join(parts)
             raise
         finally:
-            self.cancel.set()  # a no-op after a finished generation; stops an abandoned one
+            cancel.set()  # a no-op after a finished try; stops an abandoned or failed one
             self._feed = None
             if producer is not None and not producer.done():
                 producer.cancel()

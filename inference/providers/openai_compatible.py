@@ -142,7 +142,9 @@ def translate_error(exc: Exception) -> InferenceError:
         message = exc.message or str(exc)
         if exc.status_code in (400, 413) and "context" in message.lower():
             return ContextLengthExceeded(message)
-        return InferenceError(f"The model server answered {exc.status_code}: {message}")
+        error = InferenceError(f"The model server answered {exc.status_code}: {message}")
+        error.upstream_status = exc.status_code  # routing tells a failing server from a bad request by it
+        return error
     return InferenceError(f"The model server failed: {exc}")
 
 

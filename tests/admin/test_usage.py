@@ -17,7 +17,8 @@ API = "/api/v1/admin/metrics/"
 
 
 def record(user, *, age: timedelta = timedelta(0), **fields):
-    row = usage_record(user=user, model_slug="smollm2-135m", provider="llama_cpp", source="chat", **fields)
+    fields.setdefault("provider", "llama_cpp")
+    row = usage_record(user=user, model_slug="smollm2-135m", source="chat", **fields)
     if age:
         UsageRecord.objects.filter(pk=row.pk).update(created_at=timezone.now() - age)
     return row
@@ -110,3 +111,21 @@ def test_the_metrics_page_shows_the_figures_and_charts(admin_client, traffic):
     assert "<svg" in page and page.count("<rect") >= 3 * 12  # three charts of twelve 5-minute bars
     assert "mallory" in page
     assert 'aria-current="page">1h<' in page
+
+
+def test_the_metrics_split_requests_by_the_deployment_that_served_them(admin_client, user):
+    served = {"provider": "openai_compatible", "status": "complete"}
+    record(user, **served, deployment="remote/gpu-1", route="routed", ttft_ms=100)
+    record(user, **served, deployment="remote/gpu-1", route="routed", ttft_ms=300)
+    record(user, **served, deployment="remote/gpu-2", route="fallback:upstream_error", ttft_ms=900)
+    record(user, status="error", deployment="remote/gpu-2", route="routed")
+    record(user, status="complete", cached=True)  # a cached answer: no deployment served it
+
+    data = admin_client.get(API, {"window": "1h"}).json()
+    page = admin_client.get(reverse("admin_metrics"), {"window": "1h"}).content.decode()
+
+    assert data["deployments"] == [
+        {"deployment": "remote/gpu-1", "requests": 2, "errors": 0, "fallbacks": 0, "ttft_ms_p50": 200.0},
+        {"deployment": "remote/gpu-2", "requests": 2, "errors": 1, "fallbacks": 1, "ttft_ms_p50": 900.0},
+    ]
+    assert "remote/gpu-2" in page and "900 ms" in page

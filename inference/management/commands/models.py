@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.errors import ParleyError
 from inference import registry
+from inference.routing import deployment_states
 from inference.selectors import model_config_get, model_config_list
 
 
@@ -149,6 +150,10 @@ class Command(BaseCommand):
 
     def handle_check(self, options: dict) -> None:
         config = self._config(options["slug"])
+        deployments = list(config.deployments.all())
+        if deployments:
+            self._check_deployments(config, deployments)
+            return
         self.stdout.write(f"Checking {config.slug!r} ({config.provider}: {config.model})...")
         try:
             probe = registry.model_config_probe(config=config)
@@ -163,6 +168,35 @@ class Command(BaseCommand):
         self.stdout.write(f"  tokens/s:            {rate} ({probe.completion_tokens} completion tokens)")
         self.stdout.write(f"  text:                {probe.text!r}")
         self.stdout.write(self.style.SUCCESS("OK"))
+
+    def _check_deployments(self, config, deployments) -> None:
+        """Probe each deployment of ``config``; print its result and the state every process shares.
+
+        Fail when none answers: the model cannot serve (its fallbacks are checked on their own).
+        """
+        self.stdout.write(f"Checking {config.slug!r}: {len(deployments)} deployments ({config.routing_strategy})...")
+        answered = 0
+        for deployment, state in zip(deployments, deployment_states(deployments), strict=True):
+            where = deployment.base_url or deployment.model
+            self.stdout.write(f"  {deployment.label} ({deployment.provider}: {where})")
+            self.stdout.write(f"    state: {state.summary(deployment)}")
+            try:
+                probe = registry.model_config_probe(config=config, deployment=deployment)
+            except ParleyError as exc:
+                self.stdout.write(self.style.ERROR(f"    check: failed: {exc.code}: {exc.detail}"))
+                continue
+            except Exception as exc:  # A health check reports every failure, not only the expected ones.
+                self.stdout.write(self.style.ERROR(f"    check: failed: upstream_error: {type(exc).__name__}: {exc}"))
+                continue
+            answered += 1
+            rate = f"{probe.tokens_per_s:.1f} tokens/s" if probe.tokens_per_s is not None else "tokens/s n/a"
+            self.stdout.write(f"    check: OK, first token {probe.ttft_ms:.0f} ms, {rate}, {probe.text!r}")
+        fallbacks = [link.fallback.slug for link in config.fallback_links.select_related("fallback")]
+        if fallbacks:
+            self.stdout.write(f"  fallbacks: {', '.join(fallbacks)}")
+        if not answered:
+            raise CommandError(f"Check of {config.slug!r} failed: no deployment answered.")
+        self.stdout.write(self.style.SUCCESS(f"OK ({answered} of {len(deployments)} deployments answered)"))
 
     def handle_bench(self, options: dict) -> None:
         config = self._config(options["slug"])
