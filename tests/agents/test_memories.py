@@ -211,3 +211,25 @@ class TestTurns:
         # Another user with memory on never gets it.
         client_for(other_user).patch("/api/v1/me/", {"memory_enabled": True}, format="json")
         assert ask(client_for(other_user), "What is my favourite colour?")["metadata"]["memories"] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_bundled_model_as_installed_answers_a_repeated_question_from_the_cache(user, local_model, eager_celery):
+    """A fresh install's bundled model (temperature 0.2, as migration 0002 creates it) caches its answers."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from inference.models import CachePolicy, ModelConfig
+
+    # The bundled config as 0002 created it, then the migration that makes it cache.
+    ModelConfig.objects.filter(pk=local_model.pk).update(temperature=0.2, cache_policy=CachePolicy.DETERMINISTIC)
+    import_module("inference.migrations.0007_bundled_model_caches_answers").forwards(apps, None)
+    local_model.refresh_from_db()
+    assert (local_model.cache_policy, local_model.temperature) == (CachePolicy.ALWAYS, 0.2)
+
+    api = client_for(user)
+    first = ask(api)
+    again = ask(api)
+    assert (first["cached"], again["cached"]) == (False, True)
+    assert again["content"] == first["content"]
