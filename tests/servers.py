@@ -102,7 +102,9 @@ class ScriptedServer:
     (sends nothing for ``stall_seconds``); ``"stall-midway"`` (streams two chunks, then goes
     silent). The last step repeats. ``word_delay``: seconds between two streamed chunks (a slow model).
     A 429 carries ``Retry-After: <retry_after>``; ``first_token_delay`` (seconds) passes before a
-    stream's first chunk, so concurrent requests overlap.
+    stream's first chunk, so concurrent requests overlap. ``GET .../models`` (a health probe) takes
+    the next step too, recorded as ``{"GET": path, "authorization": header or None}``: a status code
+    answers that error, any other step a model list.
     """
 
     def __init__(
@@ -130,6 +132,20 @@ class ScriptedServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output quiet
                 pass
+
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                server.requests.append({"GET": self.path, "authorization": self.headers.get("Authorization")})
+                step = server.script[min(len(server.requests), len(server.script)) - 1]
+                status = step if isinstance(step, int) else 200
+                body = {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "test"}]}
+                if isinstance(step, int):
+                    body = {"error": {"message": f"scripted {step}", "type": "server_error"}}
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -334,6 +334,15 @@ ROUTING_COOLDOWN_FAILURES = env.int("ROUTING_COOLDOWN_FAILURES", default=3)
 ROUTING_COOLDOWN_WINDOW_SECONDS = env.float("ROUTING_COOLDOWN_WINDOW_SECONDS", default=60.0)
 ROUTING_COOLDOWN_SECONDS = env.float("ROUTING_COOLDOWN_SECONDS", default=30.0)
 ROUTING_INFLIGHT_TTL_SECONDS = env.float("ROUTING_INFLIGHT_TTL_SECONDS", default=30.0)
+# Seconds between two health probes of every deployment (Celery beat, inference.probes: GET /models
+# of each OpenAI-compatible server; a failure counts towards the cooldown). 0: no probes.
+ROUTING_PROBE_SECONDS = env.int("ROUTING_PROBE_SECONDS", default=60)
+if ROUTING_PROBE_SECONDS > 0:
+    CELERY_BEAT_SCHEDULE["deployments-probe"] = {
+        "task": "inference.deployments_probe",
+        "schedule": ROUTING_PROBE_SECONDS,
+        "options": {"expires": ROUTING_PROBE_SECONDS},
+    }
 # A password change (any path: the user's page, the admin, a script) revokes the user's API keys,
 # so a key minted from a stolen session does not outlive the reset (accounts.signals).
 API_KEYS_REVOKE_ON_PASSWORD_CHANGE = env.bool("API_KEYS_REVOKE_ON_PASSWORD_CHANGE", default=True)
