@@ -5,6 +5,7 @@ from core.errors import ParleyError
 from .models import Deployment, ModelConfig, ModelFallback
 from .registry import model_config_probe, model_config_set_default
 from .routing import deployment_states, model_deployments
+from .selectors import deployment_tokens_per_s
 from .services import model_is_loaded, model_load, model_unload
 
 
@@ -26,15 +27,25 @@ class DeploymentInline(admin.TabularInline):
         "tpm_limit",
         "is_drained",
         "state",
+        "tokens_per_s",
     ]
-    readonly_fields = ["state"]
+    readonly_fields = ["state", "tokens_per_s"]
 
     @admin.display(description="state (all processes)")
     def state(self, deployment: Deployment) -> str:
-        """The state every process shares (Redis): cooldown, in flight, p50 TTFT, last error."""
+        """The state every process shares (Redis): healthy, cooling down until T or failing, in flight,
+        p50 TTFT of the recent requests, last error (requests and health probes)."""
         if deployment.pk is None:
             return "-"
         return deployment_states([deployment])[0].summary(deployment)
+
+    @admin.display(description="tokens/s (last hour)")
+    def tokens_per_s(self, deployment: Deployment) -> str:
+        """Generation speed over the last hour, from the usage records; ``-`` without timed requests."""
+        if deployment.pk is None:
+            return "-"
+        rate = deployment_tokens_per_s(labels=[deployment.label])[deployment.label]
+        return "-" if rate is None else f"{rate:.1f}"
 
 
 class FallbackInline(admin.TabularInline):
@@ -95,10 +106,12 @@ class ModelConfigAdmin(admin.ModelAdmin):
 
     @admin.display(description="deployments")
     def routing(self, config: ModelConfig) -> str:
-        """Each deployment's state (its own fields as ``default`` when it has none), from Redis."""
+        """Each deployment's state (its own fields as ``default`` when it has none), from Redis, and
+        its tokens/s over the last hour, from the usage records."""
         deployments = model_deployments(config)
         states = deployment_states(deployments)
-        return " | ".join(f"{d.name}: {s.summary(d)}" for d, s in zip(deployments, states, strict=True))
+        rates = deployment_tokens_per_s(labels=[d.label for d in deployments])
+        return " | ".join(f"{d.name}: {s.summary(d, rates[d.label])}" for d, s in zip(deployments, states, strict=True))
 
     @admin.display(boolean=True, description="loaded here")
     def loaded(self, config: ModelConfig) -> bool | None:

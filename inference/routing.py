@@ -125,9 +125,10 @@ class DeploymentState:
         """Median of the recent TTFT samples (ms), None without samples."""
         return statistics.median(self.ttft_samples) if self.ttft_samples else None
 
-    def summary(self, deployment: Deployment | None = None) -> str:
+    def summary(self, deployment: Deployment | None = None, tokens_per_s: float | None = None) -> str:
         """Return one line for operators, e.g. ``cooling down until 12:05:09 UTC; 2 in flight; p50 TTFT 180 ms;
-        last error: upstream_error: ...`` (``drained`` first for a drained ``deployment``)."""
+        42.0 tokens/s; last error: upstream_error: ...`` (``drained`` first for a drained ``deployment``;
+        ``tokens_per_s`` as given, e.g. :func:`inference.selectors.deployment_tokens_per_s`)."""
         parts = ["drained"] if deployment is not None and deployment.is_drained else []
         if self.cooldown_until is not None:
             until = datetime.fromtimestamp(self.cooldown_until, tz=UTC).strftime("%H:%M:%S UTC")
@@ -139,6 +140,8 @@ class DeploymentState:
             parts.append(f"{self.requests_this_minute} requests / {self.tokens_this_minute} tokens this minute")
         if self.p50_ttft_ms is not None:
             parts.append(f"p50 TTFT {self.p50_ttft_ms:.0f} ms")
+        if tokens_per_s is not None:
+            parts.append(f"{tokens_per_s:.1f} tokens/s")
         if self.last_error and self.status != "healthy":
             parts.append(f"last error: {self.last_error[:200]}")
         return "; ".join(parts)

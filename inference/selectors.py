@@ -1,7 +1,12 @@
-"""Reads for model configs."""
+"""Reads for model configs and their deployments' figures."""
+
+from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet, Sum
+from django.utils import timezone
+
+from accounts.models import UsageRecord, UsageStatus
 
 from .models import ModelConfig
 from .providers import ModelUnavailable
@@ -33,3 +38,31 @@ def model_config_get(*, slug: str | None = None) -> ModelConfig:
     if config is None:
         raise ModelUnavailable("No model is enabled. An operator can enable one in the admin.")
     return config
+
+
+def deployment_tokens_per_s(*, labels: list[str], hours: float = 1.0) -> dict[str, float | None]:
+    """Return, per deployment label, its generation speed (tokens/s) over the last ``hours``, or None.
+
+    From the usage records (database) of completed, uncached requests with timings: the sum of
+    (completion tokens - 1) over the sum of seconds from the first token to the end of each stream,
+    as ``manage.py models bench`` measures one run. None when no such request has a generation time.
+    """
+    since = timezone.now() - timedelta(hours=hours)
+    rows = (
+        UsageRecord.objects.filter(
+            deployment__in=labels,
+            created_at__gte=since,
+            status=UsageStatus.COMPLETE,
+            cached=False,
+            ttft_ms__isnull=False,
+            latency_ms__isnull=False,
+            completion_tokens__gt=1,
+        )
+        .values("deployment")
+        .annotate(tokens=Sum(F("completion_tokens") - 1), ms=Sum(F("latency_ms") - F("ttft_ms")))
+    )
+    figures: dict[str, float | None] = dict.fromkeys(labels)
+    for row in rows:
+        if row["ms"] and row["ms"] > 0:
+            figures[row["deployment"]] = row["tokens"] / (row["ms"] / 1000)
+    return figures

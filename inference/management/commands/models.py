@@ -7,8 +7,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.errors import ParleyError
 from inference import registry
-from inference.routing import deployment_states
-from inference.selectors import model_config_get, model_config_list
+from inference.routing import deployment_states, implicit_deployment
+from inference.selectors import deployment_tokens_per_s, model_config_get, model_config_list
 
 
 def positive_int(value: str) -> int:
@@ -155,6 +155,9 @@ class Command(BaseCommand):
             self._check_deployments(config, deployments)
             return
         self.stdout.write(f"Checking {config.slug!r} ({config.provider}: {config.model})...")
+        deployment = implicit_deployment(config)
+        rate = deployment_tokens_per_s(labels=[deployment.label])[deployment.label]
+        self.stdout.write(f"  state:               {deployment_states([deployment])[0].summary(deployment, rate)}")
         try:
             probe = registry.model_config_probe(config=config)
         except ParleyError as exc:
@@ -170,16 +173,18 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("OK"))
 
     def _check_deployments(self, config, deployments) -> None:
-        """Probe each deployment of ``config``; print its result and the state every process shares.
+        """Probe each deployment of ``config``; print its result, the state every process shares
+        (healthy, cooling down until T or failing, p50 TTFT, last error) and its tokens/s over the last hour.
 
         Fail when none answers: the model cannot serve (its fallbacks are checked on their own).
         """
         self.stdout.write(f"Checking {config.slug!r}: {len(deployments)} deployments ({config.routing_strategy})...")
         answered = 0
+        rates = deployment_tokens_per_s(labels=[d.label for d in deployments])
         for deployment, state in zip(deployments, deployment_states(deployments), strict=True):
             where = deployment.base_url or deployment.model
             self.stdout.write(f"  {deployment.label} ({deployment.provider}: {where})")
-            self.stdout.write(f"    state: {state.summary(deployment)}")
+            self.stdout.write(f"    state: {state.summary(deployment, rates[deployment.label])}")
             try:
                 probe = registry.model_config_probe(config=config, deployment=deployment)
             except ParleyError as exc:
