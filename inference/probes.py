@@ -6,7 +6,8 @@ the shared routing state as a real request's would (:func:`inference.routing.dep
 :func:`inference.routing.deployment_failure`): a failing probe counts towards the cooldown
 (``ROUTING_COOLDOWN_FAILURES`` within ``ROUTING_COOLDOWN_WINDOW_SECONDS``) when the model has
 something else to serve it, as a failed request does. A successful probe records the last success
-only: it does not end a cooldown early (the cooldown runs its course, then requests and probes try
+only: it neither forgets the failures still in the window (the deployment shows ``failing`` until
+they leave it) nor ends a cooldown early (the cooldown runs its course, then requests and probes try
 the deployment again). Local llama.cpp deployments have nothing to probe over the network and are
 reported ``local``. Drained deployments are probed too (operators want to know), though not routed to.
 """
