@@ -11,7 +11,9 @@ environment). One model config ``bench-routing`` (``least_busy`` routing, respon
 has deployment ``a`` (upstream A), and in the "both" runs also deployment ``b`` (upstream B); neither
 has a ``max_concurrent`` of its own, so Parley sends every request on and the upstreams queue them.
 One bench user with one API key drives ``POST /v1/chat/completions`` streamed (SSE), with K
-concurrent clients (``--clients``, default 2C: enough to fill both upstreams).
+concurrent clients (``--clients``, default 3C). K = 2C fills both upstreams only if Parley added no
+time between one answer and the client's next request; with 3C both keep a queue, as saturated
+servers do, so the ratio measures the routing rather than Parley's time per request.
 
 Phase 1, ``--rounds`` rounds (the order of "one" and "both" swaps every round, after one unmeasured
 warm-up): for ``--seconds`` seconds, each client sends requests one after another. Requests/s is the
@@ -19,7 +21,8 @@ completed requests over the wall time from the start to the last answer. Target:
 (2x is the ceiling: twice the upstream slots).
 
 Phase 2 (both deployments): a fixed run of ``--kill-requests`` requests per client; once half of them
-have ended, upstream B is killed (SIGKILL: a crash, no goodbye). Counted:
+have ended, and half an answer's time later (so that B is streaming some and queueing others),
+upstream B is killed (SIGKILL: a crash, no goodbye). Counted:
 - ``failed_after_kill``: requests that failed before their first token (target 0: Parley must move
   them to A, whether they were waiting in B's queue, sent to B after the crash, or refused by it);
 - ``cut_mid_stream``: requests that were streaming from B when it died. Parley never switches
@@ -117,9 +120,10 @@ async def streamed_request(session, url: str, *, headers: dict, body: dict, time
 
 
 async def run_clients(
-    url: str, *, key: str, body: dict, clients: int, timeout: float, until=None, count=None, on_end=None
+    url: str | list[str], *, key: str, body: dict, clients: int, timeout: float, until=None, count=None, on_end=None
 ):
-    """``clients`` concurrent clients, each sending requests one after another: until ``until``
+    """``clients`` concurrent clients, each sending requests one after another to ``url`` (or, given a
+    list, client i to the i-th URL modulo its length): until ``until``
     (perf_counter s) passes, or ``count`` each. ``on_end(request)`` is called as each one ends.
     Return ``(requests, wall seconds from the start to the last end)``."""
     headers = {"Authorization": f"Bearer {key}"}
@@ -127,7 +131,7 @@ async def run_clients(
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def client() -> None:
+        async def client(url: str) -> None:
             sent = 0
             while (until is None or time.perf_counter() < until) and (count is None or sent < count):
                 sent += 1
@@ -137,7 +141,8 @@ async def run_clients(
                     on_end(request)
 
         started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
+        urls = [url] if isinstance(url, str) else url
+        await asyncio.gather(*(client(urls[i % len(urls)]) for i in range(clients)))
     return done, max((r.ended for r in done), default=started) - started
 
 
@@ -179,7 +184,7 @@ def summary_of(requests: list[Request], wall: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-concurrent", type=int, default=4, help="C: requests each upstream serves at once (4)")
-    parser.add_argument("--clients", type=int, default=0, help="K: concurrent clients (default 0: 2C)")
+    parser.add_argument("--clients", type=int, default=0, help="K: concurrent clients (default 0: 3C)")
     parser.add_argument("--tokens", type=int, default=50, help="N: chunks per answer (default 50)")
     parser.add_argument("--pace-ms", type=float, default=20.0, help="upstream ms between chunks (default 20)")
     parser.add_argument("--seconds", type=float, default=10.0, help="phase 1: seconds per measured run (default 10)")
@@ -187,7 +192,7 @@ def main() -> None:
     parser.add_argument("--kill-requests", type=int, default=8, help="phase 2: requests per client (default 8)")
     parser.add_argument("--timeout", type=float, default=60.0, help="s a request may take (default 60)")
     args = parser.parse_args()
-    clients = args.clients or 2 * args.max_concurrent
+    clients = args.clients or 3 * args.max_concurrent
     if min(args.max_concurrent, clients, args.tokens, args.rounds, args.kill_requests) < 1 or args.seconds <= 0:
         parser.error("every count must be at least 1 and --seconds positive")
 
@@ -292,17 +297,36 @@ def main() -> None:
                         flush=True,
                     )
 
+            # The machine's ceiling, no Parley: half the clients straight to A, half to B, for as long.
+            direct = asyncio.run(
+                run_clients(
+                    [f"{urls['a']}/chat/completions", f"{urls['b']}/chat/completions"],
+                    key="",
+                    body={**body, "model": UPSTREAM_MODEL},
+                    clients=clients,
+                    timeout=args.timeout,
+                    until=time.perf_counter() + args.seconds,
+                )
+            )
+            print(f"direct to A and B: {summary_of(*direct)['rps']:.2f} req/s", file=sys.stderr, flush=True)
+
             # Phase 2: both, B killed once half the run's requests have ended.
             deployments(both=True)
             total = clients * args.kill_requests
+            upstream_ms = args.tokens * args.pace_ms
             b_process = upstream_process(ports["b"])
             killed_at: list[float] = []
 
+            def kill_b() -> None:
+                b_process.kill()
+                killed_at.append(time.perf_counter())
+
             def on_end(_request: Request) -> None:
-                if not killed_at and len(ended) + 1 >= total // 2:
-                    b_process.kill()
-                    killed_at.append(time.perf_counter())
                 ended.append(None)
+                if len(ended) == total // 2:
+                    # Half an answer later, so that B is streaming answers (and queueing others) when it dies:
+                    # the clients' requests run in waves, and right at the end of one nothing is on B yet.
+                    asyncio.get_running_loop().call_later(upstream_ms / 2000, kill_b)
 
             ended: list[None] = []
             kill_requests, kill_wall = run("kill", count=args.kill_requests, on_end=on_end)
@@ -316,6 +340,7 @@ def main() -> None:
     one["rps"] = statistics.median(summary_of(*run_)["rps"] for run_ in phase1["one"])
     both["rps"] = statistics.median(summary_of(*run_)["rps"] for run_ in phase1["both"])
     kill = summary_of(kill_requests, kill_wall)
+    direct_both = summary_of(*direct)
     kill_time = killed_at[0] if killed_at else None
     failed_before_token = [r for r in kill_requests if not r.completed and r.first_token is None]
     cut_mid_stream = [r for r in kill_requests if not r.completed and r.first_token is not None]
@@ -334,17 +359,22 @@ def main() -> None:
         f"each upstream {args.max_concurrent} at once; {args.rounds} rounds of {args.seconds:g} s"
     )
     print(f"{'':6}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'TTFT p95':>10}{'ok':>6}{'failed':>8}")
-    for name, s in (("one", one), ("both", both), ("kill", kill)):
+    for name, s in (("one", one), ("both", both), ("kill", kill), ("direct", direct_both)):
         print(
             f"{name:6}{fmt(s['rps'], '.2f'):>8}{fmt(s['p50']):>9}{fmt(s['p95']):>9}{fmt(s['ttft_p95']):>10}"
             f"{s['ok']:>6}{s['failed']:>8}"
         )
         if s["errors"]:
             print(f"  {name} errors: {'; '.join(s['errors'])}")
-    print(f"ratio both/one: x{fmt(rps_ratio, '.2f')} (ceiling x2.00)")
     print(
-        f"phase 2: {total} requests, B killed after {total // 2} ended: {len(failed_before_token)} failed before "
-        f"their first token, {len(cut_mid_stream)} cut mid-stream (streaming from B, at most {args.max_concurrent}); "
+        f"ratio both/one: x{fmt(rps_ratio, '.2f')} (ceiling x2.00); direct to A and B, no Parley: "
+        f"{direct_both['rps']:.2f} req/s (ideal {2 * args.max_concurrent * 1000 / upstream_ms:.2f}), "
+        f"x{fmt(ratio(direct_both['rps'], one['rps']), '.2f')} Parley's one"
+    )
+    print(
+        f"phase 2: {total} requests, B killed {upstream_ms / 2:.0f} ms after {total // 2} ended: "
+        f"{len(failed_before_token)} failed before their first token, {len(cut_mid_stream)} cut mid-stream "
+        f"(streaming from B, at most {args.max_concurrent}); "
         f"TTFT p50 of the {len(right_after)} requests started within 1 s after the kill "
         f"{fmt(percentile(right_after, 50))} ms (phase 1 both: {fmt(both_ttft_p50)} ms); "
         f"B killed: {'yes' if killed_at else 'NO'} ({'still running!' if b_process.is_running() else 'gone'}), "
@@ -365,6 +395,8 @@ def main() -> None:
     summary = {
         "rps_one": rounded(one["rps"], 2),
         "rps_both": rounded(both["rps"], 2),
+        "rps_direct_both": rounded(direct_both["rps"], 2),
+        "p95_ms_direct_both": rounded(direct_both["p95"]),
         "ratio": rounded(rps_ratio, 3),
         "failed_after_kill": len(failed_before_token),
         "cut_mid_stream": len(cut_mid_stream),
