@@ -14,6 +14,9 @@ a process of its own). It serves, in OpenAI's wire format (https://platform.open
   the same time.
 - ``GET /v1/models``: the one model, named by ``--model`` (any requested name is answered).
 
+With ``--max-concurrent C`` it serves at most C requests at once, as a saturated vLLM does: the
+others wait (in arrival order) for a slot, and an answer's pace counts from when its slot was taken.
+
 Usage: prompt tokens are the messages' characters / 4 (OpenAI's rule of thumb), completion tokens
 the chunks. Chunks are scheduled from the request's arrival, not from the previous write, so a
 busy moment delays one chunk without stretching the whole answer.
@@ -51,6 +54,14 @@ def usage(messages: list, completion_tokens: int) -> dict:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    slots: asyncio.Semaphore | None = request.app["slots"]
+    if slots is None:
+        return await answer(request)
+    async with slots:
+        return await answer(request)
+
+
+async def answer(request: web.Request) -> web.StreamResponse:
     arrived = asyncio.get_running_loop().time()
     body = await request.json()
     pace = request.app["pace"]
@@ -114,9 +125,11 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [model]})
 
 
-def app(*, pace_ms: float, model: str) -> web.Application:
-    """Return the server's application: chunks ``pace_ms`` milliseconds apart, model name ``model``."""
+def app(*, pace_ms: float, model: str, max_concurrent: int = 0) -> web.Application:
+    """Return the server's application: chunks ``pace_ms`` milliseconds apart, model name ``model``,
+    at most ``max_concurrent`` requests answered at once (0: no limit)."""
     application = web.Application()
+    application["slots"] = asyncio.Semaphore(max_concurrent) if max_concurrent > 0 else None
     application["pace"] = pace_ms / 1000
     application["model"] = model
     application.router.add_post("/v1/chat/completions", chat_completions)
@@ -129,10 +142,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pace-ms", type=float, default=10.0, help="milliseconds between chunks (default 10)")
     parser.add_argument("--model", default="bench-upstream", help="the model name /v1/models lists")
+    parser.add_argument(
+        "--max-concurrent", type=int, default=0, help="requests answered at once; others wait (default 0: no limit)"
+    )
     args = parser.parse_args()
     # Loopback only; no access log: writing a line per request would slow the server being measured.
     web.run_app(
-        app(pace_ms=args.pace_ms, model=args.model),
+        app(pace_ms=args.pace_ms, model=args.model, max_concurrent=args.max_concurrent),
         host="127.0.0.1",
         port=args.port,
         access_log=None,
