@@ -247,6 +247,10 @@ class TestOperatorControls:
         client.force_login(user)
         assert client.get("/admin/cache/").status_code == 302
 
+    # Transactional: `cache warm` runs the pipeline, whose router reads the model's fallbacks through
+    # channels' database_sync_to_async, which closes a connection left outside autocommit (as a test's
+    # transaction is; a real `manage.py cache warm` runs in autocommit).
+    @pytest.mark.django_db(transaction=True)
     def test_command_stats_flush_and_warm(self, local_model, tmp_path, user):
         cache.layer("tool").set("k", "v")
         out = StringIO()
