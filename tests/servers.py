@@ -102,7 +102,10 @@ class ScriptedServer:
     (sends nothing for ``stall_seconds``); ``"stall-midway"`` (streams two chunks, then goes
     silent). The last step repeats. ``word_delay``: seconds between two streamed chunks (a slow model).
     A 429 carries ``Retry-After: <retry_after>``; ``first_token_delay`` (seconds) passes before a
-    stream's first chunk, so concurrent requests overlap. ``GET .../models`` (a health probe) takes
+    stream's first chunk, so concurrent requests overlap. A step ``{"tool_calls": [{"name", "arguments"}]}``
+    answers with those calls instead of text (``finish_reason`` ``tool_calls``; streamed as OpenAI
+    does: the first delta of a call carries its id and name, its arguments follow in two fragments).
+    ``GET .../models`` (a health probe) takes
     the next step too, recorded as ``{"GET": path, "authorization": header or None}``: a status code
     answers that error, any other step a model list.
     """
@@ -164,6 +167,9 @@ class ScriptedServer:
                 if step == "stall":
                     server._stop.wait(server.stall_seconds)
                     return
+                if isinstance(step, dict):
+                    server._answer_tool_calls(self, step["tool_calls"], stream=bool(body.get("stream")))
+                    return
                 if not body.get("stream"):
                     payload = json.dumps(server.completion())
                     self.send_response(200)
@@ -220,6 +226,52 @@ class ScriptedServer:
             ],
             "usage": {"prompt_tokens": 7, "completion_tokens": len(self.words), "total_tokens": 7 + len(self.words)},
         }
+
+    @staticmethod
+    def _answer_tool_calls(handler: BaseHTTPRequestHandler, calls: list[dict], *, stream: bool) -> None:
+        """Answer ``calls`` (``[{"name", "arguments": dict}]``) as OpenAI tool calls, whole or streamed."""
+        whole = [
+            {
+                "id": f"call_{number}",
+                "type": "function",
+                "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])},
+            }
+            for number, call in enumerate(calls)
+        ]
+        usage = {"prompt_tokens": 7, "completion_tokens": 5 * len(calls), "total_tokens": 7 + 5 * len(calls)}
+        handler.send_response(200)
+        if not stream:
+            message = {"role": "assistant", "content": None, "tool_calls": whole}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            payload = json.dumps(
+                {"id": "scripted", "object": "chat.completion", "created": 0, "model": "scripted",
+                 "choices": [choice], "usage": usage}
+            ).encode()
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.end_headers()
+
+        def send(delta: dict, finish=None) -> None:
+            chunk = ScriptedServer.chunk(None, finish=finish)
+            chunk["choices"][0]["delta"] = delta
+            handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        send({"role": "assistant", "content": None})
+        for number, call in enumerate(whole):
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            head = {"index": number, "id": call["id"], "type": "function"}
+            send({"tool_calls": [{**head, "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            for part in (arguments[:half], arguments[half:]):
+                send({"tool_calls": [{"index": number, "function": {"arguments": part}}]})
+        send({}, finish="tool_calls")
+        final = {**ScriptedServer.chunk(None), "choices": [], "usage": usage}
+        handler.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+        handler.wfile.flush()
 
     def __enter__(self) -> ScriptedServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
