@@ -27,11 +27,21 @@ endif
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# llama.cpp is compiled for this CPU (-march=native) but without AMX: some virtual machines (seen on
+# Firecracker guests) list AMX in cpuid without enabling its tile state, and ggml's AMX kernels then die on
+# their first `ldtilecfg` (general protection fault: SIGSEGV on any prompt longer than one token). The
+# AVX-512/AVX2 kernels are unaffected. A wheel cached before this flag existed must be removed once:
+# `.venv/bin/pip cache remove llama_cpp_python`.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+
 # The pinned pip first: it reuses the cached llama-cpp-python wheel in hash-checking mode (requirements/pip.in).
 # llama-cpp-python compiles llama.cpp once (~11 min on 2 cores); pip caches the wheel after that.
 $(BASE_STAMP): requirements/pip.txt requirements/base.txt | $(BIN)/python
 	$(PIP_INSTALL) --quiet -r requirements/pip.txt
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP_INSTALL) -r requirements/base.txt
+	CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP_INSTALL) -r requirements/base.txt
 	touch $@
 
 # Tests, lint, benchmarks and browser tooling on top of the runtime; re-installed when either lock changes.

@@ -244,8 +244,14 @@ class ScriptedServer:
             message = {"role": "assistant", "content": None, "tool_calls": whole}
             choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
             payload = json.dumps(
-                {"id": "scripted", "object": "chat.completion", "created": 0, "model": "scripted",
-                 "choices": [choice], "usage": usage}
+                {
+                    "id": "scripted",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "scripted",
+                    "choices": [choice],
+                    "usage": usage,
+                }
             ).encode()
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(payload)))
