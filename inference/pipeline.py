@@ -62,7 +62,10 @@ STOP_POLL_SECONDS = 0.25  # longest a stop waits to be noticed while no chunk ar
 @dataclass
 class Outcome:
     """What a generation produced. ``ttft_ms`` counts from the caller's ``started`` (milliseconds);
-    ``finish_reason`` is ``stop``, ``length`` or ``cancelled``; ``cache`` describes the cache lookup:
+    ``finish_reason`` is ``stop``, ``length``, ``tool_calls`` or ``cancelled``; ``tool_calls`` the whole
+    tool calls the model made (``[{"id", "type": "function", "function": {"name", "arguments": str}}]``,
+    see :class:`inference.providers.ToolCallAssembler`; empty for a text answer); ``logprobs`` the
+    answer's token logprobs when asked for (OpenAI's ``logprobs.content`` entries); ``cache`` describes the cache lookup:
     ``{"layer": "llm"|"semantic", "key"?: first 16 hex chars, "hit": bool, "waited"?: bool, "similarity"?: float}``;
     ``route`` says which deployment served a live answer and why (:attr:`inference.routing.Router.route`;
     empty for a cached one); ``served_by`` is the model config that answered (the model or a fallback)."""
@@ -70,6 +73,8 @@ class Outcome:
     content: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+    logprobs: list[dict] | None = None
     ttft_ms: int | None = None
     cached: bool = False
     cache: dict = field(default_factory=dict)

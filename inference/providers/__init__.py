@@ -10,8 +10,10 @@ from .base import (
     ModelTimeout,
     ModelUnavailable,
     Provider,
+    ToolCallAssembler,
     UpstreamRateLimited,
     Usage,
+    tool_call_deltas,
 )
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "ModelTimeout",
     "ModelUnavailable",
     "Provider",
+    "ToolCallAssembler",
     "UpstreamRateLimited",
     "Usage",
+    "tool_call_deltas",
 ]
