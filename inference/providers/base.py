@@ -44,6 +44,18 @@ class ContextLengthExceeded(InferenceError):
     status_code = status.HTTP_400_BAD_REQUEST
 
 
+class UnsupportedParameter(InferenceError):
+    """A request parameter the model (its config, or its provider) cannot honour; ``param`` names it."""
+
+    code = "unsupported_parameter"
+    status_code = status.HTTP_400_BAD_REQUEST
+    upstream_status = 400  # the request is wrong, not the deployment: routing does not fail over
+
+    def __init__(self, detail: str, *, param: str):
+        super().__init__(detail)
+        self.param = param
+
+
 class ModelTimeout(InferenceError):
     """No first token, or no next token, within the model's timeouts."""
 
@@ -144,7 +156,8 @@ class ToolCallAssembler:
     def add(self, deltas: list[dict] | None) -> None:
         for delta in deltas or ():
             index = delta.get("index", 0)
-            call = self._calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            empty = {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            call = self._calls.setdefault(index, empty)
             if delta.get("id"):
                 call["id"] = delta["id"]
             function = delta.get("function") or {}
