@@ -481,9 +481,10 @@ def _refuse_unsupported(config: ModelConfig, data: dict) -> None:
     """Raise a 400 ``unsupported_parameter`` naming the first parameter ``config``'s capabilities
     (``supports_tools``, ``supports_response_format``, ``supports_logprobs``) rule out."""
     if not config.supports_tools:
-        for param in ("tools", "tool_choice", "parallel_tool_calls"):
-            if data.get(param) not in (None, []):
-                raise _unsupported(config, param, "tools")
+        if data.get("tools"):
+            raise _unsupported(config, "tools", "tools")
+        if data.get("tool_choice") not in (None, "none"):
+            raise _unsupported(config, "tool_choice", "tools")
         for number, message in enumerate(data["messages"]):
             if message.get("tool_calls") or message["role"] == "tool":
                 raise _unsupported(config, f"messages[{number}]", "tool calls or tool messages")
