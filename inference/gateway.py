@@ -310,7 +310,8 @@ class _ToolChoiceField(serializers.Field):
     """``tool_choice``: ``"none"``, ``"auto"``, ``"required"`` or ``{"type": "function", "function": {"name"}}``."""
 
     default_error_messages = {
-        "invalid": 'Must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}.'
+        # (DRF formats these messages: braces doubled.)
+        "invalid": 'Must be "none", "auto", "required" or {{"type": "function", "function": {{"name": ...}}}}.'
     }
 
     def to_internal_value(self, data) -> str | dict:
