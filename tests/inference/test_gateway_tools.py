@@ -209,9 +209,9 @@ def test_a_tool_call_answer_is_cached_and_replayed_as_a_tool_call_but_never_for_
 
 
 def test_a_langchain_agent_calls_a_python_tool_through_parley_and_answers(daphne_url, api_key):
-    from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
+    from langgraph.prebuilt import create_react_agent
 
     calls = []
 
@@ -224,18 +224,17 @@ def test_a_langchain_agent_calls_a_python_tool_through_parley_and_answers(daphne
     with ScriptedServer([CALL_PARIS, "ok"], words=("It is sunny", " in Paris.")) as server:
         remote(server)
         model = ChatOpenAI(model="remote", base_url=daphne_url + "/v1", api_key=api_key, max_retries=0)
-        agent = model.bind_tools([get_weather])
-        # The agent loop: the model asks for a tool, the tool runs here, its result goes back.
-        messages = [HumanMessage("What is the weather in Paris?")]
-        reply = agent.invoke(messages)
-        while reply.tool_calls:
-            messages.append(reply)
-            for call in reply.tool_calls:
-                messages.append(ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"]))
-            reply = agent.invoke(messages)
+        # bind_tools as LangChain's agents use it: the model asks for the tool, the agent runs it here
+        # and sends its result back, and the model answers.
+        assert model.bind_tools([get_weather]).invoke("What is the weather in Paris?").tool_calls == [
+            {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_0", "type": "tool_call"}
+        ]
+        server.script, server.requests = [CALL_PARIS, "ok"], []
+        agent = create_react_agent(model, [get_weather])
+        result = agent.invoke({"messages": [("user", "What is the weather in Paris?")]})
 
     assert calls == ["Paris"]
-    assert reply.content == "It is sunny in Paris."
+    assert result["messages"][-1].content == "It is sunny in Paris."
     assert server.requests[0]["tools"][0]["function"]["name"] == "get_weather"
     assert server.requests[1]["messages"][-1] == {
         "role": "tool",
