@@ -6,10 +6,6 @@ shape asked for by a grammar.
 """
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import httpx
 import jsonschema
@@ -243,50 +239,32 @@ def test_a_langchain_agent_calls_a_python_tool_through_parley_and_answers(daphne
     }
 
 
-def test_the_openai_agents_sdk_calls_a_function_tool_through_parley(daphne_url, api_key, tmp_path):
-    # The SDK's package is named ``agents``, as Parley's agents app is: it runs in a process of its
-    # own (not on Parley's path), as a user's program would.
-    script = textwrap.dedent(
-        """
-        import asyncio, sys
-        from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
-        from openai import AsyncOpenAI
+def test_litellm_as_a_client_gets_the_tool_call_whole_and_streamed(daphne_url, api_key, monkeypatch):
+    # (The OpenAI Agents SDK's package is named ``agents``, as Parley's app is: litellm stands in for it.)
+    # litellm reads its model price map from the network unless told to use its bundled copy.
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
 
-        set_tracing_disabled(True)
-        calls = []
-
-        @function_tool
-        def get_weather(city: str) -> str:
-            \"\"\"The current weather in a city.\"\"\"
-            calls.append(city)
-            return f"Sunny in {city}."
-
-        client = AsyncOpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
-        agent = Agent(
-            name="weather",
-            instructions="Answer with the weather.",
-            model=OpenAIChatCompletionsModel(model="remote", openai_client=client),
-            tools=[get_weather],
-        )
-        result = asyncio.run(Runner.run(agent, "What is the weather in Paris?"))
-        print(calls, result.final_output)
-        """
-    )
-    with ScriptedServer([CALL_PARIS, "ok"], words=("Sunny", " in Paris.")) as server:
+    kwargs = {
+        "model": "openai/remote",
+        "api_base": daphne_url + "/v1",
+        "api_key": api_key,
+        "messages": ASK,
+        "tools": [WEATHER_TOOL],
+        "num_retries": 0,
+    }
+    with ScriptedServer([CALL_PARIS]) as server:
         remote(server)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")}
-        done = subprocess.run(  # noqa: S603 - our own interpreter, a fixed script
-            [sys.executable, "-c", script, daphne_url + "/v1", api_key],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['Paris'] Sunny in Paris."
-    assert server.requests[1]["messages"][-1]["role"] == "tool"
-    assert server.requests[1]["messages"][-1]["content"] == "Sunny in Paris."
+        whole = litellm.completion(**kwargs)
+        chunks = list(litellm.completion(**kwargs, stream=True))
+
+    [call] = whole.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert whole.choices[0].finish_reason == "tool_calls"
+    rebuilt = litellm.stream_chunk_builder(chunks, messages=ASK)
+    [call] = rebuilt.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert len(server.requests) == 2
 
 
 # --- The local model (llama.cpp): a grammar holds it to the shape -------------------------------
