@@ -32,6 +32,7 @@ WEATHER_TOOL = {
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+PARIS_CALL = {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 CALL_PARIS = {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}
 
 
@@ -308,6 +309,22 @@ def test_the_local_model_calls_the_tool_it_is_told_to_whole_and_streamed(client,
         json.loads("".join(d.function.arguments for d in deltas)), WEATHER_TOOL["function"]["parameters"]
     )
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_the_local_model_answers_after_a_tool_result(client, local_model):
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [PARIS_CALL]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "Sunny, 21 degrees."},
+    ]
+    completion = client.chat.completions.create(
+        model="smollm2-135m", messages=history, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=16
+    )
+    alone = client.chat.completions.create(model="smollm2-135m", messages=ASK, max_tokens=1)
+    assert completion.choices[0].message.content
+    assert completion.choices[0].message.tool_calls is None
+    # The call and its result were in the prompt (about 25 tokens more).
+    assert completion.usage.prompt_tokens >= alone.usage.prompt_tokens + 15
 
 
 def test_the_local_model_refuses_logprobs_naming_them(client, local_model):
