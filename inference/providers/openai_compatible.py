@@ -205,7 +205,8 @@ class _StreamState:
         for choice in part.get("choices") or ():
             delta = choice.get("delta") or {}
             content = delta.get("content") or ""
-            tool_calls = delta.get("tool_calls") or None
+            # (A server that sends a single call may leave out its index; OpenAI's shape has it.)
+            tool_calls = [{"index": 0, **call} for call in delta.get("tool_calls") or ()] or None
             logprobs = (choice.get("logprobs") or {}).get("content") or None
             if content or tool_calls or logprobs:
                 self.parts += 1
