@@ -160,7 +160,8 @@ class _Feed:
 class Generation:
     """One answer of ``config`` to ``messages``: from a response cache when allowed and possible, else the provider.
 
-    ``messages`` are chat messages (``[{"role", "content"}]``) ending with the user's; ``params`` the
+    ``messages`` are chat messages (``[{"role", "content"}]``, with tool calls and results from ``/v1``:
+    see :mod:`inference.providers.base`) ending with the user's (or a tool result); ``params`` the
     sampling parameters; ``use_cache`` False bypasses the caches; ``user_id`` is who asks: the caches
     serve them only their own answers, unless the model shares its cache (``cache_shared``, see
     :func:`inference.services.cache_owner`; None: the shared pool); ``semantic_prompt`` is the
