@@ -89,6 +89,14 @@ class ModelConfigAdmin(admin.ModelAdmin):
         ),
         ("Generation", {"fields": ["context_window", "max_tokens", "temperature", "system_prompt", "stop"]}),
         ("Local (llama.cpp)", {"fields": ["n_threads", "n_gpu_layers"]}),
+        (
+            "Capabilities",
+            {
+                "fields": ["supports_tools", "supports_response_format", "supports_logprobs"],
+                "description": "What /v1/chat/completions may ask of this model; requests using a parameter it "
+                "lacks are refused (400 unsupported_parameter).",
+            },
+        ),
         ("Limits", {"fields": ["connect_timeout", "ttft_timeout", "idle_timeout", "max_retries", "max_queue"]}),
         ("Pricing and orchestration", {"fields": ["price_input_per_mtok", "price_output_per_mtok", "orchestrator"]}),
         (

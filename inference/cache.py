@@ -248,15 +248,27 @@ class CacheLayer:
 REPLAY_WORDS = 8  # a cached answer is sent again in pieces of this many words
 
 
-def answer_entry(*, text: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int) -> dict:
+def answer_entry(
+    *,
+    text: str,
+    finish_reason: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    tool_calls: list[dict] | None = None,
+) -> dict:
     """Return the ``llm`` layer value of a whole answer, the one shape chat turns, the /v1 gateway and
-    ``cache warm`` store and replay: ``{"content", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
-    return {
+    ``cache warm`` store and replay: ``{"content", "finish_reason", "prompt_tokens", "completion_tokens",
+    "tool_calls"?}``; ``tool_calls`` (whole calls, see :class:`inference.providers.ToolCallAssembler`)
+    only when the model called tools."""
+    entry = {
         "content": text,
         "finish_reason": finish_reason,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
     }
+    if tool_calls:
+        entry["tool_calls"] = tool_calls
+    return entry
 
 
 def replay_deltas(content: str) -> list[str]:

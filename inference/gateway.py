@@ -27,7 +27,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
@@ -103,7 +103,7 @@ def _from_parley(exc: ParleyError, param: str | None = None) -> OpenAIError:
         exc.detail,
         status_code=exc.status_code,
         type=_error_type(exc.status_code),
-        param=param,
+        param=param or getattr(exc, "param", None),
         code=code,
         retry_after=exc.retry_after,
     )
@@ -209,11 +209,22 @@ def _model_get(slug: str) -> ModelConfig:
 
 @extend_schema(exclude=True)
 class ModelListGateway(GatewayApi):
-    """``GET /v1/models``: the enabled models, as OpenAI model objects (``id`` is the slug)."""
+    """``GET /v1/models``: the enabled models, as OpenAI model objects (``id`` is the slug), with Parley's
+    ``capabilities``: ``{"tools", "response_format", "logprobs"}`` booleans (what a request may ask for)."""
 
     def get(self, request):
         data = [
-            {"id": config.slug, "object": "model", "created": int(config.created_at.timestamp()), "owned_by": "parley"}
+            {
+                "id": config.slug,
+                "object": "model",
+                "created": int(config.created_at.timestamp()),
+                "owned_by": "parley",
+                "capabilities": {
+                    "tools": config.supports_tools,
+                    "response_format": config.supports_response_format,
+                    "logprobs": config.supports_logprobs,
+                },
+            }
             for config in model_config_list()
         ]
         return Response({"object": "list", "data": data})
@@ -280,7 +291,83 @@ class _StrictFloatField(serializers.FloatField):
 
 
 # Roles a chat model reads; OpenAI's newer "developer" role means "system" here.
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for a function's name
+
+
+class _ObjectField(serializers.JSONField):
+    """A JSON object (a dict), e.g. a JSON schema."""
+
+    default_error_messages = {"not_object": "Must be a JSON object."}
+
+    def to_internal_value(self, data) -> dict:
+        if not isinstance(data, dict):
+            self.fail("not_object")
+        return data
+
+
+class _ToolChoiceField(serializers.Field):
+    """``tool_choice``: ``"none"``, ``"auto"``, ``"required"`` or ``{"type": "function", "function": {"name"}}``."""
+
+    default_error_messages = {
+        # (DRF formats these messages: braces doubled.)
+        "invalid": 'Must be "none", "auto", "required" or {{"type": "function", "function": {{"name": ...}}}}.'
+    }
+
+    def to_internal_value(self, data) -> str | dict:
+        if data in ("none", "auto", "required"):
+            return data
+        if (
+            isinstance(data, dict)
+            and data.get("type") == "function"
+            and isinstance(data.get("function"), dict)
+            and isinstance(data["function"].get("name"), str)
+        ):
+            return {"type": "function", "function": {"name": data["function"]["name"]}}
+        self.fail("invalid")
+
+    def to_representation(self, value):
+        return value
+
+
+class _FunctionSerializer(serializers.Serializer):
+    name = serializers.RegexField(FUNCTION_NAME)
+    description = serializers.CharField(required=False, allow_blank=True)
+    parameters = _ObjectField(required=False)
+    strict = _StrictBooleanField(required=False, allow_null=True)
+
+
+class _ToolSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["function"])
+    function = _FunctionSerializer()
+
+
+class _ToolCallSerializer(serializers.Serializer):
+    """One call in an assistant message's ``tool_calls``; ``arguments`` is a string, as the model wrote it."""
+
+    class CallFunctionSerializer(serializers.Serializer):
+        name = serializers.CharField()
+        arguments = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+    id = serializers.CharField()
+    type = serializers.ChoiceField(choices=["function"])
+    function = CallFunctionSerializer()
+
+
+class _ResponseFormatSerializer(serializers.Serializer):
+    class JsonSchemaSerializer(serializers.Serializer):
+        name = serializers.RegexField(FUNCTION_NAME)
+        description = serializers.CharField(required=False, allow_blank=True)
+        schema = _ObjectField(required=False)
+        strict = _StrictBooleanField(required=False, allow_null=True)
+
+    type = serializers.ChoiceField(choices=["text", "json_object", "json_schema"])
+    json_schema = JsonSchemaSerializer(required=False)
+
+    def validate(self, data):
+        if data["type"] == "json_schema" and "json_schema" not in data:
+            raise serializers.ValidationError({"json_schema": "Required when type is json_schema."})
+        return data
 
 
 class ChatCompletionInput(serializers.Serializer):
@@ -288,7 +375,21 @@ class ChatCompletionInput(serializers.Serializer):
 
     class MessageSerializer(serializers.Serializer):
         role = serializers.ChoiceField(choices=sorted(ROLES))
-        content = _ContentField()
+        content = _ContentField(required=False, allow_null=True)
+        tool_calls = serializers.ListField(child=_ToolCallSerializer(), required=False, allow_null=True)
+        tool_call_id = serializers.CharField(required=False)
+
+        def validate(self, data):
+            role = data["role"]
+            if role == "tool" and not data.get("tool_call_id"):
+                raise serializers.ValidationError({"tool_call_id": "Required in a tool message."})
+            if data.get("tool_calls") and role != "assistant":
+                raise serializers.ValidationError({"tool_calls": "Only assistant messages call tools."})
+            if data.get("content") is None and not (role == "assistant" and data.get("tool_calls")):
+                raise serializers.ValidationError(
+                    {"content": "Required (null only in an assistant message with tool_calls)."}
+                )
+            return data
 
     class StreamOptionsSerializer(serializers.Serializer):
         include_usage = _StrictBooleanField(required=False, default=False)
@@ -302,6 +403,26 @@ class ChatCompletionInput(serializers.Serializer):
     temperature = _StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
     stop = _StopField(required=False, allow_null=True)
     n = _StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    tools = serializers.ListField(child=_ToolSerializer(), required=False, allow_null=True, max_length=128)
+    tool_choice = _ToolChoiceField(required=False, allow_null=True)
+    parallel_tool_calls = _StrictBooleanField(required=False, allow_null=True, default=None)
+    response_format = _ResponseFormatSerializer(required=False, allow_null=True)
+    seed = _StrictIntegerField(required=False, allow_null=True)
+    top_p = _StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    logprobs = _StrictBooleanField(required=False, allow_null=True, default=None)
+    top_logprobs = _StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=20)
+
+    def validate(self, data):
+        choice = data.get("tool_choice")
+        if isinstance(choice, dict):
+            names = {tool["function"]["name"] for tool in data.get("tools") or ()}
+            if choice["function"]["name"] not in names:
+                raise serializers.ValidationError({"tool_choice": "Names a function that is not in tools."})
+        elif choice == "required" and not data.get("tools"):
+            raise serializers.ValidationError({"tool_choice": '"required" needs tools.'})
+        if data.get("top_logprobs") is not None and not data.get("logprobs"):
+            raise serializers.ValidationError({"top_logprobs": "Needs logprobs to be true."})
+        return data
 
 
 @dataclass
@@ -335,7 +456,58 @@ def _params(config: ModelConfig, data: dict) -> GenerationParams:
         overrides["temperature"] = data["temperature"]
     params = generation_params(model=config, overrides=overrides)
     params.stop = data.get("stop") or []
+    _refuse_unsupported(config, data)
+    if data.get("tools"):
+        params.tools = data["tools"]
+        params.tool_choice = data.get("tool_choice")
+        params.parallel_tool_calls = data.get("parallel_tool_calls")
+    response_format = data.get("response_format")
+    if response_format and response_format["type"] != "text":
+        params.response_format = response_format
+    params.seed = data.get("seed")
+    params.top_p = data.get("top_p")
+    if data.get("logprobs"):
+        params.logprobs = True
+        params.top_logprobs = data.get("top_logprobs")
     return params
+
+
+def _unsupported(config: ModelConfig, param: str, what: str) -> OpenAIError:
+    return OpenAIError(
+        f"{param}: the model '{config.slug}' does not support {what}.", param=param, code="unsupported_parameter"
+    )
+
+
+def _refuse_unsupported(config: ModelConfig, data: dict) -> None:
+    """Raise a 400 ``unsupported_parameter`` naming the first parameter ``config``'s capabilities
+    (``supports_tools``, ``supports_response_format``, ``supports_logprobs``) rule out."""
+    if not config.supports_tools:
+        if data.get("tools"):
+            raise _unsupported(config, "tools", "tools")
+        if data.get("tool_choice") not in (None, "none"):
+            raise _unsupported(config, "tool_choice", "tools")
+        for number, message in enumerate(data["messages"]):
+            if message.get("tool_calls") or message["role"] == "tool":
+                raise _unsupported(config, f"messages[{number}]", "tool calls or tool messages")
+    response_format = data.get("response_format")
+    if not config.supports_response_format and response_format and response_format["type"] != "text":
+        raise _unsupported(config, "response_format", f"response_format {response_format['type']}")
+    if not config.supports_logprobs:
+        for param in ("logprobs", "top_logprobs"):
+            if data.get(param):
+                raise _unsupported(config, param, "logprobs")
+
+
+def _message(message: dict) -> dict:
+    """Return a validated request message in Parley's shape (see :mod:`inference.providers.base`)."""
+    result = {"role": ROLES[message["role"]], "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        result["tool_calls"] = [
+            {"id": call["id"], "type": "function", "function": dict(call["function"])} for call in message["tool_calls"]
+        ]
+    if result["role"] == "tool":
+        result["tool_call_id"] = message["tool_call_id"]
+    return result
 
 
 def _chat_admit(request) -> _Call:
@@ -361,7 +533,7 @@ def _chat_admit(request) -> _Call:
     try:
         data = _validated(ChatCompletionInput, JSONParser().parse(io.BytesIO(request.body)))
         config = _model_get(data["model"])
-        messages = [{"role": ROLES[m["role"]], "content": m["content"]} for m in data["messages"]]
+        messages = [_message(m) for m in data["messages"]]
         if config.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": config.system_prompt})
         params = _params(config, data)
@@ -416,7 +588,12 @@ def _finish_later(call: _Call, generation: Generation, status: UsageStatus) -> N
 
 
 def _finish_reason(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def _logprobs(entries: list[dict] | None) -> dict | None:
+    """Return a choice's ``logprobs`` (``{"content": [...]}``) for ``entries``, or None."""
+    return {"content": entries, "refusal": None} if entries else None
 
 
 def _usage(usage: Usage | None) -> CompletionUsage:
@@ -428,15 +605,43 @@ def _usage(usage: Usage | None) -> CompletionUsage:
     )
 
 
-def _chunk(call: _Call, delta: ChoiceDelta, finish_reason: str | None = None) -> bytes:
+def _chunk(
+    call: _Call, delta: ChoiceDelta, finish_reason: str | None = None, logprobs: list[dict] | None = None
+) -> bytes:
+    choice = ChunkChoice.model_validate(
+        {
+            "index": 0,
+            "delta": delta.model_dump(exclude_unset=True),
+            "logprobs": _logprobs(logprobs),
+            "finish_reason": finish_reason,
+        }
+    )
     chunk = ChatCompletionChunk(
         id=call.completion_id,
         object="chat.completion.chunk",
         created=call.created,
         model=call.config.slug,
-        choices=[ChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=finish_reason)],
+        choices=[choice],
     )
     return sse_frame(chunk.model_dump_json(exclude_unset=True))
+
+
+def _batch_events(call: _Call, batch: list[Chunk]):
+    """Yield the ``chat.completion.chunk`` events of one batch: its text joined (with its logprobs), and
+    each tool-call delta as it came (``delta.tool_calls``), in the order the model wrote them."""
+    text, logprobs = [], []
+    for chunk in batch:
+        if chunk.tool_calls:
+            if text:
+                yield _chunk(call, ChoiceDelta(content="".join(text)), logprobs=logprobs)
+                text, logprobs = [], []
+            yield _chunk(call, ChoiceDelta.model_validate({"tool_calls": chunk.tool_calls}))
+        if chunk.delta:
+            text.append(chunk.delta)
+        if chunk.logprobs and call.params.logprobs:
+            logprobs.extend(chunk.logprobs)
+    if text:
+        yield _chunk(call, ChoiceDelta(content="".join(text)), logprobs=logprobs)
 
 
 async def _chunk_events(call: _Call, generation: Generation, batches, first: list[Chunk] | None):
@@ -452,9 +657,8 @@ async def _chunk_events(call: _Call, generation: Generation, batches, first: lis
         yield _chunk(call, ChoiceDelta(role="assistant", content=""))
         batch = first
         while batch is not None:
-            text = "".join(chunk.delta for chunk in batch)
-            if text:
-                yield _chunk(call, ChoiceDelta(content=text))
+            for event in _batch_events(call, batch):
+                yield event
             batch = await anext(batches, None)
         yield _chunk(call, ChoiceDelta(), _finish_reason(generation.outcome.finish_reason))
         if call.include_usage:
@@ -482,9 +686,14 @@ async def _chunk_events(call: _Call, generation: Generation, batches, first: lis
 class ChatCompletionGateway(View):
     """``POST /v1/chat/completions``: one answer from an enabled model, whole or as server-sent events.
 
-    Takes OpenAI's ``model``, ``messages`` (roles system/developer/user/assistant, text content),
-    ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or ``max_completion_tokens``),
-    ``temperature`` (0 to 2), ``stop`` and ``n`` (1 only); other OpenAI parameters are ignored.
+    Takes OpenAI's ``model``, ``messages`` (roles system/developer/user/assistant/tool, text content;
+    assistant ``tool_calls``, tool ``tool_call_id``), ``stream``, ``stream_options.include_usage``,
+    ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` (0 to 2), ``stop``, ``n`` (1 only),
+    ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``response_format`` (text, json_object,
+    json_schema), ``seed``, ``top_p``, ``logprobs`` and ``top_logprobs``; other OpenAI parameters are
+    ignored. A parameter the model's capabilities (``supports_tools``, ``supports_response_format``,
+    ``supports_logprobs``) rule out is a 400 ``unsupported_parameter`` naming it. Tool calls come back
+    as ``message.tool_calls`` (``finish_reason: "tool_calls"``), or streamed as ``delta.tool_calls``.
     The model's system prompt goes first when the messages have no system message. The answer comes
     from the generation pipeline (:class:`inference.pipeline.Generation`), as chat turns' do: the
     ``llm`` cache (when the model's cache policy allows) with single flight, timeouts, usage.
@@ -527,19 +736,21 @@ class ChatCompletionGateway(View):
         except Exception as exc:
             await _afinish(call, generation, UsageStatus.ERROR)
             return _error_response(exc, request, call.headers)
+        message = {"role": "assistant", "content": outcome.content, "refusal": None}
+        if outcome.tool_calls:
+            message.update(content=outcome.content or None, tool_calls=outcome.tool_calls)
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": _logprobs(outcome.logprobs),
+            "finish_reason": _finish_reason(outcome.finish_reason),
+        }
         completion = ChatCompletion(
             id=call.completion_id,
             object="chat.completion",
             created=call.created,
             model=call.config.slug,
-            choices=[
-                Choice(
-                    index=0,
-                    message=ChatCompletionMessage(role="assistant", content=outcome.content, refusal=None),
-                    logprobs=None,
-                    finish_reason=_finish_reason(outcome.finish_reason),
-                )
-            ],
+            choices=[Choice.model_validate(choice)],
             usage=_usage(outcome.usage),
         )
         return _RecordedResponse(

@@ -114,6 +114,24 @@ class ModelConfig(models.Model):
             "user has their own. Sharing tells a user that someone asked that exact question, and what was answered."
         ),
     )
+    # Capabilities: what /v1/chat/completions may ask of this model; a request using one it lacks is a 400
+    # unsupported_parameter naming the parameter, never silently dropped.
+    supports_tools = models.BooleanField(
+        "supports tools",
+        default=True,
+        help_text="tools, tool_choice, parallel_tool_calls and tool messages. Passed through to a server; "
+        "on llama.cpp a grammar makes the model write the call.",
+    )
+    supports_response_format = models.BooleanField(
+        "supports response_format",
+        default=True,
+        help_text="JSON mode (json_object, json_schema). Passed through to a server; a grammar on llama.cpp.",
+    )
+    supports_logprobs = models.BooleanField(
+        "supports logprobs",
+        default=False,
+        help_text="logprobs and top_logprobs, passed through to a server that returns them (not on llama.cpp).",
+    )
     # Routing (inference.routing): which deployment serves a request, and what serves it when none can.
     routing_strategy = models.CharField(
         max_length=16, choices=RoutingStrategy.choices, default=RoutingStrategy.LEAST_BUSY

@@ -40,7 +40,7 @@ from django.conf import settings
 from .cache import CacheLayer, answer_entry, canonical_key, replay_deltas, semantic_lookup, semantic_store
 from .cache import layer as cache_layer
 from .models import ModelConfig
-from .providers import Chunk, GenerationParams, ModelTimeout, Usage
+from .providers import Chunk, GenerationParams, ModelTimeout, ToolCallAssembler, Usage, tool_call_deltas
 from .routing import Router, renew_while_running, slot_release
 from .services import (
     cache_allowed,
@@ -62,7 +62,11 @@ STOP_POLL_SECONDS = 0.25  # longest a stop waits to be noticed while no chunk ar
 @dataclass
 class Outcome:
     """What a generation produced. ``ttft_ms`` counts from the caller's ``started`` (milliseconds);
-    ``finish_reason`` is ``stop``, ``length`` or ``cancelled``; ``cache`` describes the cache lookup:
+    ``finish_reason`` is ``stop``, ``length``, ``tool_calls`` or ``cancelled``; ``tool_calls`` the whole
+    tool calls the model made (``[{"id", "type": "function", "function": {"name", "arguments": str}}]``,
+    see :class:`inference.providers.ToolCallAssembler`; empty for a text answer); ``logprobs`` the
+    answer's token logprobs when asked for (OpenAI's ``logprobs.content`` entries); ``cache`` describes
+    the cache lookup:
     ``{"layer": "llm"|"semantic", "key"?: first 16 hex chars, "hit": bool, "waited"?: bool, "similarity"?: float}``;
     ``route`` says which deployment served a live answer and why (:attr:`inference.routing.Router.route`;
     empty for a cached one); ``served_by`` is the model config that answered (the model or a fallback)."""
@@ -70,6 +74,8 @@ class Outcome:
     content: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+    logprobs: list[dict] | None = None
     ttft_ms: int | None = None
     cached: bool = False
     cache: dict = field(default_factory=dict)
@@ -154,7 +160,8 @@ class _Feed:
 class Generation:
     """One answer of ``config`` to ``messages``: from a response cache when allowed and possible, else the provider.
 
-    ``messages`` are chat messages (``[{"role", "content"}]``) ending with the user's; ``params`` the
+    ``messages`` are chat messages (``[{"role", "content"}]``, with tool calls and results from ``/v1``:
+    see :mod:`inference.providers.base`) ending with the user's (or a tool result); ``params`` the
     sampling parameters; ``use_cache`` False bypasses the caches; ``user_id`` is who asks: the caches
     serve them only their own answers, unless the model shares its cache (``cache_shared``, see
     :func:`inference.services.cache_owner`; None: the shared pool); ``semantic_prompt`` is the
@@ -290,14 +297,17 @@ class Generation:
         outcome.content = cached["content"]
         outcome.usage = Usage(cached.get("prompt_tokens", 0), cached.get("completion_tokens", 0))
         outcome.finish_reason = cached.get("finish_reason") or "stop"
+        outcome.tool_calls = cached.get("tool_calls") or []
         outcome.cached = True
         deltas = [Chunk(delta=delta) for delta in replay_deltas(outcome.content)]
+        if outcome.tool_calls:
+            deltas.append(Chunk(tool_calls=tool_call_deltas(outcome.tool_calls)))
         return [deltas, [Chunk(finish_reason=outcome.finish_reason, usage=outcome.usage)]]
 
     async def _store(self, llm: CacheLayer, key: str, scope: str) -> None:
         """Store a finished answer in the ``llm`` layer (and the semantic one when eligible)."""
         outcome = self.outcome
-        if outcome.finish_reason not in ("stop", "length") or not outcome.content:
+        if outcome.finish_reason not in ("stop", "length", "tool_calls") or not (outcome.content or outcome.tool_calls):
             return
         usage = outcome.usage or Usage()
         answer = answer_entry(
@@ -305,6 +315,7 @@ class Generation:
             finish_reason=outcome.finish_reason,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
+            tool_calls=outcome.tool_calls,
         )
         await asyncio.to_thread(llm.set, key, answer)
         if self.semantic_prompt is not None and self.config.semantic_cache:
@@ -407,6 +418,8 @@ class Generation:
             threading.Thread(target=produce_blocking, name="generate", daemon=True).start()
 
         parts: list[str] = []
+        calls = ToolCallAssembler()
+        logprobs: list[dict] = []
         stall_deadline = loop.time() + config.ttft_timeout
         stop_deadline: float | None = None
         next_batch_at = 0.0  # with batch_seconds: when the next batch of text may go out
@@ -447,16 +460,19 @@ class Generation:
                         if batch:
                             yield batch
                         raise item
-                    if item.delta:
+                    if item.delta or item.tool_calls:
                         if outcome.ttft_ms is None:
                             outcome.ttft_ms = round((time.perf_counter() - self.started) * 1000)
                         parts.append(item.delta)
+                        calls.add(item.tool_calls)
+                    if item.logprobs:
+                        logprobs.extend(item.logprobs)
                     if item.usage is not None:
                         outcome.usage, outcome.finish_reason = item.usage, item.finish_reason
                     batch.append(item)
                 stall_deadline = loop.time() + config.idle_timeout
                 if batch:
-                    if batch_seconds and any(chunk.delta for chunk in batch):
+                    if batch_seconds and any(chunk.delta or chunk.tool_calls for chunk in batch):
                         next_batch_at = loop.time() + batch_seconds
                     yield batch
                 if done:
@@ -470,6 +486,8 @@ class Generation:
             if producer is not None and not producer.done():
                 producer.cancel()
             outcome.content = "".join(parts)
+            outcome.tool_calls = calls.calls
+            outcome.logprobs = logprobs if self.params.logprobs else None
         if outcome.finish_reason is None:
             outcome.finish_reason = "stop"
         if outcome.usage is None:

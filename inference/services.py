@@ -236,6 +236,9 @@ def model_fingerprint(*, config: ModelConfig, params: GenerationParams) -> dict:
         "temperature": params.temperature,
         "max_tokens": params.max_tokens,
         "stop": [*config.stop, *params.stop],
+        # OpenAI's optional parameters (tools, response_format, seed, top_p, ...), only when set: a
+        # request with tools never shares a key with a plain one, and plain requests keep their keys.
+        **({"options": params.extras()} if params.extras() else {}),
     }
 
 
@@ -243,9 +246,12 @@ def cache_allowed(*, config: ModelConfig, params: GenerationParams, requested: b
     """Return whether the ``llm`` layer may serve or store this request.
 
     Only when caching is on (``CACHE_ENABLED``), the request did not opt out (``requested``), and the
-    model's cache policy allows it: ``always``, or ``deterministic`` at temperature 0.
+    model's cache policy allows it: ``always``, or ``deterministic`` at temperature 0. A request for
+    ``logprobs`` is never cached: a cached answer has no logprobs to replay.
     """
     if not (settings.CACHE_ENABLED and requested) or config.cache_policy == CachePolicy.NEVER:
+        return False
+    if params.logprobs:
         return False
     return config.cache_policy == CachePolicy.ALWAYS or params.temperature == 0
 

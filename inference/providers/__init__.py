@@ -10,8 +10,11 @@ from .base import (
     ModelTimeout,
     ModelUnavailable,
     Provider,
+    ToolCallAssembler,
+    UnsupportedParameter,
     UpstreamRateLimited,
     Usage,
+    tool_call_deltas,
 )
 
 __all__ = [
@@ -24,6 +27,9 @@ __all__ = [
     "ModelTimeout",
     "ModelUnavailable",
     "Provider",
+    "ToolCallAssembler",
+    "UnsupportedParameter",
     "UpstreamRateLimited",
     "Usage",
+    "tool_call_deltas",
 ]

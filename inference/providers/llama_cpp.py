@@ -4,15 +4,33 @@ A model is loaded once per process and kept; llama.cpp contexts are not thread-s
 model has a lock held for the whole of a generation. The prompt is formatted with the chat template
 stored in the GGUF metadata (``tokenizer.chat_template``), the same one llama-cpp-python's own chat
 handler uses, so that prompt tokens can be counted exactly and history trimmed to the context window.
+
+Structured output and tools are grammars (GBNF, llama.cpp's constrained sampling), which hold any
+model, however small, to the shape asked for:
+
+- ``response_format`` ``json_object``: any JSON object (llama-cpp-python's ``JSON_GBNF``);
+  ``json_schema``: a grammar built from the schema (``LlamaGrammar.from_json_schema``, llama.cpp's
+  converter: objects, arrays, enum/const, anyOf/oneOf, string and number constraints).
+- ``tools``: the functions are described in the system message, and the answer is held to one call
+  ``{"name": <a tool's name>, "arguments": <its parameters schema>}``: with ``tool_choice``
+  ``"required"`` or a named function the answer must be that call; with ``"auto"`` (the default) it
+  may be that call or text (text may not start with ``{``). A call is returned as one tool call
+  (``finish_reason`` ``tool_calls``); a model here makes at most one call per answer. ``"none"``:
+  no tools offered. Earlier assistant ``tool_calls`` and ``tool`` results go into the prompt as text.
+- ``seed`` and ``top_p`` are llama.cpp's own; ``logprobs`` is refused (``unsupported_parameter``):
+  llama-cpp-python computes them only for a model loaded with ``logits_all``, which costs memory per
+  token of context for every request.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib.resources
+import json
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +47,7 @@ from .base import (
     ModelTimeout,
     ModelUnavailable,
     Provider,
+    UnsupportedParameter,
     Usage,
 )
 
@@ -66,7 +85,7 @@ class TranscriptFormatter:
 
     labels = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
-    def __call__(self, *, messages: list[dict[str, str]], **kwargs):
+    def __call__(self, *, messages: list[dict], **kwargs):
         from llama_cpp.llama_chat_format import ChatFormatterResponse
 
         turns = [f"{self.labels.get(m['role'], m['role'])}: {m['content']}" for m in messages]
@@ -243,6 +262,138 @@ def load_model(path: Path, *, n_ctx: int, n_threads: int = 0, n_gpu_layers: int 
     return manager.get(ModelKey(str(path), n_ctx, n_threads, n_gpu_layers))
 
 
+TOOLS_PROMPT = (
+    "You can call these functions:\n{tools}\n"
+    'To call one, answer with only a JSON object: {{"name": <function name>, "arguments": <its arguments>}}.'
+)
+TOOLS_REQUIRED = " You must call one of them now."
+# Text that is not a tool call: anything not starting with "{" (nor blank, which could lead to one).
+TEXT_RULE = r"""text ::= [^{ \t\n] [^\x00]*"""
+
+
+def _call_schema(tools: list[dict]) -> dict:
+    """Return the JSON schema of one call of any of ``tools``: ``{"name": const, "arguments": parameters}``."""
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": tool["function"]["name"]},
+                    "arguments": tool["function"].get("parameters") or {"type": "object"},
+                },
+                "required": ["name", "arguments"],
+            }
+            for tool in tools
+        ]
+    }
+
+
+@dataclass
+class Plan:
+    """How one request is run: its messages for the chat template, the grammar (GBNF text, or None)
+    and whether the answer is (``"required"``) or may be (``"auto"``) a tool call (``None``: text)."""
+
+    messages: list[dict]
+    grammar: str | None = None
+    tool_mode: str | None = None
+
+
+def _schema_grammar(schema: dict, param: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter raises bare exceptions for schemas it cannot express
+        raise UnsupportedParameter(f"{param}: this schema cannot be turned into a grammar: {exc}", param=param) from exc
+
+
+def plan_request(messages: list[dict], params: GenerationParams, *, tool_role: bool) -> Plan:
+    """Return the :class:`Plan` of ``messages`` under ``params`` (see the module docstring).
+
+    ``tool_role``: whether the chat template knows the ``tool`` role (else tool results are sent as
+    user messages). Raise :class:`UnsupportedParameter` for ``logprobs``, for a schema the grammar
+    converter cannot express, and for ``response_format`` together with tools offered.
+    """
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    if params.logprobs:
+        raise UnsupportedParameter("logprobs: local llama.cpp models do not return logprobs.", param="logprobs")
+    plan = Plan(messages=[_template_message(m, tool_role=tool_role) for m in messages])
+    tools = params.tools if params.tool_choice != "none" else None
+    if tools and params.response_format:
+        raise UnsupportedParameter(
+            "response_format: a local model answers either with a tool call or in a response format, not both.",
+            param="response_format",
+        )
+    if tools:
+        choice = params.tool_choice or "auto"
+        if isinstance(choice, dict):
+            tools = [t for t in tools if t["function"]["name"] == choice["function"]["name"]]
+        described = [
+            {key: t["function"][key] for key in ("name", "description", "parameters") if key in t["function"]}
+            for t in tools
+        ]
+        prompt = TOOLS_PROMPT.format(tools=json.dumps(described, ensure_ascii=False))
+        if choice != "auto":
+            prompt += TOOLS_REQUIRED
+        system = [m for m in plan.messages if m["role"] == "system"]
+        if system:
+            system[0]["content"] = f"{system[0]['content']}\n\n{prompt}"
+        else:
+            plan.messages.insert(0, {"role": "system", "content": prompt})
+        grammar = _schema_grammar(_call_schema(tools), "tools")
+        if choice == "auto":
+            grammar = grammar.replace("root ::=", "call ::=", 1) + f"\nroot ::= call | text\n{TEXT_RULE}\n"
+            plan.tool_mode = "auto"
+        else:
+            plan.tool_mode = "required"
+        plan.grammar = grammar
+    elif params.response_format:
+        if params.response_format["type"] == "json_schema":
+            schema = (params.response_format.get("json_schema") or {}).get("schema")
+            plan.grammar = _schema_grammar(schema, "response_format") if schema else JSON_GBNF
+        elif params.response_format["type"] == "json_object":
+            plan.grammar = JSON_GBNF
+    return plan
+
+
+def _template_message(message: dict, *, tool_role: bool) -> dict:
+    """Return ``message`` as a chat template reads it (``{"role", "content": str}``): an assistant's
+    tool calls written after its text as the JSON it answered with; a tool result as a ``tool``
+    message, or a user one for a template without that role."""
+    content = message.get("content") or ""
+    if message.get("tool_calls"):
+        calls = []
+        for call in message["tool_calls"]:
+            try:
+                arguments = json.loads(call["function"]["arguments"] or "{}")
+            except ValueError:
+                arguments = call["function"]["arguments"]
+            calls.append(json.dumps({"name": call["function"]["name"], "arguments": arguments}, ensure_ascii=False))
+        content = "\n".join([content, *calls] if content else calls)
+    if message["role"] == "tool" and not tool_role:
+        return {"role": "user", "content": f"Result of {message.get('tool_call_id', 'the call')}: {content}"}
+    return {"role": message["role"], "content": content}
+
+
+def parse_tool_call(text: str, tools: list[dict]) -> dict | None:
+    """Return ``text`` as a whole tool call (``{"id", "type", "function": {"name", "arguments"}}``) when
+    it is one JSON call of one of ``tools``, else None (e.g. cut off by ``max_tokens``)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    names = {t["function"]["name"] for t in tools}
+    if not isinstance(value, dict) or value.get("name") not in names or not isinstance(value.get("arguments"), dict):
+        return None
+    arguments = json.dumps(value["arguments"], ensure_ascii=False)
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": value["name"], "arguments": arguments},
+    }
+
+
 class LlamaCppProvider(Provider):
     """Run a GGUF model in this process.
 
@@ -308,11 +459,20 @@ class LlamaCppProvider(Provider):
             )
 
     def stream(
-        self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
+        self, messages: list[dict], params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[Chunk]:
-        from llama_cpp import LogitsProcessorList
+        from llama_cpp import LlamaGrammar, LogitsProcessorList
 
         loaded = manager.get(self.key)
+        template = getattr(loaded.formatter, "template", None)
+        plan = plan_request(messages, params, tool_role=template is None or "tool" in template)
+        messages = plan.messages
+        grammar = LlamaGrammar.from_string(plan.grammar) if plan.grammar else None
+        extra = {"seed": params.seed} if params.seed is not None else {}
+        if params.top_p is not None:
+            extra["top_p"] = params.top_p
+        held: list[str] | None = [] if plan.tool_mode == "required" else None  # a call's text, held back
+        undecided = plan.tool_mode == "auto"  # an "auto" answer is a call when its first character is "{"
         sampled = 0
 
         def count_samples(input_ids, scores):
@@ -335,12 +495,19 @@ class LlamaCppProvider(Provider):
                 stop=stop + self.stop + params.stop,
                 stream=True,
                 logits_processor=LogitsProcessorList([count_samples]),
+                grammar=grammar,
+                **extra,
             )
             try:
                 for part in stream:
                     choice = part["choices"][0]
-                    if choice["text"]:
-                        yield Chunk(delta=choice["text"])
+                    text = choice["text"]
+                    if text and undecided:
+                        held, undecided = ([] if text.startswith("{") else None), False
+                    if text and held is not None:
+                        held.append(text)
+                    elif text:
+                        yield Chunk(delta=text)
                     if choice.get("finish_reason"):
                         finish_reason = choice["finish_reason"]
                     if cancel is not None and cancel.is_set():
@@ -348,4 +515,11 @@ class LlamaCppProvider(Provider):
                         break
             finally:
                 stream.close()
+        if held is not None:
+            call = parse_tool_call("".join(held), params.tools or []) if finish_reason != "cancelled" else None
+            if call is not None:
+                finish_reason = "tool_calls"
+                yield Chunk(tool_calls=[{"index": 0, **call}])
+            elif held:  # not a whole call (cut off by max_tokens, or stopped): the text as it is
+                yield Chunk(delta="".join(held))
         yield Chunk(finish_reason=finish_reason, usage=Usage(prompt_tokens=len(tokens), completion_tokens=sampled))

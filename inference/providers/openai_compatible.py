@@ -203,10 +203,14 @@ class _StreamState:
                 prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0
             )
         for choice in part.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
-            if content:
+            delta = choice.get("delta") or {}
+            content = delta.get("content") or ""
+            # (A server that sends a single call may leave out its index; OpenAI's shape has it.)
+            tool_calls = [{"index": 0, **call} for call in delta.get("tool_calls") or ()] or None
+            logprobs = (choice.get("logprobs") or {}).get("content") or None
+            if content or tool_calls or logprobs:
                 self.parts += 1
-                chunks.append(Chunk(delta=content))
+                chunks.append(Chunk(delta=content, tool_calls=tool_calls, logprobs=logprobs))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         return chunks
@@ -242,12 +246,15 @@ class OpenAICompatibleProvider(Provider):
         self.client = _client(*self.client_args)
 
     def _arguments(self, messages, params: GenerationParams, *, stream: bool) -> dict:
+        """The request body: Parley's messages and parameters, with OpenAI's optional ones (tools,
+        response_format, seed, top_p, logprobs, ...) passed through as sent when set."""
         return {
             "model": self.model,
-            "messages": messages,
+            "messages": [wire_message(m) for m in messages],
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "stop": (self.stop + params.stop) or None,
+            **params.extras(),
             "stream": stream,
             **({"stream_options": {"include_usage": True}} if stream else {}),
         }
@@ -262,7 +269,7 @@ class OpenAICompatibleProvider(Provider):
         raise AssertionError("unreachable")
 
     def stream(
-        self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
+        self, messages: list[dict], params: GenerationParams, cancel: threading.Event | None = None
     ) -> Iterator[Chunk]:
         arguments = self._arguments(messages, params, stream=True)
         state, events = _StreamState(), _EventData()
@@ -288,7 +295,7 @@ class OpenAICompatibleProvider(Provider):
         yield state.last(messages)
 
     async def astream(
-        self, messages: list[dict[str, str]], params: GenerationParams, cancel: threading.Event | None = None
+        self, messages: list[dict], params: GenerationParams, cancel: threading.Event | None = None
     ) -> AsyncIterator[Chunk]:
         """See :meth:`stream`; on the event loop, with the loop's shared ``AsyncOpenAI`` client."""
         client = _async_client(*self.client_args)
@@ -316,10 +323,19 @@ class OpenAICompatibleProvider(Provider):
                         break
         yield state.last(messages)
 
-    def complete(self, messages: list[dict[str, str]], params: GenerationParams) -> Completion:
+    def complete(self, messages: list[dict], params: GenerationParams) -> Completion:
         response = self._request(messages, params)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content if choice and choice.message else "") or ""
+        tool_calls = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": call.function.arguments},
+            }
+            for call in ((choice.message.tool_calls if choice and choice.message else None) or [])
+            if getattr(call, "function", None) is not None
+        ]
         if response.usage is not None:
             usage = Usage(
                 prompt_tokens=response.usage.prompt_tokens or 0,
@@ -327,7 +343,17 @@ class OpenAICompatibleProvider(Provider):
             )
         else:
             usage = estimate_usage(messages, completion_chunks=max(1, len(text) // CHARS_PER_TOKEN))
-        return Completion(text=text, finish_reason=choice.finish_reason if choice else None, usage=usage)
+        return Completion(
+            text=text, finish_reason=choice.finish_reason if choice else None, usage=usage, tool_calls=tool_calls
+        )
+
+
+def wire_message(message: dict) -> dict:
+    """Return a Parley message (see :mod:`inference.providers.base`) as OpenAI's wire sends it: an
+    assistant message that only calls tools has ``content`` null."""
+    if message.get("tool_calls") and not message.get("content"):
+        return {**message, "content": None}
+    return message
 
 
 def estimate_usage(messages: list[dict[str, str]], *, completion_chunks: int) -> Usage:
