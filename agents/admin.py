@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 
 from .mcp import McpError, mcp_tools_list_sync
@@ -136,6 +137,7 @@ class McpServerAdmin(admin.ModelAdmin):
         (None, {"fields": ["id", "created_at", "updated_at"]}),
     ]
     actions = ["test_servers", "allow_listed_tools"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("groups")
