@@ -277,3 +277,25 @@ def test_turn_report_keeps_the_calls_and_the_unavailable_servers():
     ]
     _, metadata = turn_report({"tool_log": log, "mcp_unavailable": [{"server": "x", "error": "down"}]})
     assert metadata["tool_calls"] == log and metadata["mcp_unavailable"] == [{"server": "x", "error": "down"}]
+
+
+async def test_a_built_in_tools_call_is_a_step_too_and_stored_with_the_answer(user, local_model):
+    with ScriptedServer(["ok"], words=ANSWER) as server:
+        message, events = await chat_turn(user, server, content="What is 12.5 * 4?")
+    nodes = [(e["name"], e["status"]) for e in events if e["type"] == "node"]
+    assert nodes == [
+        ("classify_intent", "start"),
+        ("classify_intent", "end"),
+        ("tools", "start"),
+        ("tool", "start"),
+        ("tool", "end"),
+        ("tools", "end"),
+        ("generate", "start"),
+        ("generate", "end"),
+    ]
+    end = [e for e in events if e["type"] == "node" and e["name"] == "tool"][1]
+    assert (end["tool"], end["summary"], end["ok"], end["server"]) == ("calculator", "12.5 * 4 = 50", True, None)
+    [stored] = message.metadata["tool_calls"]
+    assert stored["tool"] == "calculator" and stored["server"] is None and stored["result"] == "12.5 * 4 = 50"
+    # No MCP servers: no tool-choice request to the model, only the answer.
+    assert len(server.requests) == 1
