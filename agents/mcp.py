@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ from .models import McpServer, McpTransport
 
 logger = logging.getLogger(__name__)
 
-SEPARATOR = "__"  # <server slug>__<tool>: OpenAI function names allow [a-zA-Z0-9_-]{1,64}
+SEPARATOR = "__"  # <server slug>__<tool>
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what OpenAI function calling accepts as a name
 
 
 class McpError(Exception):
@@ -311,7 +313,10 @@ async def mcp_tools_for_turn(servers: list[McpServerSpec]) -> tuple[dict[str, Tu
             if not server.tool_allowed(tool.name):
                 continue
             name = tool_name(server.slug, tool.name)
-            if len(name) > 64:  # OpenAI's limit on function names
+            if not FUNCTION_NAME.fullmatch(name):  # OpenAI refuses a whole request with one such name
+                logger.warning(
+                    "MCP server %s: tool %r left out: its name does not fit a function name", server.slug, tool.name
+                )
                 continue
             description = f"{tool.description} (from {server.name})".strip()
             schema = tool.input_schema if isinstance(tool.input_schema, dict) else {}

@@ -299,3 +299,28 @@ async def test_a_built_in_tools_call_is_a_step_too_and_stored_with_the_answer(us
     assert stored["tool"] == "calculator" and stored["server"] is None and stored["result"] == "12.5 * 4 = 50"
     # No MCP servers: no tool-choice request to the model, only the answer.
     assert len(server.requests) == 1
+
+
+async def test_a_hanging_stdio_tool_is_stopped_at_the_timeout(user, calls, mcp_record):
+    server = await database_sync_to_async(register)(
+        transport="stdio",
+        command=sys.executable,
+        args=[str(SERVER_SCRIPT), "--record", str(mcp_record)],
+        timeout_seconds=3,
+    )
+    tools = await turn_tools(server)
+    started = time.monotonic()
+    outcome = await mcp_tool_run(tool=tools["shop__hang"], arguments={"seconds": 600}, user_id=user.pk)
+    assert time.monotonic() - started < 10  # the timeout, plus stopping the server's process
+    assert outcome["ok"] is False and outcome["error"] == "timeout"
+    assert calls() == [{"tool": "hang", "arguments": {"seconds": 600}}]
+
+
+async def test_a_stdio_command_that_cannot_start_is_reported_unavailable(user):
+    server = await database_sync_to_async(register)(transport="stdio", command="/nonexistent/mcp-server")
+    spec = await database_sync_to_async(McpServerSpec.of)(server)
+    tools, unavailable = await mcp_tools_for_turn([spec])
+    assert tools == {}
+    assert unavailable == [
+        {"server": "shop", "error": "MCP server Shop is unavailable: its command could not be started."}
+    ]
