@@ -183,7 +183,11 @@ async def classify_intent(state: TurnState, config) -> dict:
     calls = []
     update: dict = {}
     if result is None and state.get("mcp_servers"):
-        mcp_tools, unavailable = await mcp_tools_for_turn(state["mcp_servers"])
+        try:
+            mcp_tools, unavailable = await mcp_tools_for_turn(state["mcp_servers"])
+        except Exception:  # it reports failing servers itself; a bug in it must still not fail the turn
+            logger.exception("Listing the MCP tools failed; answering without them")
+            mcp_tools, unavailable = {}, []
         update = {"mcp_tools": mcp_tools, "mcp_unavailable": unavailable}
         write = get_stream_writer()
         for failure in unavailable:
@@ -338,7 +342,11 @@ async def tools(state: TurnState) -> dict:
         started = time.perf_counter()
         error = None
         if mcp_tool is not None:
-            outcome = await mcp_tool_run(tool=mcp_tool, arguments=arguments, user_id=state["user_id"])
+            try:
+                outcome = await mcp_tool_run(tool=mcp_tool, arguments=arguments, user_id=state["user_id"])
+            except Exception:  # it never raises by design; a bug in it must still not fail the turn
+                logger.exception("MCP tool %s failed", name)
+                outcome = {"result": "The tool failed.", "ok": False, "cached": False, "error": "tool_error"}
             error = outcome.get("error")
             result = ToolResult(
                 tool=name, arguments=arguments, result=outcome["result"], ok=outcome["ok"], cached=outcome["cached"]
