@@ -228,6 +228,8 @@ async def mcp_tools_list(server: McpServerSpec, *, refresh: bool = False) -> lis
     if hit is not None and hit[0] > now and not refresh:
         return hit[1]
     tools = await _list(server)
+    for stale in [k for k, (expires, _) in _listings.items() if expires <= now]:
+        _listings.pop(stale, None)  # servers changed or removed since: keep the dict small
     _listings[key] = (now + settings.MCP_TOOLS_CACHE_SECONDS, tools)
     return tools
 

@@ -12,7 +12,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import Group
 
-from agents.graph import turn_report
+from agents.graph import intent_from_model, turn_report
 from agents.mcp import McpServerSpec, mcp_tool_run, mcp_tools_for_turn
 from agents.models import McpServer
 from agents.selectors import mcp_servers_for_user
@@ -324,3 +324,20 @@ async def test_a_stdio_command_that_cannot_start_is_reported_unavailable(user):
     assert unavailable == [
         {"server": "shop", "error": "MCP server Shop is unavailable: its command could not be started."}
     ]
+
+
+def test_an_intent_model_is_offered_the_turns_mcp_tools_and_may_pick_one(db):
+    lookup = {"name": "shop__lookup_order", "description": "Look up an order.", "parameters": {"type": "object"}}
+    with ScriptedServer([tool_call("shop__lookup_order", order_id="A17")]) as server:
+        scripted_model(server, slug="router")
+        result = intent_from_model(text="Where is my order A17?", model_slug="router", extra_tools=[lookup])
+        # Without the turn's MCP tools, the same pick is not one of the tools it may use.
+        other = intent_from_model(text="Where is my order A18?", model_slug="router")
+    assert result == {
+        "intent": "tool",
+        "tool": "shop__lookup_order",
+        "arguments": {"order_id": "A17"},
+        "source": "model",
+    }
+    assert "shop__lookup_order" in offered(server.requests[0])
+    assert other["intent"] == "chat" and "shop__lookup_order" not in offered(server.requests[1])
