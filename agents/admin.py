@@ -1,8 +1,10 @@
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 
-from .models import Chunk, Document, DocumentStatus, Memory
-from .services import document_delete, document_retry
+from .mcp import McpError, mcp_tools_list_sync
+from .models import Chunk, Document, DocumentStatus, McpServer, Memory
+from .services import document_delete, document_retry, mcp_server_allow_tools
 
 
 class ChunkInline(admin.TabularInline):
@@ -97,3 +99,94 @@ class MemoryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+# Fields that say where a server is and what secrets reach it: only superusers set them. A stdio
+# command runs on the server's machine, and whoever picks the URL and the environment variables
+# could send any secret of the process's environment anywhere.
+MCP_CONNECTION_FIELDS = [
+    "transport",
+    "url",
+    "command",
+    "args",
+    "env_passthrough",
+    "bearer_token_env",
+    "header_envs",
+]
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin):
+    """MCP tool servers: where they are (superusers), which tools may run, for which groups; Test lists their tools."""
+
+    list_display = ["slug", "name", "transport", "target", "enabled", "allowed", "group_names", "shared"]
+    list_filter = ["transport", "enabled", "shared"]
+    search_fields = ["slug", "name", "url", "command"]
+    filter_horizontal = ["groups"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "enabled"]}),
+        (
+            "Connection (superusers only)",
+            {
+                "fields": MCP_CONNECTION_FIELDS + ["timeout_seconds"],
+                "description": "Secrets are never stored: name the environment variables that hold them.",
+            },
+        ),
+        ("Tools and who may use them", {"fields": ["allow_all_tools", "allowed_tools", "groups"]}),
+        ("Results", {"fields": ["shared", "cache_results"]}),
+        (None, {"fields": ["id", "created_at", "updated_at"]}),
+    ]
+    actions = ["test_servers", "allow_listed_tools"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = ["id", "created_at", "updated_at"]
+        if not request.user.is_superuser:
+            readonly += MCP_CONNECTION_FIELDS
+        return readonly
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser  # a new server needs its connection, which only superusers set
+
+    @admin.display(description="where")
+    def target(self, server: McpServer) -> str:
+        return server.target
+
+    @admin.display(description="allowed tools")
+    def allowed(self, server: McpServer) -> str:
+        if server.allow_all_tools:
+            return "all"
+        return ", ".join(server.allowed_tools) or "none"
+
+    @admin.display(description="groups")
+    def group_names(self, server: McpServer) -> str:
+        return ", ".join(group.name for group in server.groups.all()) or "everyone"
+
+    @admin.action(description="Test: connect and list the tools", permissions=["view"])
+    def test_servers(self, request, queryset: QuerySet[McpServer]):
+        for server in queryset:
+            try:
+                tools = mcp_tools_list_sync(server)
+            except McpError as exc:
+                self.message_user(request, f"{server.slug}: {exc}", messages.ERROR)
+                continue
+            names = [f"{t.name} (allowed)" if server.tool_allowed(t.name) else t.name for t in tools]
+            listed = ", ".join(names) or "no tools"
+            self.message_user(request, f"{server.slug}: {len(tools)} tool(s): {listed}.", messages.SUCCESS)
+
+    @admin.action(description="Allow every tool the server lists now", permissions=["change"])
+    def allow_listed_tools(self, request, queryset: QuerySet[McpServer]):
+        for server in queryset:
+            try:
+                tools = mcp_tools_list_sync(server)
+            except McpError as exc:
+                self.message_user(request, f"{server.slug}: {exc} The allow-list is unchanged.", messages.ERROR)
+                continue
+            mcp_server_allow_tools(server=server, tools=[t.name for t in tools])
+            self.log_change(request, server, f"Allowed tools: {', '.join(server.allowed_tools) or 'none'}")
+            self.message_user(
+                request, f"{server.slug}: allowed {', '.join(server.allowed_tools) or 'no tools'}.", messages.SUCCESS
+            )

@@ -1,7 +1,10 @@
+import re
 import uuid
 from pathlib import PurePath
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from pgvector.django import HnswIndex, VectorField
@@ -173,3 +176,149 @@ class Memory(models.Model):
 
     def __str__(self) -> str:
         return self.content[:60]
+
+
+class McpTransport(models.TextChoices):
+    HTTP = "http", "Streamable HTTP"
+    SSE = "sse", "SSE (older servers)"
+    STDIO = "stdio", "stdio (a local command)"
+
+
+ENV_NAME = RegexValidator(r"^[A-Za-z_][A-Za-z0-9_]*$", "An environment variable name: letters, digits and _.")
+MCP_SLUG = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]{0,29}$", "Lower-case letters, digits, - and _ (at most 30), starting with a letter or digit."
+)
+
+
+class McpServer(models.Model):
+    """An MCP tool server an operator registered: where it is, which of its tools may run, and for whom.
+
+    Operator-set only (the admin, superusers for stdio commands): nothing here is ever built from a
+    user's input. Secrets are never stored: ``bearer_token_env`` and ``header_envs`` name the
+    environment variables that hold them, read when connecting. A turn offers a user the tools of the
+    enabled servers whose ``groups`` include one of the user's groups (no groups: everyone), and of
+    those only ``allowed_tools`` (or all when ``allow_all_tools``), named ``<slug>__<tool>``.
+    Written only through the admin and agents.services.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.CharField(
+        max_length=30,
+        unique=True,
+        validators=[MCP_SLUG],
+        help_text="Short name; its tools reach the model as <slug>__<tool>.",
+    )
+    name = models.CharField(max_length=100)
+    transport = models.CharField(max_length=8, choices=McpTransport.choices, default=McpTransport.HTTP)
+    url = models.URLField(
+        "URL", max_length=500, blank=True, help_text="http and sse: the endpoint, e.g. http://127.0.0.1:8001/mcp."
+    )
+    command = models.CharField(
+        max_length=500, blank=True, help_text="stdio: the executable to start (superusers only), e.g. /usr/bin/python3."
+    )
+    args = models.JSONField(default=list, blank=True, help_text="stdio: its arguments, a JSON list of strings.")
+    env_passthrough = models.JSONField(
+        "environment passed through",
+        default=list,
+        blank=True,
+        help_text='stdio: names of environment variables given to the command, e.g. ["GITHUB_TOKEN"].',
+    )
+    bearer_token_env = models.CharField(
+        "bearer token variable",
+        max_length=100,
+        blank=True,
+        validators=[ENV_NAME],
+        help_text="Name of the environment variable holding a bearer token (sent as Authorization).",
+    )
+    header_envs = models.JSONField(
+        "headers from variables",
+        default=dict,
+        blank=True,
+        help_text='Extra HTTP headers, each from an environment variable: {"X-Api-Key": "SEARCH_API_KEY"}.',
+    )
+    timeout_seconds = models.FloatField(
+        default=10.0,
+        validators=[MinValueValidator(0.5), MaxValueValidator(300)],
+        help_text="Seconds one listing or tool call may take, connecting included.",
+    )
+    enabled = models.BooleanField(default=True)
+    allow_all_tools = models.BooleanField(
+        default=False, help_text="Offer every tool the server lists, now and later; otherwise only the allowed tools."
+    )
+    allowed_tools = models.JSONField(
+        default=list, blank=True, help_text='Tool names that may run, e.g. ["search", "fetch"]. Empty: none.'
+    )
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="mcp_servers", help_text="Who may use it; none selected: everyone."
+    )
+    shared = models.BooleanField(
+        default=False,
+        help_text="Results do not depend on who asks: cache them across users (otherwise per user).",
+    )
+    cache_results = models.BooleanField(
+        default=True,
+        help_text="Keep results in the tool cache (CACHE_TOOL_TTL); off for tools with side effects or live data.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "MCP server"
+        ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(transport__in=["http", "sse", "stdio"]), name="agents_mcpserver_transport_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(transport="stdio", command__gt="") | (~Q(transport="stdio") & Q(url__gt="")),
+                name="agents_mcpserver_target_set",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+    def clean(self) -> None:
+        errors = {}
+        if self.transport == McpTransport.STDIO:
+            if not self.command:
+                errors["command"] = "A stdio server needs a command."
+        elif not self.url:
+            errors["url"] = "An http or sse server needs a URL."
+        elif not self.url.startswith(("http://", "https://")):
+            errors["url"] = "Use an http:// or https:// URL."
+        if not _strings(self.args):
+            errors["args"] = "A JSON list of strings."
+        if not _strings(self.allowed_tools):
+            errors["allowed_tools"] = "A JSON list of tool names."
+        if not _strings(self.env_passthrough) or not all(_is_env_name(n) for n in self.env_passthrough):
+            errors["env_passthrough"] = "A JSON list of environment variable names."
+        if not isinstance(self.header_envs, dict) or not all(
+            isinstance(k, str) and HEADER_NAME.match(k) and isinstance(v, str) and _is_env_name(v)
+            for k, v in self.header_envs.items()
+        ):
+            errors["header_envs"] = 'A JSON object of header name → environment variable name: {"X-Api-Key": "KEY"}.'
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def target(self) -> str:
+        """Where it is, for lists: the URL, or the stdio command line."""
+        if self.transport == McpTransport.STDIO:
+            return " ".join([self.command, *map(str, self.args or [])])
+        return self.url
+
+    def tool_allowed(self, name: str) -> bool:
+        """Return whether this server's tool ``name`` may be offered and run."""
+        return self.allow_all_tools or name in (self.allowed_tools or [])
+
+
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")  # RFC 9110 token
+
+
+def _is_env_name(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) is not None
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)

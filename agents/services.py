@@ -33,7 +33,7 @@ from inference.providers import GenerationParams, InferenceError
 from inference.services import provider_for
 
 from .ingestion import ExtractionError, UnsupportedType, chunk_sections, extract_sections, sniff_type
-from .models import Chunk, Document, DocumentStatus, DocumentType, Memory, MemoryKind
+from .models import Chunk, Document, DocumentStatus, DocumentType, McpServer, Memory, MemoryKind
 
 logger = logging.getLogger(__name__)
 
@@ -547,3 +547,14 @@ def memory_delete_all(*, owner) -> int:
     """Delete every memory of ``owner`` (exchanges, summaries, notes); return how many were deleted."""
     deleted, _ = Memory.objects.filter(owner=owner).delete()
     return deleted
+
+
+def mcp_server_allow_tools(*, server: McpServer, tools: list[str]) -> McpServer:
+    """Set ``server``'s allow-list to ``tools`` (names as the server lists them, kept in order, once each).
+
+    The allow-list is what a turn may offer and run (unless ``allow_all_tools``); saving it changes
+    ``updated_at``, so processes list the server's tools afresh.
+    """
+    server.allowed_tools = list(dict.fromkeys(str(name) for name in tools))
+    server.save(update_fields=["allowed_tools", "updated_at"])
+    return server

@@ -379,11 +379,16 @@ def parse_openai_tool_calls(tool_calls) -> list[tuple[str, dict]]:
     return calls
 
 
-def json_tool_prompt() -> str:
-    """Return the system prompt that asks a small local model for one JSON tool call (or none)."""
+def json_tool_prompt(extra: list[dict] | None = None) -> str:
+    """Return the system prompt that asks a small local model for one JSON tool call (or none).
+
+    ``extra``: more tools offered for this turn only (a user's MCP tools), each in OpenAI's function
+    shape ``{"name", "description", "parameters"}``.
+    """
+    functions = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in REGISTRY.values()]
     lines = [
-        f"- {t.name}: {t.description} Arguments: {json.dumps(t.parameters.get('properties', {}))}"
-        for t in REGISTRY.values()
+        f"- {f['name']}: {f['description']} Arguments: {json.dumps((f.get('parameters') or {}).get('properties', {}))}"
+        for f in [*functions, *(extra or [])]
     ]
     return (
         "Decide whether a tool is needed to answer the user's message. Tools:\n"

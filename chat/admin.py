@@ -1,13 +1,44 @@
 """Conversations, messages and feedback in the admin: browse, debug, export. Read-only: every write goes
 through chat.services; every operator action (exports included) is recorded in the admin log."""
 
+import json
+
 from django.contrib import admin
 from django.db.models import Count, Exists, OuterRef, Subquery
 from django.http import HttpResponse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
 from .models import Conversation, Feedback, Message, MessageStatus
+
+TOOL_RESULT_ADMIN_CHARS = 500  # of each result shown in a conversation; the message's page shows it whole
+
+
+def tool_calls_html(message: Message, *, limit: int | None = TOOL_RESULT_ADMIN_CHARS) -> str:
+    """Return the answer's tool calls (``metadata.tool_calls``) as an escaped HTML list, or "–"."""
+    calls = (message.metadata or {}).get("tool_calls") or []
+    if not isinstance(calls, list) or not calls:
+        return "–"
+    rows = []
+    for call in calls:
+        if not isinstance(call, dict):
+            continue
+        result = str(call.get("result", ""))
+        if limit is not None and len(result) > limit:
+            result = result[:limit] + "…"
+        status = "ok" if call.get("ok") else f"failed ({call.get('error') or 'error'})"
+        if call.get("cached"):
+            status += ", cached"
+        where = f" on {call['server']}" if call.get("server") else ""
+        arguments = json.dumps(call.get("arguments", {}), ensure_ascii=False)
+        rows.append((call.get("tool", ""), where, status, call.get("ms", "?"), arguments, result))
+    items = format_html_join(
+        "",
+        "<li><code>{}</code>{}: {}, {} ms<br>arguments: <code>{}</code><br>result: <pre>{}</pre></li>",
+        rows,
+    )
+    return format_html("<ol class='tool-calls'>{}</ol>", items)
 
 
 class MessageInline(admin.TabularInline):
@@ -25,6 +56,7 @@ class MessageInline(admin.TabularInline):
         "cost",
         "cached",
         "error",
+        "tool_calls",
         "superseded_by",
     ]
     readonly_fields = fields
@@ -37,6 +69,10 @@ class MessageInline(admin.TabularInline):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="tool calls")
+    def tool_calls(self, message: Message) -> str:
+        return tool_calls_html(message)
 
 
 def _last_message_status():
@@ -176,7 +212,7 @@ class MessageAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "role", "cached", "model_slug", "created_at"]
     search_fields = ["content", "error", "conversation__title", "conversation__owner__username"]
-    readonly_fields = [f.name for f in Message._meta.fields]
+    readonly_fields = [f.name for f in Message._meta.fields] + ["tool_calls"]
     list_select_related = ["conversation", "conversation__owner"]
     date_hierarchy = "created_at"
 
@@ -190,6 +226,10 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="owner", ordering="conversation__owner__username")
     def owner(self, message):
         return message.conversation.owner
+
+    @admin.display(description="tool calls")
+    def tool_calls(self, message: Message) -> str:
+        return tool_calls_html(message, limit=None)
 
 
 @admin.register(Feedback)

@@ -446,6 +446,10 @@ AGENTS_MEMORY_TOP_K = env.int("AGENTS_MEMORY_TOP_K", default=3)  # memories reca
 MEMORY_DEFAULT_ENABLED = env.bool("MEMORY_DEFAULT_ENABLED", default=False)
 AGENTS_SUMMARY_EVERY_PAIRS = env.int("AGENTS_SUMMARY_EVERY_PAIRS", default=10)  # 0: no summaries
 AGENTS_SUMMARY_MAX_TOKENS = env.int("AGENTS_SUMMARY_MAX_TOKENS", default=200)
+# MCP tool servers (agents.mcp): seconds a server's tool list is kept per process; characters of a
+# tool result given to the model and stored (longer ones are cut, with a note).
+MCP_TOOLS_CACHE_SECONDS = env.int("MCP_TOOLS_CACHE_SECONDS", default=60)
+MCP_RESULT_MAX_CHARS = env.int("MCP_RESULT_MAX_CHARS", default=8000)
 
 # Authentication and API keys (README, "Authentication and API keys")
 SIMPLE_JWT = {

@@ -63,6 +63,9 @@
     const citations = document.createElement("div");
     citations.className = "citations";
     citations.hidden = true;
+    const toolCalls = document.createElement("details");
+    toolCalls.className = "tool-calls";
+    toolCalls.hidden = true;
     const error = document.createElement("div");
     error.className = "error-box";
     error.setAttribute("role", "alert");
@@ -74,7 +77,7 @@
     const actions = document.createElement("span");
     actions.className = "actions";
     footer.append(actions, meta);
-    el.append(steps, body, citations, error, footer);
+    el.append(steps, body, citations, toolCalls, error, footer);
     const entry = { data: message, el, raw: "", steps: [] };
     messages.set(message.id, entry);
     actions.append(button("Copy", "copy", () => copy(entry.raw, actions.firstChild), "copy"));
@@ -123,19 +126,73 @@
     ol.replaceChildren(
       ...entry.steps.map((s) => {
         const li = document.createElement("li");
-        li.className = "step " + s.status;
-        li.textContent = s.name.replaceAll("_", " ") + (s.status === "start" ? " …" : " ✓");
+        const failed = s.ok === false;
+        li.className = "step " + s.status + (failed ? " failed" : "");
+        // A tool call names its tool; an unavailable MCP server names the server. Text only.
+        const label = s.tool ? "tool " + s.tool : s.server ? "tool server " + s.server : s.name.replaceAll("_", " ");
+        li.textContent = label + (s.status === "start" ? " …" : failed ? " ✗" : " ✓");
+        if (s.summary) li.title = s.summary;
         return li;
       }),
     );
     ol.hidden = entry.steps.length === 0;
   }
 
-  function addStep(entry, name, status) {
-    const step = entry.steps.find((s) => s.name === name && s.status === "start");
-    if (step && status === "end") step.status = "end";
-    else if (!step) entry.steps.push({ name, status });
+  /** Add or finish a step from a `node` event: {name, status, tool?, server?, ok?, summary?}. */
+  function addStep(entry, event) {
+    const { name, status } = event;
+    const tool = typeof event.tool === "string" ? event.tool : "";
+    const step = entry.steps.find((s) => s.name === name && (s.tool || "") === tool && s.status === "start");
+    const extra = {
+      tool,
+      server: typeof event.server === "string" ? event.server : "",
+      ok: event.ok,
+      summary: typeof event.summary === "string" ? event.summary : "",
+    };
+    if (step && status === "end") Object.assign(step, extra, { status: "end" });
+    else if (!step) entry.steps.push({ name, status, ...extra });
     renderSteps(entry);
+  }
+
+  /** The tool calls of an answer (`metadata.tool_calls`), collapsed under it; every value shown as text. */
+  function renderToolCalls(entry, calls) {
+    const box = entry.el.querySelector(".tool-calls");
+    if (!Array.isArray(calls) || !calls.length) {
+      box.hidden = true;
+      return;
+    }
+    const summary = document.createElement("summary");
+    const failed = calls.filter((c) => c && c.ok === false).length;
+    summary.textContent = "Tool calls (" + calls.length + ")" + (failed ? " · " + failed + " failed" : "");
+    const list = document.createElement("ol");
+    for (const call of calls) {
+      if (!call || typeof call !== "object") continue;
+      const li = document.createElement("li");
+      li.className = call.ok === false ? "failed" : "ok";
+      const head = document.createElement("div");
+      head.className = "tool-head";
+      const name = document.createElement("code");
+      name.textContent = String(call.tool || "");
+      const meta = [];
+      if (call.server) meta.push("server " + call.server);
+      meta.push(call.ok === false ? "failed" : "ok");
+      if (call.cached) meta.push("cached");
+      if (typeof call.ms === "number") meta.push(call.ms + " ms");
+      const info = document.createElement("span");
+      info.className = "meta";
+      info.textContent = " " + meta.join(" · ");
+      head.append(name, info);
+      const args = document.createElement("pre");
+      args.className = "tool-arguments";
+      args.textContent = JSON.stringify(call.arguments ?? {}, null, 2);
+      const result = document.createElement("pre");
+      result.className = "tool-result";
+      result.textContent = String(call.result ?? "");
+      li.append(head, args, result);
+      list.append(li);
+    }
+    box.replaceChildren(summary, list);
+    box.hidden = false;
   }
 
   function renderCitations(entry, citations) {
@@ -198,6 +255,7 @@
         renderSteps(entry);
       }
       renderCitations(entry, message.citations);
+      renderToolCalls(entry, message.metadata && message.metadata.tool_calls);
       if (message.status === "error") {
         showError(entry, "Error: " + (message.error || "the model failed."), () => regenerate(entry));
       } else if (message.status === "cancelled") {
@@ -515,15 +573,15 @@
         streamingId = data.message_id;
         const entry = messages.get(data.message_id) ||
           render({ id: data.message_id, role: "assistant", content: "", status: "streaming", model_slug: data.model });
-        for (const s of pendingSteps) addStep(entry, s.name, s.status);
+        for (const s of pendingSteps) addStep(entry, s);
         pendingSteps = [];
         setGenerating(true);
         break;
       }
       case "node": {
         const entry = streamingId && messages.get(streamingId);
-        if (entry) addStep(entry, data.name, data.status);
-        else pendingSteps.push({ name: data.name, status: data.status });
+        if (entry) addStep(entry, data);
+        else pendingSteps.push(data);
         break;
       }
       case "token": {

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
 import pytest
 
 from agents.services import document_create, document_ingest
+from tests.servers import free_port, stop_process
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +61,72 @@ def eager_celery():
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = False
+
+
+# MCP servers (tests/agents/mcp_server.py: the SDK's MCPServer, recording each call in a file).
+
+MCP_SERVER_SCRIPT = Path(__file__).with_name("mcp_server.py")
+
+
+@contextmanager
+def mcp_server_process(transport: str, record: Path):
+    """Start ``mcp_server.py`` over ``transport`` (``streamable-http`` or ``sse``); yield its base URL."""
+    port = free_port()
+    log = open(record.with_suffix(".log"), "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(  # noqa: S603
+        [
+            sys.executable,
+            str(MCP_SERVER_SCRIPT),
+            "--transport",
+            transport,
+            "--port",
+            str(port),
+            "--record",
+            str(record),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the MCP server exited: {record.with_suffix('.log').read_text()[-2000:]}")
+            try:
+                httpx.get(base, timeout=0.5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the MCP server did not start within 30 s") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        stop_process(process)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def mcp_record(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mcp") / "calls.jsonl"
+
+
+@pytest.fixture(scope="module")
+def mcp_http(mcp_record):
+    """The test MCP server over Streamable HTTP for the whole module; its endpoint URL."""
+    with mcp_server_process("streamable-http", mcp_record) as base:
+        yield f"{base}/mcp"
+
+
+@pytest.fixture
+def calls(mcp_record):
+    """Return a function giving the tool calls the MCP servers recorded during this test."""
+    mcp_record.write_text("")
+
+    def read() -> list[dict]:
+        if not mcp_record.exists():
+            return []
+        lines = mcp_record.read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "at"} for line in lines if line]
+
+    return read

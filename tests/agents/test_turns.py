@@ -125,8 +125,20 @@ async def test_arithmetic_goes_through_the_calculator_and_50_reaches_the_answer_
     assert message.metadata["intent"] == {"name": "calculate", "source": "rules"}
     assert message.metadata["agents_used"] == ["classify_intent", "tool:calculator", "generate"]
     nodes = [(e["name"], e["status"]) for e in events if e["type"] == "node"]
-    # Nothing to retrieve for arithmetic: the step is skipped.
-    assert nodes == [(name, status) for name in ("classify_intent", "tools", "generate") for status in ("start", "end")]
+    # Nothing to retrieve for arithmetic: the step is skipped. The call is a step of its own.
+    assert nodes == [
+        ("classify_intent", "start"),
+        ("classify_intent", "end"),
+        ("tools", "start"),
+        ("tool", "start"),
+        ("tool", "end"),
+        ("tools", "end"),
+        ("generate", "start"),
+        ("generate", "end"),
+    ]
+    call = [e for e in events if e["type"] == "node" and e["name"] == "tool"]
+    assert call[0]["tool"] == "calculator" and call[0]["arguments"] == {"expression": "12.5 * 4"}
+    assert call[1]["summary"] == "12.5 * 4 = 50" and call[1]["ok"] is True and call[1]["server"] is None
     # The model was given the result: its answer is cached under exactly these messages.
     expected = [
         {"role": "system", "content": message_context_of(message)},
