@@ -271,3 +271,40 @@ def test_only_post_is_served(daphne_url, alice):
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_malformed_requests_are_client_errors(daphne_url, alice, settings):
+    """Broken bodies get the MCP SDK's JSON-RPC errors (or 400/413), never a server error."""
+    auth = {"Authorization": f"Bearer {alice.key}", "Accept": "application/json, text/event-stream"}
+    url = daphne_url + "/mcp"
+    cases = {
+        "not JSON": httpx.post(url, headers={**auth, "Content-Type": "application/json"}, content=b"{nope"),
+        "empty body": httpx.post(url, headers={**auth, "Content-Type": "application/json"}, content=b""),
+        "not JSON-RPC": httpx.post(url, headers=auth, json={"hello": "world"}),
+        "a batch": httpx.post(url, headers=auth, json=[{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]),
+        "form data": httpx.post(url, headers=auth, data={"jsonrpc": "2.0"}),
+        "unknown method": httpx.post(url, headers=auth, json={"jsonrpc": "2.0", "id": 1, "method": "nope/nope"}),
+        "params not an object": httpx.post(
+            url, headers=auth, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1]}
+        ),
+        "too large": httpx.post(
+            url,
+            headers={**auth, "Content-Type": "application/json"},
+            content=b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": "'
+            + b"a" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+            + b'"}}',
+        ),
+    }
+    statuses = {case: response.status_code for case, response in cases.items()}
+    assert statuses == {
+        "not JSON": 400,
+        "empty body": 400,
+        "not JSON-RPC": 400,
+        "a batch": 400,
+        "form data": 400,
+        "unknown method": 200,  # a JSON-RPC error, in a response of its own
+        "params not an object": 400,
+        "too large": 413,
+    }
+    assert cases["not JSON"].json()["error"]["code"] == -32700  # JSON-RPC's parse error
+    assert cases["unknown method"].json()["error"]["code"] == -32601  # method not found
