@@ -146,6 +146,28 @@ def test_another_users_key_sees_nothing_of_the_first_users_data(daphne_url, alic
     assert str(alice.document.pk) not in text_of(documents)
 
 
+def test_users_calling_at_the_same_time_each_get_their_own_data(daphne_url, alice, mallory):
+    """The user is bound per HTTP request: interleaved calls of two users never cross."""
+
+    async def list_as(user, seen: list):
+        async with mcp_session(daphne_url, user.key) as session:
+            for _ in range(5):
+                result = await session.call_tool("documents_list", {})
+                seen.append([d["id"] for d in result.structured_content["documents"]])
+
+    async def both():
+        seen_by_alice, seen_by_mallory = [], []
+        async with anyio.create_task_group() as group:
+            group.start_soon(list_as, alice, seen_by_alice)
+            group.start_soon(list_as, mallory, seen_by_mallory)
+        return seen_by_alice, seen_by_mallory
+
+    seen_by_alice, seen_by_mallory = run(both)
+
+    assert seen_by_alice == [[str(alice.document.pk)]] * 5
+    assert seen_by_mallory == [[str(mallory.document.pk)]] * 5
+
+
 def test_a_planted_document_cannot_widen_what_the_tools_read(daphne_url, alice, mallory):
     """What a document tells a model to do with the tools still reaches only the key owner's data."""
     ingested(owner=alice, text=INJECTION % mallory.pk, title="Totally normal notes")
