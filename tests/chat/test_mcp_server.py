@@ -267,6 +267,32 @@ def test_the_2026_client_lists_and_calls_tools_without_a_handshake(daphne_url, a
     assert [d["id"] for d in documents.structured_content["documents"]] == [str(alice.document.pk)]
 
 
+def test_a_2025_client_gets_no_session_so_any_process_can_answer(daphne_url, alice):
+    """The handshake as the TypeScript SDK (mcp-remote) sends it: answered, with no ``Mcp-Session-Id`` to stick to."""
+    headers = {"Authorization": f"Bearer {alice.key}", "Accept": "application/json, text/event-stream"}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "mcp-remote", "version": "0.1"},
+        },
+    }
+    response = httpx.post(daphne_url + "/mcp", headers=headers, json=initialize)
+    assert response.status_code == 200
+    assert response.json()["result"]["protocolVersion"] == "2025-06-18"
+    assert response.json()["result"]["serverInfo"]["name"] == "parley"
+    assert "mcp-session-id" not in response.headers
+
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "documents_list", "arguments": {}}}
+    response = httpx.post(daphne_url + "/mcp", headers={**headers, "MCP-Protocol-Version": "2025-06-18"}, json=call)
+    assert response.status_code == 200
+    documents = response.json()["result"]["structuredContent"]["documents"]
+    assert [d["id"] for d in documents] == [str(alice.document.pk)]
+
+
 @pytest.fixture
 def three_requests_a_minute(settings):
     settings.RATE_LIMIT_USER = "3/min"  # before Daphne starts: the forked server reads it
