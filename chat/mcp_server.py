@@ -47,7 +47,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 
 from accounts.authentication import api_key_check
-from accounts.models import API_KEY_PREFIX, User
+from accounts.models import User
 from accounts.throttling import rate_hit
 from agents.apis import DocumentOutputSerializer
 from agents.selectors import document_list
@@ -215,7 +215,7 @@ def mcp_admit(*, token: str | None) -> tuple[User, dict[str, str]]:
         raise ParleyError(
             "Send your API key as 'Authorization: Bearer pk_...'.", code="not_authenticated", status_code=401
         )
-    api_key = api_key_check(key=token) if token.startswith(API_KEY_PREFIX) else None
+    api_key = api_key_check(key=token)  # None for a token that is not a pk_ key (a JWT) too
     if api_key is None:
         raise ParleyError("Invalid or revoked API key.", code="invalid_api_key", status_code=401)
     limit = rate_hit(scope="user", ident=api_key.user.pk, rate=settings.RATE_LIMIT_USER)

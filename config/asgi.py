@@ -1,4 +1,4 @@
-"""ASGI entry point for Daphne: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point for Daphne: HTTP through Django (``/mcp`` through the MCP SDK), WebSockets through Channels."""
 
 import os
 
