@@ -356,3 +356,13 @@ def test_malformed_requests_are_client_errors(daphne_url, alice, settings):
     }
     assert cases["not JSON"].json()["error"]["code"] == -32700  # JSON-RPC's parse error
     assert cases["unknown method"].json()["error"]["code"] == -32601  # method not found
+
+
+def test_a_host_outside_allowed_hosts_is_refused(daphne_url, alice):
+    response = httpx.post(
+        daphne_url + "/mcp",
+        headers={"Authorization": f"Bearer {alice.key}", "Host": "evil.example", "Accept": "application/json"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
