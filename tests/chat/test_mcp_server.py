@@ -237,8 +237,10 @@ def test_requests_without_a_valid_key_are_refused(daphne_url, refused_keys):
             async with mcp_session(daphne_url, key) as session:
                 await session.list_tools()
 
-        with pytest.raises((MCPError, ExceptionGroup)):
+        # The client's task group wraps the MCPError of the refused initialize.
+        with pytest.raises(ExceptionGroup) as raised:
             run(connect)
+        assert raised.group_contains(MCPError, match="error response"), case
 
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         response = httpx.post(
