@@ -7,9 +7,23 @@ Reusable by any DRF view, e.g. the OpenAI-compatible ``/v1/`` endpoints:
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
-from .models import API_KEY_PREFIX
+from .models import API_KEY_PREFIX, APIKey
 from .selectors import api_key_authenticate
 from .services import api_key_mark_used
+
+
+def api_key_check(*, key: str) -> APIKey | None:
+    """Return the API key ``key`` (``pk_...``) when it may be used now, marked used, with its user; else None.
+
+    None for an unknown or revoked key, or one whose user is inactive. The one test of a key that
+    every way in takes: DRF's :class:`APIKeyAuthentication` (``/api/v1/``, ``/v1/``) and ``/mcp``.
+    Blocking (database).
+    """
+    api_key = api_key_authenticate(key=key)
+    if api_key is None or not api_key.user.is_active:
+        return None
+    api_key_mark_used(api_key=api_key)
+    return api_key
 
 
 class APIKeyAuthentication(BaseAuthentication):
@@ -35,10 +49,9 @@ class APIKeyAuthentication(BaseAuthentication):
             return None
         if not token.startswith(API_KEY_PREFIX):
             return None
-        api_key = api_key_authenticate(key=token)
-        if api_key is None or not api_key.user.is_active:
+        api_key = api_key_check(key=token)
+        if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.", code="invalid_api_key")
-        api_key_mark_used(api_key=api_key)
         return api_key.user, api_key
 
     def authenticate_header(self, request) -> str:

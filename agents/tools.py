@@ -267,11 +267,20 @@ def _run_datetime(arguments: dict, context: ToolContext) -> str:
     return f"The current date and time is {now:%A %d %B %Y, %H:%M} ({name}); ISO 8601: {iso}."
 
 
+KB_SEARCH_TOP_K = 3  # passages kb_search returns unless asked for another number
+KB_SEARCH_MAX_TOP_K = 20
+
+
 def _run_kb_search(arguments: dict, context: ToolContext) -> str:
     query = str(arguments.get("query", "")).strip()
     if not query:
         raise ToolError("Give a query.")
-    hits = chunk_search(user_id=context.user_id, query=query, top_k=3)
+    top_k = arguments.get("top_k")
+    if top_k is None:  # left out, or a model's explicit null
+        top_k = KB_SEARCH_TOP_K
+    elif isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= KB_SEARCH_MAX_TOP_K:
+        raise ToolError(f"top_k must be a whole number from 1 to {KB_SEARCH_MAX_TOP_K}.")
+    hits = chunk_search(user_id=context.user_id, query=query, top_k=top_k)
     if not hits:
         return "No passage of the user's documents matches."
     return "\n\n".join(f"[{h.title} #{h.index}, similarity {h.similarity:.2f}]\n{h.content}" for h in hits)
@@ -305,7 +314,15 @@ REGISTRY: dict[str, Tool] = {
             description="Search the user's uploaded documents for passages about a topic.",
             parameters={
                 "type": "object",
-                "properties": {"query": {"type": "string", "description": "What to look for."}},
+                "properties": {
+                    "query": {"type": "string", "description": "What to look for."},
+                    "top_k": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": KB_SEARCH_MAX_TOP_K,
+                        "description": f"How many passages to return; default {KB_SEARCH_TOP_K}.",
+                    },
+                },
                 "required": ["query"],
             },
             run=_run_kb_search,

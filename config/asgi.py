@@ -1,4 +1,4 @@
-"""ASGI entry point for Daphne: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point for Daphne: HTTP through Django (``/mcp`` through the MCP SDK), WebSockets through Channels."""
 
 import os
 
@@ -33,10 +33,20 @@ def _gateway_asgi_app():
 
 gateway_asgi_app = _gateway_asgi_app()
 
+from chat.mcp_server import mcp_asgi_app  # noqa: E402
+
+MCP_PATHS = ("/mcp", "/mcp/")
+
 
 async def http_app(scope, receive, send):
-    """Route ``/v1/`` to the gateway's lean handler and everything else to Django's own."""
-    app = gateway_asgi_app if scope["path"].startswith("/v1/") else django_asgi_app
+    """Route ``/v1/`` to the gateway's lean handler, ``/mcp`` to the MCP server and everything else to Django."""
+    path = scope["path"]
+    if path.startswith("/v1/"):
+        app = gateway_asgi_app
+    elif path in MCP_PATHS:
+        app = mcp_asgi_app  # an ASGI app of the MCP SDK's, behind its own key check: not a Django view
+    else:
+        app = django_asgi_app
     await app(scope, receive, send)
 
 

@@ -406,7 +406,11 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id", "redact"]}
     },
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        # The MCP SDK logs its session manager starting and stopping at INFO: /mcp runs one per request.
+        "mcp": {"level": "WARNING"},
+    },
 }
 
 # Prometheus: /metrics answers `Authorization: Bearer <METRICS_TOKEN>`; unset, only loopback.

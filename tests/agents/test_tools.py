@@ -16,6 +16,8 @@ from agents.tools import (
 )
 from inference.cache import layer
 
+from .conftest import ingested
+
 
 def test_the_calculator_evaluates_arithmetic_without_eval():
     assert calculate("12.5 * 4") == 50
@@ -107,6 +109,25 @@ def test_tool_results_are_cached_and_unknown_tools_refused(user):
         "current date and time"
         in tool_run(name="datetime", arguments={"timezone": "Europe/Paris"}, context=context).result
     )
+
+
+def test_kb_search_returns_top_k_passages_and_refuses_a_bad_top_k(user):
+    for index in range(4):
+        ingested(owner=user, text=f"Note {index} about the alfalfa harvest in June.", title=f"Note {index}")
+    context = ToolContext(user_id=user.pk)
+
+    def passages(**extra) -> int:
+        result = tool_run(name="kb_search", arguments={"query": "alfalfa harvest", **extra}, context=context)
+        assert result.ok, result.result
+        return result.result.count("similarity")
+
+    assert passages() == 3  # the default
+    assert passages(top_k=None) == 3  # a model's explicit null
+    assert passages(top_k=1) == 1
+    assert passages(top_k=4) == 4
+    for bad in [0, 21, "2", 2.5, True]:
+        refused = tool_run(name="kb_search", arguments={"query": "alfalfa", "top_k": bad}, context=context)
+        assert not refused.ok and "top_k" in refused.result
 
 
 def test_both_tool_call_formats_parse():
