@@ -25,6 +25,7 @@ from django.utils import timezone
 from rest_framework import status
 
 from accounts.quotas import ingestion_admit
+from accounts.services import audit_record
 from core.errors import ParleyError
 from core.queue import task_enqueue, task_enqueue_on_commit
 from inference.embeddings import embed_text, embed_texts
@@ -145,6 +146,16 @@ def document_delete(*, document: Document) -> None:
     """Delete ``document``, its chunks and its stored file."""
     file = document.file
     with transaction.atomic():
+        # Recorded first: once deleted, the document has no primary key.
+        audit_record(
+            action="document.delete",
+            target=document,
+            changes={
+                "owner": document.owner.username,
+                "filename": document.filename,
+                "size_bytes": document.size_bytes,
+            },
+        )
         document.delete()
         # The file goes only once the rows are gone for good.
         transaction.on_commit(lambda: file.delete(save=False))
