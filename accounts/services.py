@@ -13,7 +13,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core import prometheus
-from core.log import redact, request_id_get
+from core.log import REDACTED, redact, request_id_get
 
 from .audit import AuditContext, audit_context_get, authenticated
 from .middleware import request_audit_context
@@ -280,32 +280,56 @@ def usage_prune(*, record_days: int, daily_days: int | None = None) -> tuple[int
 
 
 # Names of values never written to an audit event (their change is, as "[masked]"): a field, form
-# field or setting whose name holds one of these words.
-_SECRET_FIELD = re.compile(r"(?i)key|secret|token|password|passwd|authorization|credential")
+# field or setting that holds a password, secret, credential or API key anywhere in its name, or whose
+# name ends in key, token or hash. (daily_token_quota and max_tokens are counts, and stay readable.)
+_SECRET_ANYWHERE = re.compile(r"(?i)password|passwd|secret|credential|api_?key|authorization")
+_SECRET_LAST_WORD = {"key", "token", "hash", "pin", "otp"}
 MASKED = "[masked]"
 
 
 def audit_is_secret_name(name: Any) -> bool:
-    """Return whether a field called ``name`` may hold a secret (key, secret, token, password…)."""
-    return bool(_SECRET_FIELD.search(str(name)))
+    """Return whether a field called ``name`` may hold a secret (``password1``, ``client_secret``,
+    ``api_key_env``, ``access_token``, ``key_hash``…), so that its values are masked."""
+    name = str(name)
+    last_word = re.split(r"[_\-\s.]+", name.lower().rstrip("0123456789_"))[-1]
+    return bool(_SECRET_ANYWHERE.search(name)) or last_word in _SECRET_LAST_WORD
+
+
+# A key's public prefix ("pk_" + 8, API_KEY_PREFIX_LENGTH) is kept; anything longer after "pk_" is a key.
+_KEY_PREFIX_ONLY = re.compile(r"\bpk_[A-Za-z0-9_\-]{8}(?![A-Za-z0-9_\-])")
+_KEY = re.compile(r"\bpk_[A-Za-z0-9_\-]{9,}")
+
+
+def audit_redact(text: str) -> str:
+    """Return ``text`` through :func:`core.log.redact` (keys, Bearer tokens, JWTs, ``password=…``),
+    keeping API-key prefixes (``pk_`` + 8 characters), which name a key without giving it away."""
+    text = _KEY.sub(f"pk_{REDACTED}", text)
+    kept: list[str] = []
+
+    def hold(match: re.Match) -> str:
+        kept.append(match.group(0))
+        return f"\x00{len(kept) - 1}\x00"
+
+    text = redact(_KEY_PREFIX_ONLY.sub(hold, text))
+    return re.sub(r"\x00(\d+)\x00", lambda match: kept[int(match.group(1))], text)
 
 
 def audit_clean(value: Any, depth: int = 0) -> Any:
     """Return ``value`` as JSON-ready data with secrets taken out.
 
     Values under secret-looking names (:func:`audit_is_secret_name`) become ``"[masked]"``; strings
-    pass through :func:`core.log.redact` (API keys, Bearer tokens, JWTs); model instances become
+    pass through :func:`audit_redact` (API keys, Bearer tokens, JWTs); model instances become
     ``str()``, querysets and other iterables lists; anything else ``str()``.
     """
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
-        return redact(value)
+        return audit_redact(value)
     if depth < 6 and isinstance(value, dict):
         return {str(k): MASKED if audit_is_secret_name(k) else audit_clean(v, depth + 1) for k, v in value.items()}
     if depth < 6 and isinstance(value, (list, tuple, set, frozenset, models.QuerySet)):
         return [audit_clean(v, depth + 1) for v in value]
-    return redact(str(value))
+    return audit_redact(str(value))
 
 
 def _ip_or_none(value: str | None) -> str | None:
@@ -350,7 +374,7 @@ def audit_record(
         action=action,
         target_type=target_type[:100],
         target_id=str(target_id)[:64],
-        target_label=redact(str(target_label))[:200],
+        target_label=audit_redact(str(target_label))[:200],
         changes=audit_clean(changes or {}),
         request_id=(request_id_get() or "")[:160],
         ip=_ip_or_none(context.ip),
