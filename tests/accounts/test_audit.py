@@ -9,6 +9,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.generic.websocket import WebsocketConsumer
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.forms import CheckboxInput
@@ -17,13 +21,14 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.middleware import AuditASGIMiddleware
 from accounts.models import APIKey, AuditEvent, AuditSource, User
 from accounts.services import api_key_create, audit_record
 from accounts.tasks import audit_prune_task
 from agents.models import Document
 from agents.services import document_create
 from chat.services import conversation_create
-from conftest import make_user
+from conftest import make_user, ws_headers
 from inference.models import Deployment, ModelConfig
 
 from .conftest import PASSWORD, bearer_client, obtain_tokens, session_client
@@ -541,3 +546,32 @@ def test_no_event_and_no_csv_line_holds_a_key_a_password_or_a_secret(
         assert secret not in csv_text, secret
     # The system prompt that quoted a key is recorded with the key redacted.
     assert "Use key pk_[REDACTED]" in dump
+
+
+# WebSockets: no listed action is taken over a socket today (they only send and stop messages); the
+# context is there for the services a consumer calls. A consumer of this test stands in for one.
+
+
+class RecordingConsumer(WebsocketConsumer):
+    def connect(self):
+        self.accept()
+
+    def receive(self, text_data=None, bytes_data=None):
+        event = audit_record(action="test.socket_action", target_type="test", target_id=text_data)
+        self.send(text_data=str(event.pk))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_change_made_over_a_websocket_names_its_user_source_and_ip():
+    user = await database_sync_to_async(make_user)("alice")
+    application = AuthMiddlewareStack(AuditASGIMiddleware(RecordingConsumer.as_asgi()))
+    socket = WebsocketCommunicator(application, "/ws/test/", headers=await ws_headers(user))
+    socket.scope["client"] = ["203.0.113.9", 51000]
+    connected, _ = await socket.connect(timeout=10)
+    assert connected
+    await socket.send_to(text_data="42")
+    event_id = int(await socket.receive_from(timeout=10))
+    await socket.disconnect()
+
+    event = await AuditEvent.objects.select_related("actor").aget(pk=event_id)
+    assert (event.actor, event.source, event.ip, event.target_id) == (user, AuditSource.WS, "203.0.113.9", "42")
