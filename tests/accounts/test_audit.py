@@ -230,6 +230,19 @@ def test_a_password_change_is_recorded_without_the_password(user, api_key):
     assert only("api_key.revoke").changes["reason"] == "password changed"
 
 
+def test_a_sign_up_is_a_user_created_by_themselves_then_a_login(db, settings):
+    settings.SIGNUP_ENABLED = True
+    password = "sign-up-password-canary-9c2"
+    response = Client().post("/signup/", {"username": "dave", "password1": password, "password2": password})
+    assert response.status_code == 302
+
+    dave = User.objects.get(username="dave")
+    created = only("user.create")
+    assert (created.actor, created.target_id, created.source) == (dave, str(dave.pk), AuditSource.WEB)
+    assert only("auth.login").actor == dave
+    assert password not in json.dumps(list(AuditEvent.objects.values_list("changes", "target_label")))
+
+
 # Models and deployments
 
 
