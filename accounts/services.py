@@ -303,7 +303,8 @@ _KEY = re.compile(r"\bpk_[A-Za-z0-9_\-]{9,}")
 def audit_redact(text: str) -> str:
     """Return ``text`` through :func:`core.log.redact` (keys, Bearer tokens, JWTs, ``password=…``),
     keeping API-key prefixes (``pk_`` + 8 characters), which name a key without giving it away."""
-    text = _KEY.sub(f"pk_{REDACTED}", text)
+    # NUL characters go first: PostgreSQL stores none in text or JSON, and the placeholders use them.
+    text = _KEY.sub(f"pk_{REDACTED}", text.replace("\x00", ""))
     kept: list[str] = []
 
     def hold(match: re.Match) -> str:
@@ -311,7 +312,7 @@ def audit_redact(text: str) -> str:
         return f"\x00{len(kept) - 1}\x00"
 
     text = redact(_KEY_PREFIX_ONLY.sub(hold, text))
-    return re.sub(r"\x00(\d+)\x00", lambda match: kept[int(match.group(1))], text)
+    return re.sub(r"\x00(\d+)\x00", lambda match: kept[int(match.group(1))], text).replace("\x00", "")
 
 
 def audit_clean(value: Any, depth: int = 0) -> Any:

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 
 from accounts.middleware import AuditASGIMiddleware
 from accounts.models import APIKey, AuditEvent, AuditSource, User
-from accounts.services import api_key_create, audit_record
+from accounts.services import api_key_create, audit_is_secret_name, audit_record, audit_redact
 from accounts.tasks import audit_prune_task
 from agents.models import Document
 from agents.services import document_create
@@ -460,6 +460,33 @@ def test_the_nightly_prune_deletes_only_events_older_than_the_retention(db, sett
     assert audit_prune_task.apply().get() == {"deleted": 1}
     assert list(AuditEvent.objects.values_list("pk", flat=True)) == [recent.pk]
     assert audit_prune_task.apply().get() == {"deleted": 0}  # idempotent
+
+
+@pytest.mark.parametrize(
+    "name, secret",
+    [
+        ("password1", True),
+        ("usable_password", True),
+        ("client_secret", True),
+        ("api_key_env", True),
+        ("access_token", True),
+        ("key_hash", True),
+        ("daily_token_quota", False),
+        ("max_tokens", False),
+        ("prefix", False),
+        ("temperature", False),
+    ],
+)
+def test_fields_named_like_secrets_are_masked_and_counts_are_not(name, secret):
+    assert audit_is_secret_name(name) is secret
+
+
+def test_texts_lose_keys_tokens_and_nul_characters_but_keep_key_prefixes():
+    key = "pk_" + "A1b2C3d4" + "e5F6g7H8i9J0k1L2m3N4o5P6q7R8s9T0u1V2w3X"
+    text = f"key {key} named pk_A1b2C3d4 by Bearer abc.def; api_key=pk_Zz9Yy8Xx\x00 end"
+    cleaned = audit_redact(text)
+    assert key not in cleaned and "abc.def" not in cleaned and "\x00" not in cleaned
+    assert "named pk_A1b2C3d4 by" in cleaned
 
 
 # The canary: no key, password or secret anywhere in the log
