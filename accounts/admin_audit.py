@@ -63,6 +63,8 @@ class AuditedAdmin:
         return f"{name}.{verb}"
 
     def save_model(self, request, obj, form, change):
+        # Many-to-many fields (a user's groups) are saved later, by save_related, but their diff is
+        # the form's, known here; inlines are recorded by save_formset.
         with transaction.atomic():
             super().save_model(request, obj, form, change)
             changes = form_changes(form)
@@ -70,12 +72,6 @@ class AuditedAdmin:
                 audit_record(
                     action=self.audit_action(obj, "change" if change else "create"), target=obj, changes=changes
                 )
-
-    def save_related(self, request, form, formsets, change):
-        # Many-to-many fields (a user's groups) are saved here, after save_model: their diff is in
-        # form_changes already; only the inlines are left to record.
-        with transaction.atomic():
-            super().save_related(request, form, formsets, change)
 
     def save_formset(self, request, form, formset, change):
         # Noted before the save: a deleted row has no primary key afterwards.
