@@ -366,6 +366,10 @@ class AuditEventAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         queryset = self.get_changelist_instance(request).get_queryset(request)
+        # Reading the log is recorded too (before the query runs, so the file includes it when it matches).
+        services.audit_record(
+            action="audit.export", target_type="accounts.auditevent", changes={"filters": dict(request.GET.lists())}
+        )
         response = StreamingHttpResponse(audit_csv_rows(queryset), content_type="text/csv; charset=utf-8")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = f'attachment; filename="parley-audit-{stamp}.csv"'

@@ -439,6 +439,12 @@ def test_the_csv_export_streams_the_filtered_events(operator_client, operator):
     assert [(r["action"], r["actor"], r["target_id"], r["source"]) for r in rows] == [
         ("cache.flush", "root", "llm", "system")
     ]
+    exported = only("audit.export")  # who read the log, and which part
+    assert (exported.actor, exported.source, exported.changes) == (
+        operator,
+        AuditSource.ADMIN,
+        {"filters": {"action__exact": ["cache.flush"]}},
+    )
 
 
 def test_the_csv_export_is_for_staff_with_the_view_permission_only(user):
