@@ -13,7 +13,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 from django.forms import CheckboxInput
 from django.test import Client
@@ -451,6 +451,12 @@ def test_the_csv_export_is_for_staff_with_the_view_permission_only(user):
     client = Client()
     client.force_login(user)
     assert client.get(reverse("admin:accounts_auditevent_export")).status_code == 302  # to the admin login
+
+    clerk = make_user("clerk", is_staff=True)
+    client.force_login(clerk)
+    assert client.get(reverse("admin:accounts_auditevent_export")).status_code == 403
+    clerk.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    assert client.get(reverse("admin:accounts_auditevent_export")).status_code == 200
 
 
 # Retention
