@@ -1,18 +1,25 @@
 """Users, API keys and usage in the admin. Every operator action is recorded in the admin log."""
 
+import csv
+import json
 from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
-from django.urls import reverse
+from django.http import StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from . import services
+from .admin_audit import AuditedAdmin
 from .forms import AdminLoginForm
-from .models import APIKey, UsageDaily, UsageRecord, User
+from .models import APIKey, AuditEvent, UsageDaily, UsageRecord, User
 
 # The admin's login form counts attempts like every other login (served by accounts.views.lockout_status).
 admin.site.login_form = AdminLoginForm
@@ -78,7 +85,7 @@ class RoleFilter(admin.SimpleListFilter):
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     list_display = [
         "username",
         "email",
@@ -185,9 +192,11 @@ class UserAdmin(DjangoUserAdmin):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(AuditedAdmin, admin.ModelAdmin):
     """API keys by prefix. Keys are made by their owners (``POST /api/v1/keys/``), never here, and
     the stored hash is never shown."""
+
+    audit_name = "api_key"
 
     list_display = ["name", "prefix", "user", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
@@ -210,7 +219,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(AuditedAdmin, admin.ModelAdmin):
     """Rows written only by accounts.services.usage_record: viewable, never edited here."""
 
     def has_add_permission(self, request):
@@ -259,3 +268,109 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     search_fields = ["user__username", "model_slug"]
     list_select_related = ["user"]
     date_hierarchy = "day"
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(AuditedAdmin, DjangoGroupAdmin):
+    """Django's group admin; each change (name, permissions) is an audit event."""
+
+
+class _Echo:
+    """A file whose write returns the line: csv.writer then yields rows for a streaming response."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+AUDIT_CSV_COLUMNS = [
+    "created",
+    "actor",
+    "action",
+    "target_type",
+    "target_id",
+    "target",
+    "changes",
+    "source",
+    "ip",
+    "request_id",
+]
+
+
+def audit_csv_rows(queryset):
+    """Yield the CSV lines of ``queryset``'s events: a header, then one line per event (2,000 rows a query)."""
+    writer = csv.writer(_Echo())
+    yield writer.writerow(AUDIT_CSV_COLUMNS)
+    for event in queryset.iterator(chunk_size=2000):
+        yield writer.writerow(
+            [
+                event.created.isoformat(),
+                event.actor_label,
+                event.action,
+                event.target_type,
+                event.target_id,
+                event.target_label,
+                json.dumps(event.changes, ensure_ascii=False, sort_keys=True),
+                event.source,
+                event.ip or "",
+                event.request_id,
+            ]
+        )
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit log: read-only for everyone (superusers too), never deleted here (AUDIT_RETENTION_DAYS
+    prunes it); "Export CSV" downloads the events the current filters and search select."""
+
+    list_display = ["created", "actor_label", "action", "target_type", "target_label", "source", "ip", "request_id"]
+    list_filter = ["action", "source", ("actor", admin.RelatedOnlyFieldListFilter), "target_type", "created"]
+    search_fields = ["actor_label", "action", "target_label", "target_id", "request_id"]
+    search_help_text = "Actor, action, target or request id."
+    date_hierarchy = "created"
+    list_select_related = ["actor"]
+    readonly_fields = [
+        "created",
+        "actor",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id",
+        "target_label",
+        "changes",
+        "source",
+        "ip",
+        "request_id",
+    ]
+    fields = readonly_fields
+    change_list_template = "admin/accounts/auditevent/change_list.html"
+    show_full_result_count = False  # no COUNT(*) of a large log on every page
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        export = self.admin_site.admin_view(self.export_csv)
+        return [path("export.csv", export, name="accounts_auditevent_export"), *super().get_urls()]
+
+    def export_csv(self, request):
+        """Stream the events of the changelist's current filters and search as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        queryset = self.get_changelist_instance(request).get_queryset(request)
+        # Reading the log is recorded too (before the query runs, so the file includes it when it matches).
+        services.audit_record(
+            action="audit.export", target_type="accounts.auditevent", changes={"filters": dict(request.GET.lists())}
+        )
+        response = StreamingHttpResponse(audit_csv_rows(queryset), content_type="text/csv; charset=utf-8")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response["Content-Disposition"] = f'attachment; filename="parley-audit-{stamp}.csv"'
+        return response

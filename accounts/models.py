@@ -5,6 +5,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 def memory_enabled_default() -> bool:
@@ -165,3 +166,71 @@ class UsageDaily(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class AuditSource(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    API = "api", "REST API"
+    WEB = "web", "Web UI"
+    WS = "ws", "WebSocket"
+    CLI = "cli", "manage.py"
+    SYSTEM = "system", "System (tasks, scripts)"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        # One update is Django's own: a deleted user's events lose their actor (on_delete=SET_NULL).
+        if kwargs != {"actor": None}:
+            raise TypeError("Audit events are append-only: they are never updated.")
+        return super().update(**kwargs)
+
+
+class AuditEvent(models.Model):
+    """One change of state that matters: who (``actor``), did what (``action``), to what (``target_*``),
+    when, from where (``source``, ``ip``, ``request_id``).
+
+    Append-only: written only by :func:`accounts.services.audit_record`, never updated (``save`` of a
+    stored row raises), deleted only by :func:`accounts.services.audit_prune` after
+    ``AUDIT_RETENTION_DAYS``. ``changes`` holds field diffs ``{"field": [old, new]}`` (secret-looking
+    fields masked) or the action's details; it never holds a key, a password or a token.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    # SET_NULL keeps the event when its user goes; actor_label keeps their name as it was.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(
+        max_length=200, blank=True, help_text="The actor's username at the time, or who ran a command."
+    )
+    action = models.CharField(max_length=64, help_text="Dotted: api_key.create, auth.login_failed, cache.flush…")
+    target_type = models.CharField(max_length=100, blank=True, help_text="app_label.model, or a kind of thing.")
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=200, blank=True)
+    changes = models.JSONField(default=dict, blank=True)
+    request_id = models.CharField(max_length=160, blank=True)
+    ip = models.GenericIPAddressField("IP", null=True, blank=True)
+    source = models.CharField(max_length=16, choices=AuditSource.choices)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "audit event"
+        ordering = ["-created", "-id"]
+        indexes = [
+            models.Index(fields=["action", "created"], name="audit_event_action_time"),
+            models.Index(fields=["actor", "created"], name="audit_event_actor_time"),
+            models.Index(fields=["target_type", "target_id"], name="audit_event_target"),
+        ]
+
+    def __str__(self):
+        return f"{self.created:%Y-%m-%d %H:%M:%S} {self.actor_label or '-'} {self.action} {self.target_label}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise TypeError("Audit events are append-only: a stored event is never changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("Audit events are deleted only by accounts.services.audit_prune (AUDIT_RETENTION_DAYS).")

@@ -1,20 +1,27 @@
 """Writes for accounts."""
 
+import ipaddress
 import logging
+import re
 import secrets
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from core import prometheus
+from core.log import REDACTED, redact, request_id_get
 
+from .audit import AuditContext, audit_context_get, authenticated
+from .middleware import request_audit_context
 from .models import (
     API_KEY_PREFIX,
     API_KEY_PREFIX_LENGTH,
     APIKey,
+    AuditEvent,
     UsageDaily,
     UsageRecord,
     UsageSource,
@@ -51,6 +58,7 @@ def operator_ensure(
     user.set_password(generated or password)
     user.full_clean()
     user.save()
+    audit_record(action="user.create", target=user, changes={"is_staff": True, "is_superuser": True})
     return user, generated
 
 
@@ -65,6 +73,12 @@ def api_key_create(*, user: User, name: str) -> tuple[APIKey, str]:
     api_key = APIKey.objects.create(
         user=user, name=name, prefix=key[:API_KEY_PREFIX_LENGTH], key_hash=api_key_hash(key)
     )
+    # The prefix only: the key itself exists nowhere but in the caller's hands.
+    audit_record(
+        action="api_key.create",
+        target=api_key,
+        changes={"name": name, "prefix": api_key.prefix, "owner": user.username},
+    )
     return api_key, key
 
 
@@ -73,12 +87,23 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
+        audit_record(action="api_key.revoke", target=api_key, changes={"prefix": api_key.prefix})
     return api_key
 
 
-def api_keys_revoke_all(*, user: User) -> int:
-    """Revoke every live API key of ``user`` from now on; return how many were revoked."""
-    return APIKey.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+@transaction.atomic
+def api_keys_revoke_all(*, user: User, reason: str = "") -> int:
+    """Revoke every live API key of ``user`` from now on; return how many were revoked.
+
+    One ``api_key.revoke`` audit event per key, with ``reason`` (e.g. ``"password changed"``) when given.
+    """
+    live = list(APIKey.objects.select_for_update().filter(user=user, revoked_at__isnull=True))
+    now = timezone.now()
+    APIKey.objects.filter(pk__in=[api_key.pk for api_key in live]).update(revoked_at=now)
+    for api_key in live:
+        changes = {"prefix": api_key.prefix, **({"reason": reason} if reason else {})}
+        audit_record(action="api_key.revoke", target=api_key, changes=changes)
+    return len(live)
 
 
 # last_used_at is a hint for people reviewing their keys, not an audit log: one write a minute per
@@ -192,6 +217,7 @@ def user_memory_set(*, user: User, enabled: bool) -> User:
     is back on.
     """
     if user.memory_enabled != enabled:
+        audit_record(action="user.change", target=user, changes={"memory_enabled": [user.memory_enabled, enabled]})
         user.memory_enabled = enabled
         user.save(update_fields=["memory_enabled"])
     return user
@@ -212,6 +238,7 @@ def user_deactivate(*, user: User) -> User:
     if user.is_active:
         user.is_active = False
         user.save(update_fields=["is_active"])
+        audit_record(action="user.deactivate", target=user, changes={"is_active": [True, False]})
     # (The User post_save receiver in accounts.signals closes them too; closing twice is harmless.)
     transaction.on_commit(lambda: user_sockets_close(user_id=user.pk))
     return user
@@ -250,3 +277,119 @@ def usage_prune(*, record_days: int, daily_days: int | None = None) -> tuple[int
         records, _ = UsageRecord.objects.filter(created_at__lt=now - timedelta(days=record_days)).delete()
         days, _ = UsageDaily.objects.filter(day__lt=now.date() - timedelta(days=daily_days)).delete()
     return records, days
+
+
+# Names of values never written to an audit event (their change is, as "[masked]"): a field, form
+# field or setting that holds a password, secret, credential or API key anywhere in its name, or whose
+# name ends in key, token or hash. (daily_token_quota and max_tokens are counts, and stay readable.)
+_SECRET_ANYWHERE = re.compile(r"(?i)password|passwd|secret|credential|api_?key|authorization")
+_SECRET_LAST_WORD = {"key", "token", "hash", "pin", "otp"}
+MASKED = "[masked]"
+
+
+def audit_is_secret_name(name: Any) -> bool:
+    """Return whether a field called ``name`` may hold a secret (``password1``, ``client_secret``,
+    ``api_key_env``, ``access_token``, ``key_hash``…), so that its values are masked."""
+    name = str(name)
+    last_word = re.split(r"[_\-\s.]+", name.lower().rstrip("0123456789_"))[-1]
+    return bool(_SECRET_ANYWHERE.search(name)) or last_word in _SECRET_LAST_WORD
+
+
+# A key's public prefix ("pk_" + 8, API_KEY_PREFIX_LENGTH) is kept; anything longer after "pk_" is a key.
+_KEY_PREFIX_ONLY = re.compile(r"\bpk_[A-Za-z0-9_\-]{8}(?![A-Za-z0-9_\-])")
+_KEY = re.compile(r"\bpk_[A-Za-z0-9_\-]{9,}")
+
+
+def audit_redact(text: str) -> str:
+    """Return ``text`` through :func:`core.log.redact` (keys, Bearer tokens, JWTs, ``password=…``),
+    keeping API-key prefixes (``pk_`` + 8 characters), which name a key without giving it away."""
+    # NUL characters go first: PostgreSQL stores none in text or JSON, and the placeholders use them.
+    text = _KEY.sub(f"pk_{REDACTED}", text.replace("\x00", ""))
+    kept: list[str] = []
+
+    def hold(match: re.Match) -> str:
+        kept.append(match.group(0))
+        return f"\x00{len(kept) - 1}\x00"
+
+    text = redact(_KEY_PREFIX_ONLY.sub(hold, text))
+    return re.sub(r"\x00(\d+)\x00", lambda match: kept[int(match.group(1))], text).replace("\x00", "")
+
+
+def audit_clean(value: Any, depth: int = 0) -> Any:
+    """Return ``value`` as JSON-ready data with secrets taken out.
+
+    Values under secret-looking names (:func:`audit_is_secret_name`) become ``"[masked]"``; strings
+    pass through :func:`audit_redact` (API keys, Bearer tokens, JWTs); model instances become
+    ``str()``, querysets and other iterables lists; anything else ``str()``.
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return audit_redact(value)
+    if depth < 6 and isinstance(value, dict):
+        return {str(k): MASKED if audit_is_secret_name(k) else audit_clean(v, depth + 1) for k, v in value.items()}
+    if depth < 6 and isinstance(value, (list, tuple, set, frozenset, models.QuerySet)):
+        return [audit_clean(v, depth + 1) for v in value]
+    return audit_redact(str(value))
+
+
+def _ip_or_none(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address((value or "").strip()))
+    except ValueError:
+        return None
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: User | None = None,
+    target: models.Model | None = None,
+    target_type: str = "",
+    target_id: str = "",
+    target_label: str = "",
+    changes: dict | None = None,
+    request=None,
+    source: str | None = None,
+) -> AuditEvent:
+    """Append one :class:`AuditEvent` for ``action`` (dotted: ``api_key.create``, ``model.change``…).
+
+    ``actor``, ``source`` and the IP default to the running :class:`accounts.audit.AuditContext`
+    (the HTTP request, WebSocket or command; ``system`` and no actor elsewhere), or to ``request``'s
+    when one is given; the request id is :func:`core.log.request_id_get`'s. ``target`` (a model
+    instance) gives ``target_type`` (``app_label.model``), ``target_id`` (pk) and ``target_label``
+    (``str()``), each of which may be given instead for a target that is no row (a cache layer).
+    ``changes`` (``{"field": [old, new]}`` or the action's details) is cleaned by :func:`audit_clean`:
+    a secret never reaches the log. Write it in the transaction of the change it records, so both
+    are kept or neither.
+    """
+    context: AuditContext = request_audit_context(request) if request is not None else audit_context_get()
+    actor = authenticated(actor) or authenticated(context.actor())
+    if target is not None:
+        target_type = target_type or target._meta.label_lower
+        target_id = target_id or str(target.pk if target.pk is not None else "")
+        target_label = target_label or str(target)
+    return AuditEvent.objects.create(
+        actor=actor,
+        actor_label=(actor.get_username() if actor is not None else context.actor_label)[:200],
+        action=action,
+        target_type=target_type[:100],
+        target_id=str(target_id)[:64],
+        target_label=audit_redact(str(target_label))[:200],
+        changes=audit_clean(changes or {}),
+        request_id=(request_id_get() or "")[:160],
+        ip=_ip_or_none(context.ip),
+        source=source or context.source,
+    )
+
+
+def audit_prune(*, days: int) -> int:
+    """Delete the audit events created more than ``days`` days ago; return how many.
+
+    The only way an audit event is deleted (``AUDIT_RETENTION_DAYS``, Celery beat). Raise ValueError
+    for a negative age.
+    """
+    if days < 0:
+        raise ValueError("Retention must be 0 days or more.")
+    deleted, _ = AuditEvent.objects.filter(created__lt=timezone.now() - timedelta(days=days)).delete()
+    return deleted

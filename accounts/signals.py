@@ -15,12 +15,13 @@ import logging
 from django.conf import settings
 from django.contrib.auth.hashers import is_password_usable
 from django.contrib.auth.models import Group
+from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_save
 from django.dispatch import receiver
 
 from .models import User
-from .services import api_keys_revoke_all, user_sockets_close
+from .services import api_keys_revoke_all, audit_record, user_sockets_close
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ def user_rights_before(sender, instance: User, update_fields=None, raw=False, **
 def user_rights_after(sender, instance: User, created=False, **kwargs) -> None:
     lost = getattr(instance, "_rights_lost", [])
     if lost and not created:
+        if "password changed" in lost:
+            # Whoever changed it (the user, an operator, a script): the event, never the password.
+            audit_record(action="user.password_change", target=instance)
         if "password changed" in lost and settings.API_KEYS_REVOKE_ON_PASSWORD_CHANGE:
-            revoked = api_keys_revoke_all(user=instance)
+            revoked = api_keys_revoke_all(user=instance, reason="password changed")
             logger.info("Password of user %s changed: %s API key(s) revoked", instance.pk, revoked)
         _close_after_commit([instance.pk], ", ".join(lost))
     instance._rights_lost = []
@@ -86,3 +90,19 @@ def group_permissions_changed(sender, instance, action: str, reverse: bool, **kw
     if action not in ("post_add", "post_remove", "post_clear") or reverse:
         return
     _close_after_commit(instance.user_set.values_list("pk", flat=True), "group permissions changed")
+
+
+@receiver(user_logged_in, dispatch_uid="accounts.audit_login")
+def audit_login(sender, request, user: User, **kwargs) -> None:
+    """Record a login (``/login/``, ``/admin/login/``, sign-up): Django makes the change, here."""
+    audit_record(action="auth.login", actor=user, target=user)
+
+
+@receiver(user_login_failed, dispatch_uid="accounts.audit_login_failed")
+def audit_login_failed(sender, credentials: dict, request=None, **kwargs) -> None:
+    """Record a refused login (the login pages and the token endpoint): the name tried, never the password.
+
+    (Django hands receivers the credentials with the password already replaced by stars.)
+    """
+    username = str(credentials.get("username") or "")[:150]
+    audit_record(action="auth.login_failed", target_type=User._meta.label_lower, target_label=username)

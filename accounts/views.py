@@ -15,6 +15,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from .forms import LoginForm
 from .selectors import api_key_list
+from .services import audit_record
 from .throttling import client_ip, signup_attempt
 
 SIGNUP_LOCKOUT_MESSAGE = "Too many sign-ups from your address. Try again in %(seconds)d seconds."
@@ -86,8 +87,10 @@ def signup(request):
             user = form.save(commit=False)
             user.is_active = False
             user.save()
+            audit_record(action="user.create", actor=user, target=user, changes={"signup": True, "is_active": False})
             return render(request, "registration/signup_pending.html", {"username": user.username})
         user = form.save()
+        audit_record(action="user.create", actor=user, target=user, changes={"signup": True, "is_active": True})
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(settings.LOGIN_REDIRECT_URL)
     return render(request, "registration/signup.html", {"form": form})

@@ -2,6 +2,8 @@ from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
 
+from accounts.admin_audit import AuditedAdmin
+
 from .mcp import McpError, mcp_tools_list_sync
 from .models import Chunk, Document, DocumentStatus, McpServer, Memory
 from .services import document_delete, document_retry, mcp_server_allow_tools
@@ -21,7 +23,7 @@ class ChunkInline(admin.TabularInline):
 
 
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(AuditedAdmin, admin.ModelAdmin):
     """Operators see every user's documents, why an ingestion failed, and can retry it."""
 
     list_display = ["title", "owner", "content_type", "size_bytes", "status", "chunk_count", "attempts", "created_at"]
@@ -57,6 +59,10 @@ class DocumentAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # delete through the service: it removes the files too
         return actions
 
+    def delete_model(self, request, obj: Document) -> None:
+        # The service removes the file too, and records the document.delete event itself.
+        document_delete(document=obj)
+
     @admin.action(description="Retry ingestion")
     def retry_ingestion(self, request, queryset: QuerySet[Document]):
         retried = 0
@@ -80,7 +86,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Memory)
-class MemoryAdmin(admin.ModelAdmin):
+class MemoryAdmin(AuditedAdmin, admin.ModelAdmin):
     """Every user's memories, read-only; operators may delete them. One user's: ``?owner__id__exact=<id>``
     (linked from the user's page)."""
 
@@ -116,7 +122,7 @@ MCP_CONNECTION_FIELDS = [
 
 
 @admin.register(McpServer)
-class McpServerAdmin(admin.ModelAdmin):
+class McpServerAdmin(AuditedAdmin, admin.ModelAdmin):
     """MCP tool servers: where they are (superusers), which tools may run, for which groups; Test lists their tools."""
 
     list_display = ["slug", "name", "transport", "target", "enabled", "allowed", "group_names", "shared"]

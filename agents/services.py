@@ -25,6 +25,7 @@ from django.utils import timezone
 from rest_framework import status
 
 from accounts.quotas import ingestion_admit
+from accounts.services import audit_record
 from core.errors import ParleyError
 from core.queue import task_enqueue, task_enqueue_on_commit
 from inference.embeddings import embed_text, embed_texts
@@ -145,6 +146,16 @@ def document_delete(*, document: Document) -> None:
     """Delete ``document``, its chunks and its stored file."""
     file = document.file
     with transaction.atomic():
+        # Recorded first: once deleted, the document has no primary key.
+        audit_record(
+            action="document.delete",
+            target=document,
+            changes={
+                "owner": document.owner.username,
+                "filename": document.filename,
+                "size_bytes": document.size_bytes,
+            },
+        )
         document.delete()
         # The file goes only once the rows are gone for good.
         transaction.on_commit(lambda: file.delete(save=False))
@@ -555,6 +566,11 @@ def mcp_server_allow_tools(*, server: McpServer, tools: list[str]) -> McpServer:
     The allow-list is what a turn may offer and run (unless ``allow_all_tools``); saving it changes
     ``updated_at``, so processes list the server's tools afresh.
     """
+    before = list(server.allowed_tools)
     server.allowed_tools = list(dict.fromkeys(str(name) for name in tools))
-    server.save(update_fields=["allowed_tools", "updated_at"])
+    with transaction.atomic():
+        server.save(update_fields=["allowed_tools", "updated_at"])
+        audit_record(
+            action="mcp_server.allow_tools", target=server, changes={"allowed_tools": [before, server.allowed_tools]}
+        )
     return server

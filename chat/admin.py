@@ -9,8 +9,10 @@ from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
+from accounts.admin_audit import AuditedAdmin
+
 from .models import Conversation, Feedback, Message, MessageStatus
+from .services import conversations_export
 
 TOOL_RESULT_ADMIN_CHARS = 500  # of each result shown in a conversation; the message's page shows it whole
 
@@ -120,7 +122,7 @@ def _download(content: str, *, content_type: str, extension: str) -> HttpRespons
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = [
         "__str__",
         "owner",
@@ -163,11 +165,11 @@ class ConversationAdmin(admin.ModelAdmin):
     def last_status(self, conversation) -> str:
         return conversation.last_status or "–"
 
-    def _export(self, request, queryset, *, kind: str, render, content_type: str, extension: str):
-        conversations = list(conversations_for_export(queryset))
-        for conversation in conversations:
+    def _export(self, request, queryset, *, kind: str, format: str, content_type: str, extension: str):
+        content = conversations_export(conversations=queryset, format=format)
+        for conversation in queryset:
             self.log_change(request, conversation, f"Exported as {kind}")
-        return _download(render(conversations), content_type=content_type, extension=extension)
+        return _download(content, content_type=content_type, extension=extension)
 
     @admin.action(description="Export selected conversations as JSON", permissions=["view"])
     def export_json(self, request, queryset):
@@ -175,7 +177,7 @@ class ConversationAdmin(admin.ModelAdmin):
             request,
             queryset,
             kind="JSON",
-            render=conversations_export_json,
+            format="json",
             content_type="application/json; charset=utf-8",
             extension="json",
         )
@@ -186,14 +188,14 @@ class ConversationAdmin(admin.ModelAdmin):
             request,
             queryset,
             kind="Markdown",
-            render=conversations_export_markdown,
+            format="markdown",
             content_type="text/markdown; charset=utf-8",
             extension="md",
         )
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(AuditedAdmin, admin.ModelAdmin):
     """All messages, for debugging: ``?status__exact=error`` lists the failed answers with their reason."""
 
     list_display = [
@@ -233,7 +235,7 @@ class MessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(Feedback)
-class FeedbackAdmin(admin.ModelAdmin):
+class FeedbackAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ["__str__", "user", "rating", "comment", "updated_at"]
     list_filter = ["rating", "updated_at"]
     search_fields = ["comment", "user__username", "message__content"]

@@ -1,4 +1,4 @@
-"""Conversations exported as JSON or Markdown (the admin's export actions)."""
+"""Conversations exported as JSON or Markdown: the renderers of :func:`chat.services.conversations_export`."""
 
 from __future__ import annotations
 

@@ -12,18 +12,21 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework import status
 
 from accounts.metering import Admission
 from accounts.models import UsageSource, User
 from accounts.quotas import generation_release, generations_lapsed
+from accounts.services import audit_record
 from core.errors import ParleyError
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
 from inference.selectors import model_config_get
 from inference.services import generation_params
 
+from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
 from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role
 from .selectors import (
     generation_active,
@@ -72,6 +75,32 @@ def conversation_delete(*, conversation: Conversation) -> None:
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)
         locked.delete()
+
+
+EXPORT_FORMATS = {"json": conversations_export_json, "markdown": conversations_export_markdown}
+
+
+@transaction.atomic
+def conversations_export(*, conversations: QuerySet[Conversation], format: str) -> str:
+    """Return ``conversations`` exported as ``format`` (``json`` or ``markdown``, see :mod:`chat.exports`).
+
+    Each exported conversation is a ``conversation.export`` audit event (its owner, message count and
+    format), written before the text is handed out. Raise ValueError for another format.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; use json or markdown.")
+    exported = list(conversations_for_export(conversations))
+    for conversation in exported:
+        audit_record(
+            action="conversation.export",
+            target=conversation,
+            changes={
+                "format": format,
+                "owner": conversation.owner.username,
+                "messages": len(conversation.messages.all()),
+            },
+        )
+    return EXPORT_FORMATS[format](exported)
 
 
 def _check_no_generation(conversation: Conversation) -> None:

@@ -57,6 +57,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from accounts.middleware import AuditASGIMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config.daphne import leave_request_bodies_to_django  # noqa: E402
 from core.log import RequestIdASGIMiddleware  # noqa: E402
@@ -81,7 +82,8 @@ application = ProtocolTypeRouter(
         "http": http_app,
         # A request id per connection (and per message, set by the consumer) on every log record.
         "websocket": RequestIdASGIMiddleware(
-            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+            # Audit events from a socket: its user (known once AuthMiddlewareStack has run), source "ws".
+            AllowedHostsOriginValidator(AuthMiddlewareStack(AuditASGIMiddleware(URLRouter(websocket_urlpatterns))))
         ),
     }
 )

@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 
+from accounts.admin_audit import AuditedAdmin
 from core.errors import ParleyError
 
 from .models import Deployment, ModelConfig, ModelFallback
@@ -60,7 +61,8 @@ class FallbackInline(admin.TabularInline):
 
 
 @admin.register(ModelConfig)
-class ModelConfigAdmin(admin.ModelAdmin):
+class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_name = "model"  # model.create / model.change / model.delete; inlines: deployment.*, modelfallback.*
     inlines = [DeploymentInline, FallbackInline]
     list_display = [
         "display_name",

@@ -15,6 +15,7 @@ from accounts import metrics as usage_metrics
 
 from . import cache
 from .metrics import operations_metrics
+from .services import cache_flush
 
 
 @require_http_methods(["GET", "POST"])
@@ -27,7 +28,7 @@ def cache_dashboard(request):
             messages.error(request, f"Unknown cache layer {layer!r}.")
             return redirect("admin_cache")
         try:
-            versions = cache.flush(names)
+            versions = cache_flush(names=names)
         except Exception as exc:
             messages.error(request, f"Redis is unavailable, nothing was flushed: {exc}")
             return redirect("admin_cache")

@@ -13,6 +13,7 @@ from core.schema import ErrorSerializer
 
 from . import cache
 from .selectors import model_config_get, model_config_list
+from .services import cache_flush
 
 
 class ModelListApi(APIView):
@@ -151,7 +152,7 @@ class CacheFlushApi(APIView):
                 status_code=status.HTTP_404_NOT_FOUND,
             )
         try:
-            versions = cache.flush(names)
+            versions = cache_flush(names=names)
         except Exception as exc:
             raise ParleyError(
                 f"Redis is unavailable: {exc}",

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
+from accounts.services import audit_record
 from core.errors import ParleyError
 
 from .models import Deployment, ModelConfig, Provider
@@ -136,6 +137,7 @@ def _unset_default() -> None:
     for old in ModelConfig.objects.select_for_update().filter(is_default=True):
         old.is_default = False
         old.save(update_fields=["is_default", "updated_at"])
+        audit_record(action="model.change", target=old, changes={"is_default": [True, False]})
 
 
 def _model_config_create(**fields) -> ModelConfig:
@@ -149,6 +151,11 @@ def _model_config_create(**fields) -> ModelConfig:
                 _unset_default()
             config.full_clean()
             config.save()
+            audit_record(
+                action="model.create",
+                target=config,
+                changes={f: getattr(config, f) for f in ("provider", "model", "base_url", "is_default")},
+            )
     except ValidationError as exc:
         detail = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
         raise ParleyError(f"Invalid model: {detail}", code="invalid_model") from exc
@@ -252,6 +259,7 @@ def model_config_set_default(*, slug: str) -> ModelConfig:
                 _unset_default()
                 config.is_default = True
                 config.save(update_fields=["is_default", "updated_at"])
+                audit_record(action="model.change", target=config, changes={"is_default": [False, True]})
     except IntegrityError as exc:
         raise ParleyError(
             "The default model was changed at the same time; try again.", code="conflict", status_code=409
@@ -273,6 +281,7 @@ def model_config_set_enabled(*, slug: str, enabled: bool) -> ModelConfig:
                 code="default_model",
             )
         if config.is_enabled != enabled:
+            audit_record(action="model.change", target=config, changes={"is_enabled": [config.is_enabled, enabled]})
             config.is_enabled = enabled
             config.save(update_fields=["is_enabled", "updated_at"])
     return config

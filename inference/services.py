@@ -8,8 +8,10 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import connections
 
+from accounts.services import audit_record
 from core.errors import ParleyError
 
+from . import cache
 from .cache import canonical_key
 from .models import CachePolicy, Deployment, ModelConfig, Provider
 from .providers import GenerationParams, ModelUnavailable
@@ -272,3 +274,22 @@ def llm_cache_key(
     return canonical_key(
         {"model": model_fingerprint(config=config, params=params), "messages": messages, "owner": owner_id}
     )
+
+
+def cache_flush(*, names: list[str]) -> dict[str, int]:
+    """Flush the cache layers ``names`` (each one of :data:`inference.cache.LAYERS`); return ``{layer: new version}``.
+
+    The one flush path of ``manage.py cache flush``, ``DELETE /api/v1/cache/<layer>/`` and the admin's
+    cache page: one ``cache.flush`` audit event (target the layer, or ``all``) once Redis has flushed.
+    Raise ValueError for an unknown layer and Redis errors as they come (nothing flushed, nothing recorded).
+    """
+    versions = cache.flush(names)
+    label = "all" if set(names) == set(cache.LAYERS) and len(names) > 1 else ",".join(names)
+    audit_record(
+        action="cache.flush",
+        target_type="cache_layer",
+        target_id=label[:64],
+        target_label=label,
+        changes={"layers": list(names), "versions": versions},
+    )
+    return versions

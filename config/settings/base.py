@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "core.log.request_id_middleware",  # first: every later log record carries the request id
+    # Who acts and from where, for the audit events the services write (accounts.audit).
+    "accounts.middleware.audit_context_middleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -260,6 +262,8 @@ GENERATION_ORPHAN_GRACE_SECONDS = env.float("GENERATION_ORPHAN_GRACE_SECONDS", d
 # Celery beat (the `beat` process): nightly usage retention (manage.py usage prune), orphaned answers.
 CELERY_BEAT_SCHEDULE = {
     "usage-prune-nightly": {"task": "accounts.tasks.usage_prune_task", "schedule": crontab(hour=3, minute=30)},
+    # Audit events older than AUDIT_RETENTION_DAYS (README, "Audit log"): the only way they are deleted.
+    "audit-prune-nightly": {"task": "accounts.audit_prune", "schedule": crontab(hour=3, minute=45)},
     # Answers left streaming by a dead process (README, "Crashes and outages"). A run queued behind
     # a busy worker expires rather than piling up: the next one does the same work.
     # Documents uploaded while the broker was down, or whose worker died (README, "Crashes and outages").
@@ -419,6 +423,8 @@ METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # Usage retention (manage.py usage prune, nightly in Celery beat), in days.
 USAGE_RECORD_RETENTION_DAYS = env.int("USAGE_RECORD_RETENTION_DAYS", default=30)
 USAGE_DAILY_RETENTION_DAYS = env.int("USAGE_DAILY_RETENTION_DAYS", default=400)
+# Audit events (accounts.AuditEvent) are deleted this many days after they happen (nightly, Celery beat).
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
 
 # Embeddings
 # "local" (all-MiniLM-L6-v2, bundled, on CPU) or a model name on the OpenAI-compatible EMBEDDING_BASE_URL.

@@ -1,12 +1,13 @@
 import os
 
 from django.core.exceptions import ValidationError
-from django.core.management import BaseCommand, CommandError
+from django.core.management import CommandError
 
+from accounts.audit import AuditedCommand
 from accounts.services import operator_ensure
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = (
         "Create an operator account when no superuser exists: from DJANGO_SUPERUSER_USERNAME and "
         "DJANGO_SUPERUSER_PASSWORD (and DJANGO_SUPERUSER_EMAIL, optional) when both are set, as Django's "

@@ -2,14 +2,15 @@ import json as json_module
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management import BaseCommand, CommandError
+from django.core.management import CommandError
 
+from accounts.audit import AuditedCommand
 from agents.selectors import kb_stats
 from agents.services import kb_import, kb_reembed
 from core.errors import ParleyError
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Maintain the knowledge base: import files, folders and JSONL Q/A datasets; re-embed; stats."
 
     def add_arguments(self, parser):

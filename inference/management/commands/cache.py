@@ -1,16 +1,18 @@
 import json
 from pathlib import Path
 
-from django.core.management import BaseCommand, CommandError
+from django.core.management import CommandError
 
+from accounts.audit import AuditedCommand
 from accounts.models import User
 from core.errors import ParleyError
 from inference import cache
 from inference.pipeline import cache_warm
 from inference.selectors import model_config_get
+from inference.services import cache_flush
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Inspect and maintain the response caches: stats, flush, warm."
 
     def add_arguments(self, parser):
@@ -60,7 +62,7 @@ class Command(BaseCommand):
     def handle_flush(self, *, layer=None, all=False, **options):
         names = list(cache.LAYERS) if all else [layer]
         try:
-            versions = cache.flush(names)
+            versions = cache_flush(names=names)
         except Exception as exc:
             raise CommandError(f"Redis is unavailable, nothing was flushed: {exc}") from exc
         for name, version in versions.items():

@@ -3,8 +3,9 @@
 import json
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from accounts.audit import AuditedCommand
 from core.errors import ParleyError
 from inference import registry
 from inference.routing import deployment_states, implicit_deployment
@@ -18,7 +19,7 @@ def positive_int(value: str) -> int:
     return number
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Manage the models users can chat with."
 
     def add_arguments(self, parser: CommandParser) -> None:
