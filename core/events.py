@@ -38,7 +38,9 @@ def event_emit(event_type: str, data: dict) -> dict:
         for receiver, error in event_emitted.send_robust(sender=event_type, event=event):
             if isinstance(error, Exception):
                 logger.error(
-                    "Listener %s failed for event %s", getattr(receiver, "__qualname__", receiver), event_type,
+                    "Listener %s failed for event %s",
+                    getattr(receiver, "__qualname__", receiver),
+                    event_type,
                     exc_info=error,
                 )
 
