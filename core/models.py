@@ -7,6 +7,7 @@ import re
 import uuid
 
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import RegexValidator, URLValidator
 from django.db import models
 from django.db.models import Q
@@ -86,7 +87,7 @@ class WebhookDelivery(models.Model):
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
     event_id = models.CharField(max_length=64)
     event_type = models.CharField(max_length=100)
-    payload = models.JSONField()
+    payload = models.JSONField(encoder=DjangoJSONEncoder)  # Decimal, datetime, UUID in data become strings
     status = models.CharField(
         max_length=16, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING
     )

@@ -29,11 +29,13 @@ UPDATE, and only while it is due and not finished.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import os
 import secrets
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -182,13 +184,28 @@ def webhook_deliveries_create(*, event: dict) -> list[WebhookDelivery]:
 def webhooks_on_event(sender, event: dict, **kwargs) -> None:
     """Receiver of :data:`core.events.event_emitted`: store and queue the deliveries of ``event``.
 
-    Runs where the event was emitted, after its transaction committed. Emitters may run in threads
-    Django does not manage (``asyncio.to_thread`` in the generation pipeline): a database connection
-    this receiver opened there is closed again, never left to hold a pool slot.
+    Runs where the event was emitted, after its transaction committed. On an event loop (an async
+    emitter), where the ORM may not run, a thread of its own does the work instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        _deliveries_create_here(event)
+    else:
+        threading.Thread(target=_deliveries_create_here, args=(event,), name="webhook-fan-out", daemon=True).start()
+
+
+def _deliveries_create_here(event: dict) -> None:
+    """Create ``event``'s deliveries in this thread; close a database connection opened for it.
+
+    Emitters may run in threads Django does not manage (``asyncio.to_thread`` in the generation
+    pipeline, the fan-out thread above): a connection left open there would hold a pool slot for good.
     """
     opened_here = connection.connection is None
     try:
         webhook_deliveries_create(event=event)
+    except Exception:
+        logger.exception("Could not store the webhook deliveries of event %s (%s)", event["id"], event["type"])
     finally:
         if opened_here and not connection.in_atomic_block:
             connection.close()
