@@ -80,8 +80,11 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{} ({} failed)</a>', url, total, failed)
 
     def save_model(self, request, obj: WebhookEndpoint, form, change: bool) -> None:
-        # An endpoint signing with neither a variable nor a stored secret gets a generated one, shown once.
-        if not obj.secret_env and not obj.secret:
+        # A variable replaces the stored secret (nothing secret stays in the database); an endpoint
+        # with neither gets a generated one, shown once.
+        if obj.secret_env:
+            obj.secret = ""
+        elif not obj.secret:
             obj.secret = webhooks.webhook_secret_generate()
             request._webhook_secrets = [(obj, obj.secret)]
         super().save_model(request, obj, form, change)

@@ -29,20 +29,18 @@ UPDATE, and only while it is due and not finished.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import os
 import secrets
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from standardwebhooks import Webhook
@@ -106,7 +104,7 @@ def webhook_endpoint_create(
 ) -> tuple[WebhookEndpoint, str | None]:
     """Register an endpoint; return ``(endpoint, secret)``, the generated secret to show once (None
     when ``secret_env`` names the variable holding it). Raise ``ValidationError`` for a URL that is
-    not http(s) or an unknown event type."""
+    not http(s), no or malformed event types, or a variable name that is not one."""
     endpoint = WebhookEndpoint(
         url=url, description=description, secret_env=secret_env, event_types=event_types, is_enabled=is_enabled
     )
@@ -184,31 +182,10 @@ def webhook_deliveries_create(*, event: dict) -> list[WebhookDelivery]:
 def webhooks_on_event(sender, event: dict, **kwargs) -> None:
     """Receiver of :data:`core.events.event_emitted`: store and queue the deliveries of ``event``.
 
-    Runs where the event was emitted, after its transaction committed. On an event loop (an async
-    emitter), where the ORM may not run, a thread of its own does the work instead.
+    Runs where the event was emitted, after its transaction committed (a failure is logged by
+    :func:`core.events.event_emit`, which also closes a database connection it opened for this).
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        _deliveries_create_here(event)
-    else:
-        threading.Thread(target=_deliveries_create_here, args=(event,), name="webhook-fan-out", daemon=True).start()
-
-
-def _deliveries_create_here(event: dict) -> None:
-    """Create ``event``'s deliveries in this thread; close a database connection opened for it.
-
-    Emitters may run in threads Django does not manage (``asyncio.to_thread`` in the generation
-    pipeline, the fan-out thread above): a connection left open there would hold a pool slot for good.
-    """
-    opened_here = connection.connection is None
-    try:
-        webhook_deliveries_create(event=event)
-    except Exception:
-        logger.exception("Could not store the webhook deliveries of event %s (%s)", event["id"], event["type"])
-    finally:
-        if opened_here and not connection.in_atomic_block:
-            connection.close()
+    webhook_deliveries_create(event=event)
 
 
 def webhook_test_send(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
@@ -282,7 +259,9 @@ def _post(*, url: str, body: str, headers: dict[str, str]) -> tuple[int | None, 
     """POST ``body`` to ``url``; return ``(status code or None, first characters of the answer, error)``.
 
     Redirects are not followed (a 3xx is a failure: a redirect could lead anywhere, private
-    networks included). At most :data:`RESPONSE_READ_BYTES` of the answer are read.
+    networks included). Once the status has come, at most :data:`RESPONSE_READ_BYTES` of the answer
+    are read, for at most ``WEBHOOK_TIMEOUT_SECONDS``; a body that stalls or breaks off changes
+    nothing (the status is the answer), so an attempt lasts at most about four timeouts.
     """
     timeout = httpx.Timeout(settings.WEBHOOK_TIMEOUT_SECONDS)
     try:
@@ -291,10 +270,14 @@ def _post(*, url: str, body: str, headers: dict[str, str]) -> tuple[int | None, 
             client.stream("POST", url, content=body.encode(), headers=headers) as response,
         ):
             read = b""
-            for chunk in response.iter_bytes():
-                read += chunk
-                if len(read) >= RESPONSE_READ_BYTES:
-                    break
+            deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT_SECONDS
+            try:
+                for chunk in response.iter_bytes():
+                    read += chunk
+                    if len(read) >= RESPONSE_READ_BYTES or time.monotonic() > deadline:
+                        break
+            except httpx.HTTPError:
+                pass
             excerpt = read[:RESPONSE_READ_BYTES].decode("utf-8", errors="replace")[:RESPONSE_EXCERPT_CHARS]
             error = ""
             if response.is_redirect:

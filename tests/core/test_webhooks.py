@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -46,9 +46,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 class Receiver:
     """A webhook receiver on a free loopback port: verifies each POST with svix, answers ``statuses``
-    in turn (the last one repeats). ``redirect_to``: a 3xx answer's Location."""
+    in turn (the last one repeats). ``redirect_to``: a 3xx answer's Location; ``delay``: seconds
+    before answering."""
 
-    def __init__(self, secret: str, statuses=(200,), redirect_to: str = ""):
+    def __init__(self, secret: str, statuses=(200,), redirect_to: str = "", delay: float = 0.0):
         self.secret = secret
         self.statuses = list(statuses)
         self.requests: list[dict] = []
@@ -68,6 +69,7 @@ class Receiver:
                     error = f"{type(exc).__name__}: {exc}"
                 receiver.requests.append({"headers": headers, "body": body, "verify_error": error, "at": time.time()})
                 status = receiver.statuses[min(len(receiver.requests), len(receiver.statuses)) - 1]
+                time.sleep(delay)
                 answer = (f"answered {status} " + "x" * 1000).encode()
                 self.send_response(status)
                 if 300 <= status < 400:
@@ -203,7 +205,7 @@ def test_no_attempt_starts_after_the_retry_window(settings):
     assert (delivery.status, delivery.attempt_count) == (WebhookDeliveryStatus.FAILED, 3)
 
 
-def test_a_succeeded_delivery_is_not_sent_again_by_a_duplicate_task():
+def test_a_succeeded_delivery_is_not_sent_again_by_a_duplicate_task(caplog):
     with Receiver(secret="") as receiver:
         endpoint, receiver.secret = endpoint_for(receiver.url)
         event_emit("user.created", {"user_id": 1})
@@ -211,6 +213,21 @@ def test_a_succeeded_delivery_is_not_sent_again_by_a_duplicate_task():
         assert webhook_deliver_task.apply(args=[str(delivery.pk)]).get() == "succeeded"
         assert webhook_deliver_task.apply(args=[str(delivery.pk)]).get() is None
     assert len(receiver.requests) == 1 and receiver.requests[0]["verify_error"] == ""
+    assert "delivered" in caplog.text and receiver.secret not in caplog.text
+
+
+def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt(settings):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 0.5
+    with Receiver(secret="", delay=2) as receiver:
+        endpoint, receiver.secret = endpoint_for(receiver.url)
+        event_emit("user.created", {"user_id": 1})
+        started = time.monotonic()
+        delivery = webhook_deliver(delivery_id=deliveries()[0].pk)
+        took = time.monotonic() - started
+    assert delivery.status == WebhookDeliveryStatus.RETRYING and delivery.last_status_code is None
+    assert delivery.last_error == "timeout (ReadTimeout) after 0.5 s"
+    assert took < 1.5, "the attempt gave up at the timeout"
+    assert 450 <= delivery.attempts.get().latency_ms < 1500
 
 
 def test_a_rolled_back_transaction_sends_nothing_and_a_committed_one_sends_after_commit():
@@ -228,6 +245,22 @@ def test_a_rolled_back_transaction_sends_nothing_and_a_committed_one_sends_after
         assert delivery.payload["data"]["username"] == "carol"
         webhook_deliver(delivery_id=delivery.pk)
     assert [json.loads(r["body"])["data"]["username"] for r in receiver.requests] == ["carol"]
+
+
+def test_an_event_from_a_thread_without_a_database_connection_leaves_none_open():
+    """As the generation pipeline's worker threads (asyncio.to_thread) emit deployment events."""
+    endpoint_for("http://127.0.0.1:9/")
+    left_open = []
+
+    def emit() -> None:
+        event_emit("deployment.unhealthy", {"deployment": "remote/gpu-1"})
+        left_open.append(connection.connection is not None)
+
+    thread = threading.Thread(target=emit)
+    thread.start()
+    thread.join()
+    assert len(deliveries("deployment.unhealthy")) == 1
+    assert left_open == [False], "the thread's connection was closed again"
 
 
 def test_endpoints_get_only_their_event_types_and_disabled_ones_nothing():
