@@ -483,3 +483,31 @@ def test_the_admin_resends_a_failed_delivery(admin_client, settings):
     ids = {r["headers"]["webhook-id"] for r in receiver.requests}
     assert ids == {delivery.event_id}, "a re-send keeps the event's id"
     assert LogEntry.objects.filter(object_id=str(delivery.pk), change_message="Re-sent").exists()
+
+
+def test_a_rotated_secret_is_shown_once_and_signs_from_then_on(admin_client):
+    with Receiver(secret="") as receiver:
+        endpoint, old_secret = endpoint_for(receiver.url)
+        response = admin_client.post(
+            reverse("admin:core_webhookendpoint_changelist"),
+            {"action": "rotate_secret", "_selected_action": [endpoint.pk]},
+        )
+        endpoint.refresh_from_db()
+        assert endpoint.secret != old_secret and endpoint.secret in response.content.decode()
+        receiver.secret = old_secret
+        event_emit("user.created", {"user_id": 1})
+        webhook_deliver(delivery_id=deliveries()[0].pk)
+    assert receiver.requests[0]["verify_error"].startswith("WebhookVerificationError"), "the old secret is void"
+    assert receiver.requests[0]["headers"]["webhook-signature"] == hand_signature(
+        endpoint.secret, receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    )
+
+
+def test_beat_runs_the_sweep_every_webhook_sweep_seconds():
+    from django.conf import settings as django_settings
+
+    from config.celery import app as celery_app
+
+    entry = django_settings.CELERY_BEAT_SCHEDULE["webhooks-sweep"]
+    assert entry["schedule"] == django_settings.WEBHOOK_SWEEP_SECONDS == 60
+    assert entry["task"] in celery_app.tasks and "core.webhook_deliver" in celery_app.tasks
