@@ -6,6 +6,7 @@ harmless (a delivery already sent, or being sent, is not sent again).
 """
 
 from celery import shared_task
+from django.conf import settings
 
 from . import webhooks
 
@@ -19,7 +20,12 @@ def webhook_deliver_task(delivery_id: str) -> str | None:
 
 
 @shared_task(name="core.webhooks_sweep", acks_late=False)
-def webhooks_sweep_task() -> int:
-    """Queue the webhook deliveries that are due and whose task was lost or never queued (Celery beat,
-    every ``WEBHOOK_SWEEP_SECONDS``; :func:`core.webhooks.webhook_deliveries_enqueue_due`); return how many."""
-    return webhooks.webhook_deliveries_enqueue_due()
+def webhooks_sweep_task() -> dict[str, int]:
+    """Queue the webhook deliveries that are due and whose task was lost or never queued
+    (:func:`core.webhooks.webhook_deliveries_enqueue_due`), and delete finished ones older than
+    ``WEBHOOK_DELIVERY_RETENTION_DAYS``; Celery beat, every ``WEBHOOK_SWEEP_SECONDS``.
+    Return ``{"queued": n, "pruned": n}``."""
+    return {
+        "queued": webhooks.webhook_deliveries_enqueue_due(),
+        "pruned": webhooks.webhook_deliveries_prune(days=settings.WEBHOOK_DELIVERY_RETENTION_DAYS),
+    }

@@ -448,3 +448,15 @@ def webhook_deliveries_enqueue_due(*, grace_seconds: float = SWEEP_GRACE_SECONDS
             break
         queued += 1
     return queued
+
+
+def webhook_deliveries_prune(*, days: int) -> int:
+    """Delete the deliveries (and their attempts) that ended ``succeeded`` or ``failed`` more than
+    ``days`` days ago; return how many deliveries. ``days`` 0 keeps everything."""
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    old = WebhookDelivery.objects.filter(
+        status__in=[WebhookDeliveryStatus.SUCCEEDED, WebhookDeliveryStatus.FAILED], updated_at__lt=cutoff
+    )
+    return old.delete()[1].get(WebhookDelivery._meta.label, 0)

@@ -355,6 +355,8 @@ WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)  # pe
 # Seconds between two sweeps queueing due deliveries (Celery beat); retries sooner than this are
 # Celery countdowns, later ones wait for a sweep.
 WEBHOOK_SWEEP_SECONDS = env.int("WEBHOOK_SWEEP_SECONDS", default=60)
+# Days a finished (succeeded or failed) delivery and its attempts are kept; the sweep deletes older ones.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=30)
 CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
     "task": "core.webhooks_sweep",
     "schedule": WEBHOOK_SWEEP_SECONDS,

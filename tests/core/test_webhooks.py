@@ -31,7 +31,7 @@ from chat.services import conversation_create, message_finalize, message_send
 from conftest import make_user
 from core.events import event_emit
 from core.models import WebhookAttempt, WebhookDelivery, WebhookDeliveryStatus, WebhookEndpoint
-from core.tasks import webhook_deliver_task
+from core.tasks import webhook_deliver_task, webhooks_sweep_task
 from core.webhooks import (
     webhook_deliver,
     webhook_deliveries_enqueue_due,
@@ -511,3 +511,20 @@ def test_beat_runs_the_sweep_every_webhook_sweep_seconds():
     entry = django_settings.CELERY_BEAT_SCHEDULE["webhooks-sweep"]
     assert entry["schedule"] == django_settings.WEBHOOK_SWEEP_SECONDS == 60
     assert entry["task"] in celery_app.tasks and "core.webhook_deliver" in celery_app.tasks
+
+
+def test_the_sweep_deletes_finished_deliveries_past_their_retention(settings):
+    settings.WEBHOOK_DELIVERY_RETENTION_DAYS = 30
+    endpoint_for("http://127.0.0.1:9/")
+    for user_id in (1, 2, 3):
+        event_emit("user.created", {"user_id": user_id})
+    old_done, old_pending, recent_done = deliveries()
+    long_ago = timezone.now() - timedelta(days=31)
+    WebhookDelivery.objects.filter(pk=old_done.pk).update(status=WebhookDeliveryStatus.FAILED, updated_at=long_ago)
+    WebhookDelivery.objects.filter(pk=old_pending.pk).update(updated_at=long_ago)
+    WebhookDelivery.objects.filter(pk=recent_done.pk).update(status=WebhookDeliveryStatus.SUCCEEDED)
+
+    result = webhooks_sweep_task.apply().get()
+
+    assert result["pruned"] == 1
+    assert {d.pk for d in deliveries()} == {old_pending.pk, recent_done.pk}, "unfinished ones are never deleted"
