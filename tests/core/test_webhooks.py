@@ -469,6 +469,8 @@ def test_the_admin_resends_a_failed_delivery(admin_client, settings):
 
         page = admin_client.get(reverse("admin:core_webhookdelivery_change", args=[delivery.pk])).content.decode()
         assert "HTTP 503" in page and "answered 503" in page, "the attempt is shown with its answer"
+        failed = admin_client.get(reverse("admin:core_webhookdelivery_changelist"), {"status__exact": "failed"})
+        assert [d.pk for d in failed.context["cl"].result_list] == [delivery.pk]
         response = admin_client.post(
             reverse("admin:core_webhookdelivery_changelist"),
             {"action": "resend", "_selected_action": [delivery.pk]},
