@@ -37,6 +37,7 @@ from core.webhooks import (
     webhook_deliveries_enqueue_due,
     webhook_endpoint_create,
 )
+from inference.routing import deployment_failure
 from inference.tasks import deployments_probe_task
 from tests.inference.test_routing import deploy, refused_url, remote_model
 from tests.servers import ScriptedServer, start_worker, stop_worker
@@ -398,10 +399,10 @@ def test_a_failing_deployment_is_announced_once_per_incident(settings):
         deploy(config, "gpu-1", server.base_url)  # alone: never cooled, "unhealthy" after 2 failures
 
         for _ in range(3):  # fail, fail (unhealthy), fail (still: no second event)
-            assert deployments_probe_task.apply().get() == {"remote/gpu-1": "failed"}
+            assert deployments_probe_task.apply().get()["remote/gpu-1"] == "failed"
         assert len(deliveries("deployment.unhealthy")) == 1
         time.sleep(1.1)  # the failures leave the window
-        assert deployments_probe_task.apply().get() == {"remote/gpu-1": "ok"}  # recovered
+        assert deployments_probe_task.apply().get()["remote/gpu-1"] == "ok"  # recovered
         for _ in range(2):  # a new incident
             deployments_probe_task.apply().get()
 
@@ -413,8 +414,7 @@ def test_a_failing_deployment_is_announced_once_per_incident(settings):
     assert len(deliveries("deployment.recovered")) == 1
 
 
-def test_a_cooled_deployment_is_announced_by_one_process_only(settings):
-    """Two deployments: the failing one cools down; the Redis flag makes the event single across processes."""
+def test_a_cooled_deployment_is_announced_with_the_end_of_its_cooldown(settings):
     settings.ROUTING_COOLDOWN_FAILURES = 1
     endpoint_for("http://127.0.0.1:9/", ["deployment.unhealthy"])
     with ScriptedServer(["ok"]) as live:
@@ -426,6 +426,26 @@ def test_a_cooled_deployment_is_announced_by_one_process_only(settings):
     (delivery,) = deliveries("deployment.unhealthy")
     assert delivery.payload["data"]["deployment"] == "remote/dead"
     assert delivery.payload["data"]["cooldown_until"] is not None
+
+
+def test_failures_seen_at_once_by_many_processes_announce_the_deployment_once(settings):
+    """The turn is decided in Redis (SET NX), so threads stand for processes here: they share nothing else."""
+    settings.ROUTING_COOLDOWN_FAILURES = 1
+    endpoint_for("http://127.0.0.1:9/", ["deployment.unhealthy"])
+    config = remote_model()
+    gpu = deploy(config, "gpu-1", refused_url())
+    start = threading.Barrier(6)
+
+    def fail() -> None:
+        start.wait()
+        deployment_failure(deployment=gpu, error="upstream_error: 500", may_cool=False)
+
+    threads = [threading.Thread(target=fail) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(deliveries("deployment.unhealthy")) == 1
 
 
 # The admin
