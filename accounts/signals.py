@@ -6,6 +6,8 @@ Active box, the shell, a script), a new password, and a change of the user's gro
 each closes the user's sockets once committed (:func:`accounts.services.user_sockets_close`); a
 socket that reconnects is authorised afresh. A new password also revokes the user's API keys
 (``API_KEYS_REVOKE_ON_PASSWORD_CHANGE``).
+
+Also: every new account emits ``user.created`` (:mod:`core.events`), whatever made it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_save
 from django.dispatch import receiver
+
+from core.events import event_emit
 
 from .models import User
 from .services import api_keys_revoke_all, audit_record, user_sockets_close
@@ -67,6 +71,24 @@ def user_rights_after(sender, instance: User, created=False, **kwargs) -> None:
             logger.info("Password of user %s changed: %s API key(s) revoked", instance.pk, revoked)
         _close_after_commit([instance.pk], ", ".join(lost))
     instance._rights_lost = []
+
+
+@receiver(post_save, sender=User, dispatch_uid="accounts.user_created_event")
+def user_created_event(sender, instance: User, created=False, raw=False, **kwargs) -> None:
+    """Announce a new account (README, "Webhooks"). A receiver, not a service: accounts are made by the
+    sign-up form, the admin, ``createsuperuser``, ``make run``'s operator and scripts alike."""
+    if created and not raw:
+        event_emit(
+            "user.created",
+            {
+                "user_id": instance.pk,
+                "username": instance.get_username(),
+                "email": instance.email,
+                "is_active": instance.is_active,
+                "is_staff": instance.is_staff,
+                "date_joined": instance.date_joined.isoformat() if instance.date_joined else None,
+            },
+        )
 
 
 @receiver(m2m_changed, sender=User.groups.through, dispatch_uid="accounts.user_groups_changed")

@@ -27,6 +27,7 @@ from rest_framework import status
 from accounts.quotas import ingestion_admit
 from accounts.services import audit_record
 from core.errors import ParleyError
+from core.events import event_emit
 from core.queue import task_enqueue, task_enqueue_on_commit
 from inference.embeddings import embed_text, embed_texts
 from inference.models import ModelConfig
@@ -77,6 +78,21 @@ def document_event(*, document: Document, stage: str, done: int = 0, total: int 
         )
     except Exception as exc:  # Redis down: the status in the database is what counts
         logger.warning("Channel layer unavailable (%s); document event not sent", type(exc).__name__)
+
+
+def document_event_data(document: Document) -> dict:
+    """Return the ``data`` of a ``document.ready`` / ``document.failed`` event (README, "Webhooks")."""
+    return {
+        "document_id": str(document.pk),
+        "owner_id": document.owner_id,
+        "title": document.title,
+        "filename": document.filename,
+        "content_type": document.content_type,
+        "size_bytes": document.size_bytes,
+        "status": document.status,
+        "chunk_count": document.chunk_count,
+        "failure_reason": document.failure_reason,
+    }
 
 
 def document_create(
@@ -260,6 +276,7 @@ def _fail(document_id, reason: str) -> Document | None:
         Chunk.objects.filter(document=document).delete()
         document.status, document.failure_reason, document.chunk_count = DocumentStatus.FAILED, reason[:2000], 0
         document.save(update_fields=["status", "failure_reason", "chunk_count", "updated_at"])
+        event_emit("document.failed", document_event_data(document))
     logger.info("Ingestion of document %s failed: %s", document_id, reason)
     document_event(document=document, stage="failed")
     return document
@@ -387,6 +404,7 @@ def _document_ingest_run(document: Document, *, on_progress: Callable[[int, int]
         locked.save(
             update_fields=["status", "failure_reason", "chunk_count", "embedding_model", "ingested_at", "updated_at"]
         )
+        event_emit("document.ready", document_event_data(locked))
     document_event(document=locked, stage="done", done=len(passages), total=len(passages))
     return locked
 

@@ -21,6 +21,7 @@ from accounts.models import UsageSource, User
 from accounts.quotas import generation_release, generations_lapsed
 from accounts.services import audit_record
 from core.errors import ParleyError
+from core.events import event_emit
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
 from inference.selectors import model_config_get
@@ -370,9 +371,10 @@ def feedback_set(*, message: Message, user: User, rating: Rating | str, comment:
     """Record ``user``'s rating (``up``/``down``) and comment on the assistant ``message``.
 
     One feedback per user and message: posting again replaces the rating and the comment. Return
-    ``(feedback, created)``. Raise :class:`ParleyError` ``not_an_answer`` (400) for a message that
-    is not an assistant answer, ``invalid`` (400) for an unknown rating or a comment longer than
-    :data:`FEEDBACK_COMMENT_LENGTH` characters.
+    ``(feedback, created)``; a new feedback emits ``feedback.created`` (:mod:`core.events`). Raise
+    :class:`ParleyError` ``not_an_answer`` (400) for a message that is not an assistant answer,
+    ``invalid`` (400) for an unknown rating or a comment longer than :data:`FEEDBACK_COMMENT_LENGTH`
+    characters.
     """
     if message.role != Role.ASSISTANT:
         raise ParleyError("Feedback can only be given on assistant answers.", code="not_an_answer")
@@ -382,9 +384,24 @@ def feedback_set(*, message: Message, user: User, rating: Rating | str, comment:
     if len(comment) > FEEDBACK_COMMENT_LENGTH:
         raise ParleyError(f"The comment is limited to {FEEDBACK_COMMENT_LENGTH:,} characters.", code="invalid")
     with transaction.atomic():
-        return Feedback.objects.update_or_create(
+        feedback, created = Feedback.objects.update_or_create(
             message=message, user=user, defaults={"rating": rating, "comment": comment}
         )
+        if created:  # README, "Webhooks": a changed rating is not announced again
+            event_emit("feedback.created", _feedback_event_data(feedback, message=message))
+    return feedback, created
+
+
+def _feedback_event_data(feedback: Feedback, *, message: Message) -> dict:
+    return {
+        "feedback_id": str(feedback.pk),
+        "message_id": str(message.pk),
+        "conversation_id": str(message.conversation_id),
+        "user_id": feedback.user_id,
+        "rating": feedback.rating,
+        "comment": feedback.comment,
+        "model": message.model_slug,
+    }
 
 
 def message_finalize(

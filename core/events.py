@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -44,5 +44,11 @@ def event_emit(event_type: str, data: dict) -> dict:
                     exc_info=error,
                 )
 
+    opened_here = connection.connection is None  # on_commit() opens one to see the transaction state
     transaction.on_commit(send, robust=True)
+    # Emitters may run in threads Django does not manage (asyncio.to_thread in the generation
+    # pipeline): a connection opened for this call (and its listeners) is closed again, never left
+    # holding a pool slot. An open transaction always has its connection: opened_here is then False.
+    if opened_here and not connection.in_atomic_block:
+        connection.close()
     return event

@@ -19,6 +19,10 @@ id>:<deployment id or 0>:``:
 - ``cooldown``: the cooldown's end (ms since the epoch), expiring then.
 - ``ttft``: list of the last :data:`TTFT_SAMPLES` times to first token (ms), newest first, for 1 h.
 - ``error`` / ``ok``: the last error (text) and the time of the last success (ms), for 1 h.
+- ``unhealthy``: set when the deployment turns unhealthy (cooling down, or a lone deployment with
+  ``ROUTING_COOLDOWN_FAILURES`` failures in the window), by the one process that emits
+  ``deployment.unhealthy`` for it (:mod:`core.events`); kept while failures go on (for 1 h after the
+  last), cleared by a success once healthy again, which emits ``deployment.recovered``.
 
 When Redis is down routing fails open (:mod:`accounts.limits_store`): deployments are tried in
 their order without limits or cooldowns.
@@ -40,6 +44,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from accounts.limits_store import limits_key, run, run_script
+from core.events import event_emit
 
 from .models import Deployment, ModelConfig, RoutingStrategy
 from .providers import (
@@ -286,6 +291,52 @@ return ends
 """
 
 
+_UNHEALTHY = """
+-- Did this failure turn the deployment unhealthy? Unhealthy: cooling down, or (a deployment that is
+-- never cooled) as many failures within the window as would cool it. Set the flag only on the turn
+-- (SET NX: one process announces it); while failures go on, keep it. Return 1 on the turn, else 0.
+-- KEYS: cooldown, failures, unhealthy. ARGV: now ms, window ms, failures that cool, flag TTL s.
+local now = tonumber(ARGV[1])
+local cooling = tonumber(redis.call('GET', KEYS[1]) or '0') > now
+if not cooling and redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf') < tonumber(ARGV[3]) then
+  return 0
+end
+if redis.call('SET', KEYS[3], now, 'NX', 'EX', tonumber(ARGV[4])) then return 1 end
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
+return 0
+"""
+
+_RECOVERED = """
+-- After a success: clear the unhealthy flag if the deployment is healthy again (no cooldown, fewer
+-- failures in the window than would cool it). Return 1 when this cleared it, else 0.
+-- KEYS: cooldown, failures, unhealthy. ARGV: now ms, window ms, failures that cool.
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+local now = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') > now then return 0 end
+if redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf') >= tonumber(ARGV[3]) then return 0 end
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+
+def _health_keys(deployment: Deployment) -> list[str]:
+    return [_key(deployment, "cooldown"), _key(deployment, "failures"), _key(deployment, "unhealthy")]
+
+
+def _health_event(event_type: str, deployment: Deployment, **data) -> None:
+    """Emit ``deployment.unhealthy`` / ``deployment.recovered`` (README, "Webhooks")."""
+    event_emit(
+        event_type,
+        {
+            "model": deployment.config.slug,
+            "deployment": deployment.label,
+            "deployment_id": deployment.pk,
+            "provider": deployment.provider,
+            **data,
+        },
+    )
+
+
 def slot_acquire(
     *, candidates: list[Deployment], request_id: str, tokens: int, least_busy: bool = False
 ) -> tuple[Deployment | None, dict[str, str]]:
@@ -353,6 +404,8 @@ def deployment_failure(
     ``ROUTING_COOLDOWN_FAILURES`` failures within ``ROUTING_COOLDOWN_WINDOW_SECONDS`` cool it down
     for ``ROUTING_COOLDOWN_SECONDS``; a ``retry_after`` (seconds, from a 429) cools it at once for
     that long. ``may_cool`` False (a model with nothing else to serve it) only records the failure.
+    A failure that turns the deployment unhealthy (see the module docstring) emits
+    ``deployment.unhealthy``, once across all processes until it has recovered.
     """
     now = _now_ms()
     ends = run_script(
@@ -371,6 +424,21 @@ def deployment_failure(
         default=0,
         what="deployment cooldown",
     )
+    turned = run_script(
+        _UNHEALTHY,
+        keys=_health_keys(deployment),
+        args=[
+            now,
+            int(settings.ROUTING_COOLDOWN_WINDOW_SECONDS * 1000),
+            settings.ROUTING_COOLDOWN_FAILURES,
+            STATE_TTL_SECONDS,
+        ],
+        default=0,
+        what="deployment health",
+    )
+    if turned:
+        cooldown_until = datetime.fromtimestamp(int(ends) / 1000, tz=UTC).isoformat() if ends else None
+        _health_event("deployment.unhealthy", deployment, error=error[:500], cooldown_until=cooldown_until)
     if ends:
         logger.warning("Deployment %s cools down for %.1f s after: %s", deployment.label, (ends - now) / 1000, error)
         return int(ends) / 1000
@@ -378,18 +446,25 @@ def deployment_failure(
 
 
 def deployment_success(*, deployment: Deployment, ttft_ms: int | None) -> None:
-    """Record a served request and its time to first token (ms, from the deployment's own start)."""
+    """Record a served request and its time to first token (ms, from the deployment's own start).
 
-    def record(connection) -> None:
+    The first success of an unhealthy deployment that is healthy again emits ``deployment.recovered``.
+    """
+
+    def record(connection) -> bool:
+        now = _now_ms()
         pipe = connection.pipeline(transaction=False)
-        pipe.set(_key(deployment, "ok"), _now_ms(), ex=STATE_TTL_SECONDS)
+        pipe.set(_key(deployment, "ok"), now, ex=STATE_TTL_SECONDS)
         if ttft_ms is not None:
             pipe.lpush(_key(deployment, "ttft"), ttft_ms)
             pipe.ltrim(_key(deployment, "ttft"), 0, TTFT_SAMPLES - 1)
             pipe.expire(_key(deployment, "ttft"), STATE_TTL_SECONDS)
-        pipe.execute()
+        window = int(settings.ROUTING_COOLDOWN_WINDOW_SECONDS * 1000)
+        pipe.eval(_RECOVERED, 3, *_health_keys(deployment), now, window, settings.ROUTING_COOLDOWN_FAILURES)
+        return bool(pipe.execute()[-1])
 
-    run(record, default=None, what="deployment state")
+    if run(record, default=False, what="deployment state"):
+        _health_event("deployment.recovered", deployment)
 
 
 def failure_kind(exc: Exception) -> str | None:

@@ -347,6 +347,25 @@ if ROUTING_PROBE_SECONDS > 0:
         "schedule": ROUTING_PROBE_SECONDS,
         "options": {"expires": ROUTING_PROBE_SECONDS},
     }
+# Webhooks (core.webhooks; README, "Webhooks"). Seconds between a failed attempt and the next:
+# Standard Webhooks' suggested schedule (spec, "Retry schedule", from Svix: 5 s, 5 min, 30 min, 2 h,
+# 5 h, 10 h, 10 h after the first attempt), no attempt later than WEBHOOK_RETRY_WINDOW_SECONDS after
+# the first (the last is pulled in to it): 8 attempts over 24 h.
+WEBHOOK_RETRY_SCHEDULE = env.list(
+    "WEBHOOK_RETRY_SCHEDULE", cast=float, default=[5, 300, 1800, 7200, 18000, 36000, 36000]
+)
+WEBHOOK_RETRY_WINDOW_SECONDS = env.float("WEBHOOK_RETRY_WINDOW_SECONDS", default=86400)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)  # per connect, write and read
+# Seconds between two sweeps queueing due deliveries (Celery beat); retries sooner than this are
+# Celery countdowns, later ones wait for a sweep.
+WEBHOOK_SWEEP_SECONDS = env.int("WEBHOOK_SWEEP_SECONDS", default=60)
+# Days a finished (succeeded or failed) delivery and its attempts are kept; the sweep deletes older ones.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {
+    "task": "core.webhooks_sweep",
+    "schedule": WEBHOOK_SWEEP_SECONDS,
+    "options": {"expires": WEBHOOK_SWEEP_SECONDS},
+}
 # A password change (any path: the user's page, the admin, a script) revokes the user's API keys,
 # so a key minted from a stolen session does not outlive the reset (accounts.signals).
 API_KEYS_REVOKE_ON_PASSWORD_CHANGE = env.bool("API_KEYS_REVOKE_ON_PASSWORD_CHANGE", default=True)
