@@ -135,33 +135,31 @@ def intent_from_model(*, text: str, model_slug: str, extra_tools: list[dict] | N
     return {**result, "source": "model"}
 
 
-def tool_calls_native(*, config: ModelConfig, messages: list[dict], tools: list[dict]) -> tuple[list[dict], str]:
-    """Ask the turn's OpenAI-compatible model which of ``tools`` to call for ``messages`` (function calling).
+async def tool_calls_native(
+    *, config: ModelConfig, messages: list[dict], tools: list[dict], user_id: int
+) -> tuple[list[dict], str]:
+    """Ask the turn's model which of ``tools`` to call for ``messages`` (OpenAI function calling).
 
-    One non-streamed request with ``tools`` (OpenAI's ``tools=`` shape) and ``tool_choice="auto"``;
-    return ``([{"tool", "arguments"}], source)`` with source ``model``, ``cache`` (the ``intent``
-    layer, keyed by model, messages and tools) or ``default`` (the request failed: no calls). A text
-    answer instead of calls gives no calls: the answer is then generated as usual. Blocking.
+    One request through the generation pipeline (so routing, deployments, fallbacks and the ``llm``
+    cache apply as to any answer) with ``tools`` (OpenAI's ``tools=`` shape), ``tool_choice="auto"``,
+    temperature 0 and at most 256 completion tokens; return ``([{"tool", "arguments"}], source)`` with
+    source ``model``, ``cache`` (an identical request answered before) or ``default`` (the request
+    failed: no calls). A text answer instead of calls gives no calls: the answer is then generated as
+    usual, with its own request. Not stopped by ``generation.stop`` (a generation sets its cancel event
+    when it ends, so it cannot share the turn's): it is short, and the answer's generation that
+    follows is stopped.
     """
-    cache = cache_layer("intent")
-    key = canonical_key({"model": config.slug, "weights": config.model, "messages": messages, "tools": tools})
-    cached = cache.get(key)
-    if cached is not None:
-        return cached["calls"], "cache"
+    params = GenerationParams(max_tokens=256, temperature=0.0, tools=tools, tool_choice="auto")
+    generation = Generation(config=config, messages=messages, params=params, user_id=user_id)
     try:
-        provider = provider_for(config=config, max_retries=0)
-        response = provider.client.chat.completions.create(
-            model=config.model, messages=messages, tools=tools, tool_choice="auto", max_tokens=256, temperature=0
-        )
-        calls = parse_openai_tool_calls(response.choices[0].message.tool_calls)
+        outcome = await generation.run()
     except Exception as exc:  # choosing tools must not fail the turn: it is answered without them
         logger.warning(
             "Tool choice by %s failed (%s: %s); answering without tools", config.slug, type(exc).__name__, exc
         )
         return [], "default"
-    result = [{"tool": name, "arguments": arguments} for name, arguments in calls]
-    cache.set(key, {"calls": result})
-    return result, "model"
+    calls = [{"tool": name, "arguments": arguments} for name, arguments in parse_openai_tool_calls(outcome.tool_calls)]
+    return calls, "cache" if outcome.cached else "model"
 
 
 def _question(state: TurnState) -> str:
@@ -204,10 +202,13 @@ async def classify_intent(state: TurnState, config) -> dict:
         if mcp_tools:
             model = config["configurable"]["model"]
             functions = [tool.openai()["function"] for tool in mcp_tools.values()]
-            if model.provider == Provider.OPENAI_COMPATIBLE:
+            if model.provider == Provider.OPENAI_COMPATIBLE and model.supports_tools:
                 offered = openai_tools() + [tool.openai() for tool in mcp_tools.values()]
-                calls, source = await asyncio.to_thread(
-                    tool_calls_native, config=model, messages=state["messages"], tools=offered
+                calls, source = await tool_calls_native(
+                    config=model,
+                    messages=state["messages"],
+                    tools=offered,
+                    user_id=state["user_id"],
                 )
                 result = {"intent": "tool" if calls else "chat"}
             else:
