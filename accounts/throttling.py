@@ -109,6 +109,25 @@ def rate_hit(*, scope: str, ident: str, rate: str | None) -> RateResult | None:
     )
 
 
+def user_rate_check(*, user_id: int) -> dict[str, str]:
+    """Count one request of user ``user_id`` against ``RATE_LIMIT_USER``; return its ``X-RateLimit-*`` headers.
+
+    For the paths that authenticate outside DRF's throttles (the ``/v1`` chat completions view, the
+    MCP server). Raise 429 ``rate_limited`` (with ``Retry-After`` and the same headers) over the limit;
+    ``{}`` when there is no limit or Redis is unreachable.
+    """
+    limit = rate_hit(scope="user", ident=user_id, rate=settings.RATE_LIMIT_USER)
+    if limit is None:
+        return {}
+    headers = limit.headers()
+    headers.pop("Retry-After", None)  # a 429 sets its own
+    if not limit.allowed:
+        error = limit.error()
+        error.headers = headers
+        raise error
+    return headers
+
+
 class RequestRateThrottle(BaseThrottle):
     """Limit each user to ``RATE_LIMIT_USER`` requests and each anonymous client IP to ``RATE_LIMIT_ANON``.
 

@@ -48,7 +48,7 @@ from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 
 from accounts.authentication import api_key_check
 from accounts.models import User
-from accounts.throttling import rate_hit
+from accounts.throttling import user_rate_check
 from agents.apis import DocumentOutputSerializer
 from agents.selectors import document_list
 from agents.tools import REGISTRY, ToolContext, ToolResult, tool_run
@@ -218,16 +218,7 @@ def mcp_admit(*, token: str | None) -> tuple[User, dict[str, str]]:
     api_key = api_key_check(key=token)  # None for a token that is not a pk_ key (a JWT) too
     if api_key is None:
         raise ParleyError("Invalid or revoked API key.", code="invalid_api_key", status_code=401)
-    limit = rate_hit(scope="user", ident=api_key.user.pk, rate=settings.RATE_LIMIT_USER)
-    headers: dict[str, str] = {}
-    if limit is not None:
-        headers = limit.headers()
-        headers.pop("Retry-After", None)  # the 429 sets its own
-        if not limit.allowed:
-            error = limit.error()
-            error.headers = headers
-            raise error
-    return api_key.user, headers
+    return api_key.user, user_rate_check(user_id=api_key.user.pk)
 
 
 _amcp_admit = database_sync_to_async(mcp_admit, thread_sensitive=False)

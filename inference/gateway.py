@@ -40,7 +40,7 @@ from accounts.authentication import APIKeyAuthentication
 from accounts.metering import Admission
 from accounts.models import UsageSource, UsageStatus
 from accounts.quotas import GenerationKeepalive
-from accounts.throttling import rate_hit
+from accounts.throttling import user_rate_check
 from core.errors import ParleyError, payload_too_large
 from core.parsers import JSONParser
 
@@ -521,15 +521,7 @@ def _chat_admit(request) -> _Call:
     if authenticated is None:
         raise exceptions.NotAuthenticated()
     user = authenticated[0]
-    headers: dict[str, str] = {}
-    limit = rate_hit(scope="user", ident=user.pk, rate=settings.RATE_LIMIT_USER)
-    if limit is not None:
-        headers = limit.headers()
-        headers.pop("Retry-After", None)  # a 429 sets its own
-        if not limit.allowed:
-            error = limit.error()
-            error.headers = headers
-            raise error
+    headers = user_rate_check(user_id=user.pk)
     try:
         data = _validated(ChatCompletionInput, JSONParser().parse(io.BytesIO(request.body)))
         config = _model_get(data["model"])

@@ -343,3 +343,17 @@ def start_worker(media_root, name: str, pool: str = "solo", env: dict | None = N
 
 def stop_worker(worker: subprocess.Popen) -> None:
     stop_process(worker, timeout=30)
+
+
+def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.1):
+    """Return ``predicate()``'s first truthy value, polled every ``interval`` seconds for up to ``timeout``.
+
+    Raise AssertionError naming ``what`` when it never comes.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

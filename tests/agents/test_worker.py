@@ -3,7 +3,6 @@ database and Redis broker, including a worker killed mid-ingestion and the task 
 
 import os
 import signal
-import time
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -11,19 +10,9 @@ from rest_framework.test import APIClient
 
 from agents.models import Chunk, Document, DocumentStatus
 from agents.services import document_create
-from tests.servers import start_worker, stop_worker
+from tests.servers import start_worker, stop_worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(predicate, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def test_an_upload_is_ingested_by_a_real_worker(user, media_root):

@@ -40,7 +40,7 @@ from core.webhooks import (
 from inference.routing import deployment_failure
 from inference.tasks import deployments_probe_task
 from tests.inference.test_routing import deploy, refused_url, remote_model
-from tests.servers import ScriptedServer, start_worker, stop_worker
+from tests.servers import ScriptedServer, start_worker, stop_worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,16 +100,6 @@ def endpoint_for(url: str, event_types=("*",), **fields) -> tuple[WebhookEndpoin
 def deliveries(event_type: str | None = None) -> list[WebhookDelivery]:
     queryset = WebhookDelivery.objects.order_by("created_at")
     return list(queryset.filter(event_type=event_type) if event_type else queryset)
-
-
-def wait_for(predicate, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def hand_signature(secret: str, headers: dict, body: bytes) -> str:
