@@ -16,7 +16,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from . import services
+from . import admin_webhooks, services  # noqa: F401 (admin_webhooks registers the audited webhook admins)
 from .admin_audit import AuditedAdmin
 from .forms import AdminLoginForm
 from .models import APIKey, AuditEvent, UsageDaily, UsageRecord, User

@@ -346,6 +346,40 @@ def test_an_unknown_layer_flushes_and_records_nothing(operator):
     assert not events("cache.flush")
 
 
+# Webhooks (core's admin, audited from accounts)
+
+
+def test_webhook_endpoint_edits_and_secret_rotations_are_recorded_without_the_secret(operator_client, operator):
+    from core.models import WebhookEndpoint
+
+    response = operator_client.post(
+        reverse("admin:core_webhookendpoint_add"),
+        {"url": "https://hooks.example.test/in", "event_types": ["document.failed"], "is_enabled": "on"},
+    )
+    assert response.status_code == 200, "the new secret's page"
+    endpoint = WebhookEndpoint.objects.get()
+    created = only("webhook_endpoint.create")
+    assert (created.actor, created.source, created.target_id) == (operator, AuditSource.ADMIN, str(endpoint.pk))
+
+    change_url = reverse("admin:core_webhookendpoint_change", args=[endpoint.pk])
+    data = admin_form_data(operator_client.get(change_url))
+    data["event_types"] = ["document.failed", "feedback.created"]
+    assert operator_client.post(change_url, data).status_code == 302
+    changed = only("webhook_endpoint.change")
+    assert changed.changes["event_types"] == [["document.failed"], ["document.failed", "feedback.created"]]
+
+    old_secret = endpoint.secret
+    operator_client.post(
+        reverse("admin:core_webhookendpoint_changelist"),
+        {"action": "rotate_secret", "_selected_action": [endpoint.pk]},
+    )
+    endpoint.refresh_from_db()
+    assert endpoint.secret != old_secret
+    assert only("webhook_endpoint.secret_rotate").actor == operator
+    dumped = json.dumps(list(AuditEvent.objects.values()), default=str)
+    assert old_secret not in dumped and endpoint.secret not in dumped
+
+
 # Documents and exports
 
 

@@ -2,6 +2,8 @@ import json
 from pathlib import Path
 
 from django.core.management import CommandError
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from accounts.audit import AuditedCommand
 from accounts.models import User
@@ -38,7 +40,7 @@ class Command(AuditedCommand):
             getattr(self, f"handle_{action}")(**options)
         except ParleyError as exc:
             raise CommandError(f"{exc.code}: {exc.detail}") from exc
-        except (ConnectionError, OSError) as exc:
+        except (RedisError, ConnectionError, OSError) as exc:
             raise CommandError(f"Redis is unavailable: {exc}") from exc
 
     def handle_stats(self, *, json: bool = False, **options):
@@ -63,8 +65,11 @@ class Command(AuditedCommand):
         names = list(cache.LAYERS) if all else [layer]
         try:
             versions = cache_flush(names=names)
-        except Exception as exc:
+        except (RedisError, ConnectionError, OSError) as exc:
             raise CommandError(f"Redis is unavailable, nothing was flushed: {exc}") from exc
+        except DatabaseError as exc:
+            # cache_flush flushes first, then records the audit event: the flush did happen.
+            raise CommandError(f"Flushed {', '.join(names)}, but its audit event could not be written: {exc}") from exc
         for name, version in versions.items():
             self.stdout.write(f"Flushed {name} (now version {version}).")
 
