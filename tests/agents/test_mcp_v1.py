@@ -160,18 +160,53 @@ def test_tools_outside_the_allow_lists_are_never_called(client, mcp_http, calls)
 
 
 def test_the_client_gets_its_own_function_calls_back_after_the_mcp_round(client, mcp_http, calls):
-    register(mcp_http)
-    script = [call(("shop__lookup_order", {"order_id": "A17"})), call(("get_weather", {"city": "Paris"}))]
+    register(mcp_http, cache_results=False)
+    weather = call(("get_weather", {"city": "Paris"}))
+    script = [
+        call(("shop__lookup_order", {"order_id": "A17"})),
+        weather,
+        call(("shop__add", {"a": 2, "b": 3})),
+        weather,
+    ]
     with ScriptedServer(script) as server:
         remote(server)
         completion = client.chat.completions.create(model="remote", messages=ASK, tools=[WEATHER_TOOL, SHOP])
+        stream = list(
+            client.chat.completions.create(model="remote", messages=ASK, tools=[SHOP, WEATHER_TOOL], stream=True)
+        )
 
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
-    [weather] = choice.message.tool_calls
-    assert weather.function.name == "get_weather" and json.loads(weather.function.arguments) == {"city": "Paris"}
-    assert calls() == [{"tool": "lookup_order", "arguments": {"order_id": "A17"}}]
+    [weather_call] = choice.message.tool_calls
+    assert weather_call.function.name == "get_weather"
+    assert json.loads(weather_call.function.arguments) == {"city": "Paris"}
     assert offered(server.requests[0]) >= {"get_weather", "shop__lookup_order"}
+    # Streamed: only the client's call comes out, as OpenAI streams one; the MCP call stayed inside.
+    deltas = [d for c in stream if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather")]
+    assert json.loads(deltas[0].function.arguments) == {"city": "Paris"}
+    assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == "tool_calls"
+    assert calls() == [
+        {"tool": "lookup_order", "arguments": {"order_id": "A17"}},
+        {"tool": "add", "arguments": {"a": 2, "b": 3}},
+    ]
+
+
+def test_a_member_of_the_servers_group_may_use_it(client, mcp_http, calls, user):
+    finance = Group.objects.create(name="finance")
+    register(mcp_http, slug="vault").groups.add(finance)
+    user.groups.add(finance)
+    with ScriptedServer([call(("vault__add", {"a": 2, "b": 3})), "ok"], words=("Five.",)) as server:
+        remote(server)
+        completion = client.chat.completions.create(
+            model="remote",
+            messages=ASK,
+            tools=[{"type": "mcp", "server_label": "Vault"}],  # by its name
+        )
+
+    assert completion.choices[0].message.content == "Five."
+    assert calls() == [{"tool": "add", "arguments": {"a": 2, "b": 3}}]
+    assert tool_messages(server.requests[1])[0]["content"] == "5"
 
 
 def test_a_tool_that_fails_or_hangs_gives_its_error_to_the_model(client, mcp_http, calls):
