@@ -256,6 +256,16 @@ def test_an_unknown_label_or_a_server_closed_to_the_user_is_a_400(client, mcp_ht
                 tools=[{**SHOP, "server_label": "staff", "allowed_tools": ["delete_everything"]}],
             )
         assert raised.value.body["param"] == "tools[0].allowed_tools"
+        # Only the operator's servers run, and only without asking.
+        for extra, param in (
+            ({"server_url": "http://evil.example/mcp"}, "server_url"),
+            ({"require_approval": "always"}, "require_approval"),
+        ):
+            with pytest.raises(openai.BadRequestError) as raised:
+                client.chat.completions.create(
+                    model="remote", messages=ASK, tools=[{**SHOP, "server_label": "staff", **extra}]
+                )
+            assert raised.value.body["param"] == f"tools[0].{param}"
     assert server.requests == []
 
 
