@@ -122,8 +122,9 @@ class ServerToolLoop:
 
     Each round is a :class:`~inference.pipeline.Generation` of ``messages`` plus what earlier rounds
     added. When the model calls only server tools (or names no tool it was offered), they are run
-    (at the same time, each bounded by its server's timeout; a name the request did not offer is
-    never run: the model gets an error result), the assistant's calls and one ``tool`` message per
+    (at the same time, each bounded by its server's timeout; at most ``max_rounds`` of them a round,
+    the others get an error result; a name the request did not offer is never run: the model gets
+    an error result), the assistant's calls and one ``tool`` message per
     call are appended, and the model generates again, for at most ``max_rounds`` rounds of tools;
     the round after the last is offered the client's functions only. A round that calls any of the
     client's functions ends the loop: those calls (only those) go back to the client
@@ -202,6 +203,10 @@ class ServerToolLoop:
         record["error"] = result["output"]
         return f"Error: {result['output']}"
 
+    async def _refuse(self, call: dict, limit: int) -> str:
+        """Return the ``tool`` message of a call over the round's limit: it is not run."""
+        return f"Error: at most {limit} tool calls are run per round; {call['function']['name']} was not called."
+
     async def batches(self) -> AsyncIterator[list[Chunk]]:
         """Yield the chunks the client sees: every round's text as it comes (with its logprobs), then
         the final round's calls of client functions (whole), then the finish reason and summed usage.
@@ -247,7 +252,12 @@ class ServerToolLoop:
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = result.ttft_ms
                 break
-            outputs = await asyncio.gather(*(self._run(call) for call in result.tool_calls))
+            # A runaway model (or a prompt injected through a result) gets a few calls a round, not a flood.
+            limit = max(self.max_rounds, 1)
+            outputs = await asyncio.gather(
+                *(self._run(call) for call in result.tool_calls[:limit]),
+                *(self._refuse(call, limit) for call in result.tool_calls[limit:]),
+            )
             messages = [
                 *messages,
                 {"role": "assistant", "content": result.content, "tool_calls": result.tool_calls},

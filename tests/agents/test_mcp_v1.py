@@ -295,3 +295,22 @@ def test_langchain_chat_openai_uses_an_mcp_tool_through_parley(daphne_url, api_k
     assert answer.content == "Your order has shipped." and answer.tool_calls == []
     assert calls() == [{"tool": "lookup_order", "arguments": {"order_id": "A17"}}]
     assert server.requests[0]["tools"][0]["function"]["name"] == "shop__lookup_order"
+
+
+def test_a_round_runs_at_most_agents_max_tool_calls_and_rounds_end_there(settings, mcp_http, calls, api_key, request):
+    settings.AGENTS_MAX_TOOL_CALLS = 2  # before Daphne starts: the forked server has it too
+    client = request.getfixturevalue("client")
+    register(mcp_http, cache_results=False)
+    adds = [("shop__add", {"a": n, "b": n}) for n in range(3)]
+    with ScriptedServer([call(*adds)], words=ANSWER) as server:  # the model never stops calling tools
+        remote(server)
+        completion = client.chat.completions.create(model="remote", messages=ASK, tools=[SHOP])
+
+    # Two rounds of two calls each; the third call of each round was refused, never run.
+    run = sorted((c["arguments"]["a"], c["arguments"]["b"]) for c in calls())  # run at the same time: any order
+    assert run == [(0, 0), (0, 0), (1, 1), (1, 1)]
+    assert "not called" in tool_messages(server.requests[1])[2]["content"]
+    # The round after the last is offered no MCP tools; its calls are not the client's: it ends.
+    assert len(server.requests) == 3 and server.requests[2].get("tools") is None
+    assert completion.choices[0].finish_reason == "stop" and completion.choices[0].message.tool_calls is None
+    assert len(completion.model_extra["mcp_calls"]) == 4
