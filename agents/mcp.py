@@ -11,6 +11,10 @@ In a turn (see :mod:`agents.graph`): :func:`mcp_tools_for_turn` gives the user's
 ``<server slug>__<tool>``; :func:`mcp_tool_run` validates the model's arguments against the tool's
 JSON schema, calls it, truncates a long result (``MCP_RESULT_MAX_CHARS``) and caches it in the
 ``tool`` layer (key: server, tool, arguments, and the user unless the server is ``shared``).
+
+Over ``/v1`` (``tools: [{"type": "mcp", "server_label"}]``): :func:`mcp_server_tools`, registered with
+:mod:`inference.server_tools`, gives the same tools under the same rules, and runs them with
+:func:`mcp_tool_run`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import anyio
 import httpx2
 import jsonschema
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from django.conf import settings
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
@@ -37,8 +42,10 @@ from mcp.shared.exceptions import MCPError
 
 from inference.cache import canonical_key
 from inference.cache import layer as cache_layer
+from inference.server_tools import ServerLabelInvalid, ServerTool, ServerToolsUnavailable
 
 from .models import McpServer, McpTransport
+from .selectors import mcp_servers_for_user
 
 logger = logging.getLogger(__name__)
 
@@ -392,3 +399,65 @@ async def mcp_tool_run(*, tool: TurnTool, arguments: dict, user_id: int) -> dict
     if key is not None:
         await asyncio.to_thread(cache.set, key, {"result": result})
     return {"result": result, "ok": True, "cached": False}
+
+
+# /v1/chat/completions: {"type": "mcp", "server_label", "allowed_tools"?} (see inference.server_tools).
+
+
+def _server_for_label(*, user_id: int, server_label: str) -> McpServer | None:
+    """Return the enabled server ``user_id`` may use whose slug is ``server_label`` (else whose name is, any case)."""
+    servers = mcp_servers_for_user(user_id=user_id)
+    for server in servers:
+        if server.slug == server_label:
+            return server
+    for server in servers:
+        if server.name and server.name.casefold() == server_label.casefold():
+            return server
+    return None
+
+
+async def mcp_server_tools(*, user_id: int, server_label: str, allowed_tools: list[str] | None) -> list[ServerTool]:
+    """Return the tools of the MCP server ``server_label`` that ``user_id`` may have run over ``/v1``.
+
+    The rules of a chat turn: an enabled server, open to the user's groups (``mcp_servers_for_user``),
+    only the tools its allow-list allows, narrowed further to ``allowed_tools`` when given. Each
+    tool's ``run`` is :func:`mcp_tool_run` (schema check, result size limit, the ``tool`` cache).
+    Raise :class:`ServerLabelInvalid` for a server the user cannot use (the same message whether it
+    does not exist or is closed to them) or an ``allowed_tools`` name the operator does not allow;
+    :class:`ServerToolsUnavailable` when the server cannot be listed within its timeout.
+    """
+    server = await database_sync_to_async(_server_for_label)(user_id=user_id, server_label=server_label)
+    if server is None:
+        raise ServerLabelInvalid(f"No MCP server '{server_label}' is available to you.")
+    spec = McpServerSpec.of(server)
+    refused = [name for name in allowed_tools or () if not spec.tool_allowed(name)]
+    if refused:
+        raise ServerLabelInvalid(
+            f"The MCP server '{server_label}' does not allow the tool '{refused[0]}'.", param_suffix="allowed_tools"
+        )
+    turn_tools, unavailable = await mcp_tools_for_turn([spec])
+    if unavailable:
+        raise ServerToolsUnavailable(unavailable[0]["error"])
+
+    def runner(turn_tool: TurnTool):
+        async def run(arguments: dict) -> dict:
+            outcome = await mcp_tool_run(tool=turn_tool, arguments=arguments, user_id=user_id)
+            result = {"output": outcome["result"], "ok": outcome["ok"]}
+            if outcome.get("error"):
+                result["error"] = outcome["error"]
+            return result
+
+        return run
+
+    return [
+        ServerTool(
+            name=name,
+            server_label=server_label,
+            tool=turn_tool.tool,
+            description=turn_tool.description,
+            parameters=turn_tool.parameters,
+            run=runner(turn_tool),
+        )
+        for name, turn_tool in turn_tools.items()
+        if allowed_tools is None or turn_tool.tool in allowed_tools
+    ]

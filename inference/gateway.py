@@ -38,7 +38,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import APIKeyAuthentication
 from accounts.metering import Admission
-from accounts.models import UsageSource, UsageStatus
+from accounts.models import UsageSource, UsageStatus, User
 from accounts.quotas import GenerationKeepalive
 from accounts.throttling import user_rate_check
 from core.errors import ParleyError, payload_too_large
@@ -49,6 +49,7 @@ from .models import ModelConfig
 from .pipeline import Generation
 from .providers import Chunk, GenerationParams, ModelUnavailable, Usage
 from .selectors import model_config_get, model_config_list
+from .server_tools import ServerLabelInvalid, ServerTool, ServerToolLoop, ServerToolsUnavailable, server_tools_resolve
 from .services import generation_params
 from .sse import event_stream_response, sse_frame
 
@@ -337,9 +338,49 @@ class _FunctionSerializer(serializers.Serializer):
     strict = _StrictBooleanField(required=False, allow_null=True)
 
 
+class _AllowedToolsField(serializers.Field):
+    """An MCP tool's ``allowed_tools``: a list of tool names, or OpenAI's filter ``{"tool_names": [...]}``."""
+
+    default_error_messages = {"invalid": 'Must be a list of tool names or {{"tool_names": [...]}}.'}
+
+    def to_internal_value(self, data) -> list[str]:
+        if isinstance(data, dict) and "tool_names" in data and set(data) <= {"tool_names", "read_only"}:
+            data = data["tool_names"]
+        if isinstance(data, list) and len(data) <= 128 and all(isinstance(name, str) and name for name in data):
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value):
+        return value
+
+
 class _ToolSerializer(serializers.Serializer):
-    type = serializers.ChoiceField(choices=["function"])
-    function = _FunctionSerializer()
+    """One of ``tools``: a function the client runs, or an MCP server of the operator's that Parley runs
+    (``{"type": "mcp", "server_label", "allowed_tools"?, "require_approval"?: "never"}``)."""
+
+    type = serializers.ChoiceField(choices=["function", "mcp"])
+    function = _FunctionSerializer(required=False)
+    server_label = serializers.CharField(required=False, max_length=200)
+    allowed_tools = _AllowedToolsField(required=False, allow_null=True)
+    require_approval = serializers.JSONField(required=False, allow_null=True)
+    server_url = serializers.CharField(required=False, allow_blank=True)
+
+    def validate(self, data):
+        if data["type"] == "function":
+            if "function" not in data:
+                raise serializers.ValidationError({"function": "Required when type is function."})
+            return data
+        if not data.get("server_label"):
+            raise serializers.ValidationError({"server_label": "Required when type is mcp."})
+        if data.get("server_url"):
+            raise serializers.ValidationError(
+                {"server_url": "Parley runs only the MCP servers its operator registered: name one by server_label."}
+            )
+        if data.get("require_approval") not in (None, "never"):
+            raise serializers.ValidationError(
+                {"require_approval": 'Only "never" is supported: Parley runs the allowed tools without asking.'}
+            )
+        return data
 
 
 class _ToolCallSerializer(serializers.Serializer):
@@ -415,7 +456,7 @@ class ChatCompletionInput(serializers.Serializer):
     def validate(self, data):
         choice = data.get("tool_choice")
         if isinstance(choice, dict):
-            names = {tool["function"]["name"] for tool in data.get("tools") or ()}
+            names = {tool["function"]["name"] for tool in data.get("tools") or () if tool["type"] == "function"}
             if choice["function"]["name"] not in names:
                 raise serializers.ValidationError({"tool_choice": "Names a function that is not in tools."})
         elif choice == "required" and not data.get("tools"):
@@ -427,9 +468,10 @@ class ChatCompletionInput(serializers.Serializer):
 
 @dataclass
 class _Call:
-    """One admitted ``/v1/chat/completions`` request, ready to generate."""
+    """One ``/v1/chat/completions`` request, validated; admitted (``admission``) once its MCP tools are resolved."""
 
-    admission: Admission
+    admission: Admission | None  # None until admitted (after its MCP tools are resolved)
+    user: User
     config: ModelConfig
     messages: list[dict[str, str]]
     params: GenerationParams
@@ -438,6 +480,9 @@ class _Call:
     headers: dict[str, str]  # X-RateLimit-* for the response
     completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
+    # {"type": "mcp"} tools: [(index in tools, server_label, allowed_tools or None)]; resolved into server_tools
+    mcp: list[tuple[int, str, list[str] | None]] = field(default_factory=list)
+    server_tools: dict[str, ServerTool] = field(default_factory=dict)  # by the function name the model sees
 
 
 def _params(config: ModelConfig, data: dict) -> GenerationParams:
@@ -458,7 +503,8 @@ def _params(config: ModelConfig, data: dict) -> GenerationParams:
     params.stop = data.get("stop") or []
     _refuse_unsupported(config, data)
     if data.get("tools"):
-        params.tools = data["tools"]
+        functions = [{"type": "function", "function": t["function"]} for t in data["tools"] if t["type"] == "function"]
+        params.tools = functions or None  # server tools join them once resolved (see _server_tools_resolve)
         params.tool_choice = data.get("tool_choice")
         params.parallel_tool_calls = data.get("parallel_tool_calls")
     response_format = data.get("response_format")
@@ -515,6 +561,8 @@ def _chat_admit(request) -> _Call:
 
     One call in a pool thread (database and Redis). Raise what :func:`openai_error` maps: 401, 429
     (``rate_limited``, ``too_many_generations``, ``quota_exceeded``), 400, 404 ``model_not_found``, 413.
+    A request with ``{"type": "mcp"}`` tools is not admitted here: its servers are asked first
+    (:func:`_server_tools_resolve`, async), then :func:`_admission_take`.
     """
     auth = APIKeyAuthentication()
     authenticated = auth.authenticate(request)
@@ -529,24 +577,88 @@ def _chat_admit(request) -> _Call:
         if config.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": config.system_prompt})
         params = _params(config, data)
-        call_id = f"chatcmpl-{uuid.uuid4().hex}"
-        # 429 too_many_generations / quota_exceeded here, before any work; recorded once it ends.
-        admission = Admission.admit(
-            user=user, generation_id=call_id, reserve_tokens=params.max_tokens, source=UsageSource.GATEWAY
+        call = _Call(
+            admission=None,
+            user=user,
+            config=config,
+            messages=messages,
+            params=params,
+            stream=bool(data.get("stream")),
+            include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
+            headers=headers,
+            mcp=[
+                (index, tool["server_label"], tool.get("allowed_tools"))
+                for index, tool in enumerate(data.get("tools") or ())
+                if tool["type"] == "mcp"
+            ],
         )
+        if not call.mcp:  # else admitted once its MCP servers answered (see ChatCompletionGateway.post)
+            _admission_take(call)
     except Exception as exc:
         exc.headers = headers
         raise
-    return _Call(
-        admission=admission,
-        config=config,
-        messages=messages,
-        params=params,
-        stream=bool(data.get("stream")),
-        include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
-        headers=headers,
-        completion_id=call_id,
+    return call
+
+
+def _admission_take(call: _Call) -> None:
+    """Admit ``call``: 429 ``too_many_generations`` / ``quota_exceeded`` before any work; recorded once it ends."""
+    try:
+        call.admission = Admission.admit(
+            user=call.user,
+            generation_id=call.completion_id,
+            reserve_tokens=call.params.max_tokens,
+            source=UsageSource.GATEWAY,
+        )
+    except Exception as exc:
+        exc.headers = call.headers
+        raise
+
+
+_aadmission_take = database_sync_to_async(_admission_take, thread_sensitive=False)
+
+
+async def _server_tools_resolve(call: _Call) -> None:
+    """Resolve ``call``'s ``{"type": "mcp"}`` tools (:mod:`inference.server_tools`) and offer them to the model.
+
+    Raise a 400 ``invalid_request_error`` naming ``tools[i].server_label`` (or ``.allowed_tools``) for
+    a server the user may not use, a 400 naming ``tools[i].function.name`` for a client function of
+    the same name as a server tool, and a 424 ``mcp_server_unavailable`` when a server cannot be
+    listed (the message names it). Servers are listed at the same time.
+    """
+    results = await asyncio.gather(
+        *(
+            server_tools_resolve(kind="mcp", user_id=call.user.pk, server_label=label, allowed_tools=allowed)
+            for _, label, allowed in call.mcp
+        ),
+        return_exceptions=True,
     )
+    for (index, _, _), result in zip(call.mcp, results, strict=True):
+        if isinstance(result, ServerLabelInvalid):
+            param = f"tools[{index}].{result.param_suffix}"
+            raise OpenAIError(f"{param}: {result}", param=param, code="invalid_value")
+        if isinstance(result, ServerToolsUnavailable):
+            raise OpenAIError(
+                str(result),
+                status_code=424,
+                type="external_connector_error",
+                param=f"tools[{index}]",
+                code="mcp_server_unavailable",
+            )
+        if isinstance(result, BaseException):
+            raise result
+        for tool in result:
+            call.server_tools[tool.name] = tool
+    functions = call.params.tools or []
+    mcp_indexes = {index for index, _, _ in call.mcp}
+    positions = [index for index in range(len(functions) + len(call.mcp)) if index not in mcp_indexes]
+    for index, tool in zip(positions, functions, strict=True):
+        if tool["function"]["name"] in call.server_tools:
+            param = f"tools[{index}].function.name"
+            raise OpenAIError(f"{param}: an MCP tool of this request has that name too.", param=param)
+    offered = functions + [tool.openai() for tool in call.server_tools.values()]
+    call.params.tools = offered or None
+    if not offered:
+        call.params.tool_choice = call.params.parallel_tool_calls = None
 
 
 def _finish(call: _Call, generation: Generation, status: UsageStatus) -> None:
@@ -597,8 +709,19 @@ def _usage(usage: Usage | None) -> CompletionUsage:
     )
 
 
+def _extra(call: _Call, generation) -> dict:
+    """Return Parley's extra top-level fields of a completion (or its last chunk): ``mcp_calls`` when the
+    request had MCP tools (the calls run, see :class:`inference.server_tools.ServerToolLoop`). OpenAI's
+    clients keep unknown fields: ``completion.mcp_calls`` (``model_extra``)."""
+    return {"mcp_calls": generation.calls} if call.mcp else {}
+
+
 def _chunk(
-    call: _Call, delta: ChoiceDelta, finish_reason: str | None = None, logprobs: list[dict] | None = None
+    call: _Call,
+    delta: ChoiceDelta,
+    finish_reason: str | None = None,
+    logprobs: list[dict] | None = None,
+    **extra,
 ) -> bytes:
     choice = ChunkChoice.model_validate(
         {
@@ -614,6 +737,7 @@ def _chunk(
         created=call.created,
         model=call.config.slug,
         choices=[choice],
+        **extra,
     )
     return sse_frame(chunk.model_dump_json(exclude_unset=True))
 
@@ -652,7 +776,7 @@ async def _chunk_events(call: _Call, generation: Generation, batches, first: lis
             for event in _batch_events(call, batch):
                 yield event
             batch = await anext(batches, None)
-        yield _chunk(call, ChoiceDelta(), _finish_reason(generation.outcome.finish_reason))
+        yield _chunk(call, ChoiceDelta(), _finish_reason(generation.outcome.finish_reason), **_extra(call, generation))
         if call.include_usage:
             usage_chunk = ChatCompletionChunk(
                 id=call.completion_id,
@@ -686,6 +810,11 @@ class ChatCompletionGateway(View):
     ignored. A parameter the model's capabilities (``supports_tools``, ``supports_response_format``,
     ``supports_logprobs``) rule out is a 400 ``unsupported_parameter`` naming it. Tool calls come back
     as ``message.tool_calls`` (``finish_reason: "tool_calls"``), or streamed as ``delta.tool_calls``.
+    ``tools`` may also name the operator's MCP servers, ``{"type": "mcp", "server_label": slug or name,
+    "allowed_tools"?: [...]}``: Parley runs their tools for the client (:class:`ServerToolLoop`) and
+    lists what it ran as ``mcp_calls`` (on the completion, or on the stream's last choice chunk); a
+    server the user may not use is a 400 naming ``tools[i].server_label``, one that cannot be listed
+    a 424 ``mcp_server_unavailable``.
     The model's system prompt goes first when the messages have no system message. The answer comes
     from the generation pipeline (:class:`inference.pipeline.Generation`), as chat turns' do: the
     ``llm`` cache (when the model's cache policy allows) with single flight, timeouts, usage.
@@ -702,13 +831,30 @@ class ChatCompletionGateway(View):
             call = await _aadmit(request)
         except Exception as exc:
             return _error_response(exc, request)
-        generation = Generation(
-            config=call.config,
-            messages=call.messages,
-            params=call.params,
-            user_id=call.admission.user.pk,
-            started=started,
-        )
+        if call.admission is None:  # MCP tools: their servers are asked first (400, 424), then it is admitted
+            try:
+                await _server_tools_resolve(call)
+                await _aadmission_take(call)
+            except Exception as exc:
+                return _error_response(exc, request, call.headers)
+        if call.mcp:
+            generation = ServerToolLoop(
+                config=call.config,
+                messages=call.messages,
+                params=call.params,
+                tools=call.server_tools,
+                user_id=call.user.pk,
+                started=started,
+                max_rounds=settings.AGENTS_MAX_TOOL_CALLS,
+            )
+        else:
+            generation = Generation(
+                config=call.config,
+                messages=call.messages,
+                params=call.params,
+                user_id=call.user.pk,
+                started=started,
+            )
         batches = generation.batches()
         if call.stream:
             # Wait for the first chunk here, so a model that is busy, missing or too slow is an HTTP
@@ -744,6 +890,7 @@ class ChatCompletionGateway(View):
             model=call.config.slug,
             choices=[Choice.model_validate(choice)],
             usage=_usage(outcome.usage),
+            **_extra(call, generation),
         )
         return _RecordedResponse(
             lambda: _finish(call, generation, UsageStatus.COMPLETE),
