@@ -68,9 +68,10 @@ def spend_summary(*, start: datetime, end: datetime) -> dict:
     """
     records = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
 
-    def grouped(queryset, name: str) -> list[dict]:
-        rows = queryset.values(name).annotate(requests=Count("id"), cost=Sum("cost")).order_by("-cost", name)[:50]
-        return [{"name": row[name], "requests": row["requests"], "cost": row["cost"]} for row in rows]
+    def grouped(name: str) -> list[dict]:
+        # Rows without one (a user in no group, a request made without a key) are left out.
+        rows = records.values(name).annotate(requests=Count("id"), cost=Sum("cost")).order_by("-cost", name)[:51]
+        return [{"name": row[name], "requests": row["requests"], "cost": row["cost"]} for row in rows if row[name]][:50]
 
     totals = records.aggregate(total=Sum("cost"), requests=Count("id"))
     per_day = {
@@ -86,9 +87,9 @@ def spend_summary(*, start: datetime, end: datetime) -> dict:
     return {
         "total": totals["total"] or Decimal(0),
         "requests": totals["requests"],
-        "by_user": grouped(records, "user__username"),
-        "by_group": grouped(records.filter(user__groups__isnull=False), "user__groups__name"),
-        "by_api_key": grouped(records.filter(api_key__isnull=False), "api_key__prefix"),
-        "by_model": grouped(records, "model_slug"),
+        "by_user": grouped("user__username"),
+        "by_group": grouped("user__groups__name"),
+        "by_api_key": grouped("api_key__prefix"),
+        "by_model": grouped("model_slug"),
         "by_day": days,
     }

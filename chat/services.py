@@ -17,6 +17,7 @@ from django.db.models.functions import Length
 from django.utils import timezone
 from rest_framework import status
 
+from accounts.budgets import budget_release
 from accounts.metering import Admission
 from accounts.models import UsageSource, User
 from accounts.quotas import generation_release, generations_lapsed
@@ -484,8 +485,10 @@ def message_finalize(
 
 
 def turn_abandon(*, message_id, error: str) -> None:
-    """End an answer that cannot be generated (its model was disabled meanwhile): ``error``, slot freed."""
+    """End an answer that cannot be generated (its model was disabled meanwhile): ``error``, slot and
+    budget reservations freed (nothing was generated, so nothing is charged)."""
     message_finalize(message_id=message_id, content="", status=MessageStatus.ERROR, error=error)
+    budget_release(generation_id=str(message_id))
 
 
 def message_partial_save(*, message_id, content: str) -> bool:
@@ -524,6 +527,7 @@ def _orphan_finalize(*, message_id, owner_id: int) -> bool:
         status=MessageStatus.ERROR, error=INTERRUPTED, finished_at=timezone.now()
     )
     generation_release(user_id=owner_id, generation_id=str(message_id))
+    budget_release(generation_id=str(message_id))  # else held until it lapses (accounts.budgets.HOLD_SECONDS)
     return bool(updated)
 
 

@@ -511,6 +511,8 @@ def test_story_a_group_budget_moves_alerts_at_80_percent_refuses_past_100_and_it
         for turn, member in enumerate([alice, bob, alice, bob], start=1):
             assert send(session_client(member), conversations[member]).status_code == 201
             assert f"${turn}.0000" in operator.get("/admin/spend/").content.decode()
+        page = operator.get("/admin/spend/").content.decode()
+        assert "<td>research</td><td>4</td><td>4.0000</td>" in page  # the group's row: 4 requests, $4
         me = session_client(bob).get("/api/v1/me/").json()["budgets"][0]
         assert (Decimal(me["spent"]), Decimal(me["remaining"])) == (Decimal(4), Decimal(1))
 
