@@ -172,6 +172,20 @@ def test_the_bundled_model_priced_zero_is_never_blocked_nor_reserved(user, api_k
     assert not list(connection.scan_iter("*:limits:budget:gen:*"))
 
 
+def test_a_cached_answer_costs_nothing_and_moves_no_budget(user, api_key, settings):
+    settings.CACHE_ENABLED = True
+    budget = budget_set(user=user, amount=Decimal("1.50"))
+    with ScriptedServer(["ok"]) as server:
+        ModelConfig.objects.filter(pk=priced_model(server.base_url).pk).update(cache_policy="always")
+        client = bearer_client(api_key)
+        assert chat_completion(client).status_code == 200  # $1.00
+        for _ in range(3):  # the same question again: answered from the llm cache, for free
+            assert chat_completion(client).status_code == 200
+    assert len(server.requests) == 1
+    assert sorted(UsageRecord.objects.values_list("cached", "cost")) == [(False, Decimal(1))] + [(True, 0)] * 3
+    assert budget_status(budget=budget).spent == Decimal(1)
+
+
 # Across processes
 
 ADMIT = """
