@@ -19,7 +19,8 @@ budget by at most one request's cost. Amounts are held in micro-USD integers. Ke
 ``"<micro-USD>:<expiry ms>"``) and ``limits:budget:gen:<generation id>`` (the held hashes a generation
 reserved on, so any process can release it). A missing spent counter (Redis restarted, a new period)
 is seeded from the period's :class:`~accounts.models.UsageRecord` costs. A reservation left by a
-crashed process lapses after :data:`HOLD_SECONDS`. Redis down: admitted (limits fail open).
+crashed process lapses after :data:`HOLD_SECONDS`; a chat turn running longer renews its own
+(:func:`budget_renew`, from :meth:`accounts.metering.Admission.keepalive`). Redis down: admitted (limits fail open).
 
 Soft limits: when settled spend crosses ``threshold_percent`` of the amount, ``budget.threshold`` is
 emitted (:func:`core.events.event_emit`), and ``budget.exceeded`` at 100%, each once per period: a
@@ -101,6 +102,26 @@ local held = redis.call('GET', KEYS[1])
 if not held then return 0 end
 for key in string.gmatch(held, '%S+') do redis.call('HDEL', key, ARGV[1]) end
 redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: the generation's record. ARGV: generation id, hold ms. Push its reservations' expiry to now +
+# hold (a generation still running past HOLD_SECONDS keeps them); 0 when it holds none.
+RENEW_SCRIPT = """
+local held = redis.call('GET', KEYS[1])
+if not held then return 0 end
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local hold = tonumber(ARGV[2])
+for key in string.gmatch(held, '%S+') do
+  local value = redis.call('HGET', key, ARGV[1])
+  if value then
+    local sep = string.find(value, ':', 1, true)
+    redis.call('HSET', key, ARGV[1], string.sub(value, 1, sep - 1) .. ':' .. (now + hold))
+    redis.call('PEXPIRE', key, hold)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], hold)
 return 1
 """
 
@@ -234,6 +255,12 @@ def budget_admit(
 def budget_release(*, generation_id: str) -> None:
     """Free the reservations :func:`budget_admit` took for ``generation_id`` (a no-op when none)."""
     run_script(RELEASE_SCRIPT, [_gen_key(generation_id)], [generation_id], default=None, what="budget release")
+
+
+def budget_renew(*, generation_id: str) -> None:
+    """Keep the reservations of a generation still running for another :data:`HOLD_SECONDS` (none: a no-op)."""
+    keys, args = [_gen_key(generation_id)], [generation_id, HOLD_SECONDS * 1000]
+    run_script(RENEW_SCRIPT, keys, args, default=None, what="budget renewal")
 
 
 def budget_spend_add(*, user_id: int, cost: Decimal, api_key_id=None, at: datetime | None = None) -> None:

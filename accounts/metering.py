@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
-from .budgets import budget_admit, budget_release
+from .budgets import HOLD_SECONDS, budget_admit, budget_release, budget_renew
 from .models import APIKey, UsageSource, UsageStatus, User
 from .quotas import generation_admit, generation_release, generation_renew
 from .services import usage_record
@@ -70,15 +70,21 @@ class Admission:
         return cls(user=user, generation_id=generation_id, source=source, api_key_id=api_key_id)
 
     async def keepalive(self) -> None:
-        """Renew the slot's lease every third of ``GENERATION_LEASE_SECONDS`` until cancelled or lost.
+        """Renew the slot's lease every third of ``GENERATION_LEASE_SECONDS`` until cancelled or lost, and
+        the budget reservations every third of :data:`accounts.budgets.HOLD_SECONDS`.
 
         Run as a task beside the generation; a crashed process stops renewing and its slot lapses.
         """
+        loop = asyncio.get_running_loop()
+        budgets_renewed = loop.time()
         while True:
             await asyncio.sleep(settings.GENERATION_LEASE_SECONDS / 3)
             held = await asyncio.to_thread(generation_renew, user_id=self.user.pk, generation_id=self.generation_id)
             if not held:
                 return
+            if loop.time() - budgets_renewed >= HOLD_SECONDS / 3:  # a long turn keeps its budget reservations
+                budgets_renewed = loop.time()
+                await asyncio.to_thread(budget_renew, generation_id=self.generation_id)
 
     def release(self) -> None:
         """Free the slot, its quota and budget reservations without recording anything (nothing was generated)."""

@@ -7,6 +7,7 @@ tokens an answer; at $100,000 per million tokens (10 cents a token) one answer c
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +22,8 @@ from django.test import Client
 from django.urls import reverse
 from django_redis import get_redis_connection
 
-from accounts.budgets import budget_admit, budget_release, budget_status, period_bounds
+from accounts import budgets
+from accounts.budgets import budget_admit, budget_release, budget_renew, budget_status, period_bounds
 from accounts.metering import Admission
 from accounts.models import AuditEvent, Budget, BudgetAlert, UsageRecord, UsageSource, UsageStatus
 from accounts.services import api_key_create, budget_set, usage_record
@@ -250,6 +252,27 @@ def test_a_finished_request_gives_back_its_reservation_and_counts_its_actual_cos
         admission.finish(model_slug="priced", provider="openai_compatible", status="complete", cost=Decimal(1))
     assert budget_status(budget=Budget.objects.get()).spent == Decimal(3)
     Admission.admit(user=user, generation_id="5th", reserve_tokens=8, source="chat", reserve_cost=Decimal(4))
+
+
+def test_a_crashed_requests_reservation_lapses_and_a_running_one_renews_its_own(user, monkeypatch):
+    monkeypatch.setattr(budgets, "HOLD_SECONDS", 1)
+    budget_set(user=user, amount=Decimal("1.00"))
+
+    def admitted(generation_id: str) -> bool:
+        try:
+            budget_admit(user_id=user.pk, generation_id=generation_id, reserve_usd=Decimal(1))
+        except ParleyError:
+            return False
+        return True
+
+    assert admitted("crashed")  # never released: its process died
+    assert not admitted("next")
+    time.sleep(1.2)
+    assert admitted("running")  # the crashed one's reservation lapsed
+    time.sleep(0.6)
+    budget_renew(generation_id="running")
+    time.sleep(0.6)
+    assert not admitted("after")  # still held: renewed while running
 
 
 def test_the_counter_is_rebuilt_from_usage_records_after_a_redis_restart(user):
