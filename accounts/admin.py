@@ -1,4 +1,4 @@
-"""Users, API keys and usage in the admin. Every operator action is recorded in the admin log."""
+"""Users, API keys, usage and budgets in the admin. Every operator action is recorded in the admin log."""
 
 import csv
 import json
@@ -18,8 +18,9 @@ from django.utils.html import format_html
 
 from . import admin_webhooks, services  # noqa: F401 (admin_webhooks registers the audited webhook admins)
 from .admin_audit import AuditedAdmin
+from .budgets import budget_status
 from .forms import AdminLoginForm
-from .models import APIKey, AuditEvent, UsageDaily, UsageRecord, User
+from .models import APIKey, AuditEvent, Budget, BudgetAlert, BudgetAlertKind, UsageDaily, UsageRecord, User
 
 # The admin's login form counts attempts like every other login (served by accounts.views.lockout_status).
 admin.site.login_form = AdminLoginForm
@@ -374,3 +375,56 @@ class AuditEventAdmin(admin.ModelAdmin):
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = f'attachment; filename="parley-audit-{stamp}.csv"'
         return response
+
+
+@admin.register(Budget)
+class BudgetAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Money budgets per user, group or API key. Each create, change (who raised it, from what to what)
+    and delete is an audit event (``budget.*``); alerts of the current period show as messages."""
+
+    audit_name = "budget"
+    list_display = ["__str__", "period", "amount", "spent_this_period", "threshold_percent", "updated_at"]
+    list_filter = ["period"]
+    search_fields = ["user__username", "group__name", "api_key__prefix", "api_key__name"]
+    raw_id_fields = ["user", "api_key"]
+    list_select_related = ["user", "group", "api_key"]
+    fields = ["user", "group", "api_key", "amount", "period", "threshold_percent"]
+
+    @admin.display(description="spent this period (USD)")
+    def spent_this_period(self, budget: Budget) -> str:
+        status = budget_status(budget=budget)
+        return f"{status.spent:.2f} ({status.spent / budget.amount:.0%})" if budget.amount else f"{status.spent:.2f}"
+
+    def changelist_view(self, request, extra_context=None):
+        for alert in BudgetAlert.objects.filter(period_end__gt=timezone.now()).select_related(
+            "budget__user", "budget__group", "budget__api_key"
+        )[:20]:
+            level = messages.ERROR if alert.kind == BudgetAlertKind.EXCEEDED else messages.WARNING
+            messages.add_message(
+                request,
+                level,
+                f"Budget {alert.budget}: {alert.get_kind_display().lower()} on {alert.created_at:%Y-%m-%d %H:%M} UTC "
+                f"(${alert.spent:.2f} spent this period).",
+            )
+        return super().changelist_view(request, extra_context)
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    """Thresholds and amounts reached, one row per budget, period and kind (each sent as ``budget.<kind>``).
+
+    Read-only: rows are written only by :func:`accounts.budgets.budget_alerts_check`.
+    """
+
+    list_display = ["created_at", "budget", "kind", "spent", "period_start", "period_end"]
+    list_filter = ["kind"]
+    list_select_related = ["budget__user", "budget__group", "budget__api_key"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

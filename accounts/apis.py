@@ -13,6 +13,8 @@ from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, Toke
 from core.schema import ERRORS
 
 from . import services
+from .budgets import budget_statuses
+from .models import APIKey
 from .permissions import IsNotAPIKey
 from .quotas import quota_status
 from .selectors import api_key_get, api_key_list, usage_today
@@ -26,6 +28,35 @@ EXAMPLE_KEY = {
     "prefix": "pk_Xq3v9Lm2",
     "created_at": "2026-01-05T09:30:00Z",
 }
+EXAMPLE_BUDGET = {
+    "id": 3,
+    "subject_type": "group",
+    "subject": "research",
+    "amount": "50.00",
+    "spent": "41.250000",
+    "remaining": "8.750000",
+    "period": "month",
+    "period_start": "2026-01-01T00:00:00Z",
+    "resets_at": "2026-02-01T00:00:00Z",
+    "threshold_percent": 80,
+}
+
+
+class BudgetSerializer(serializers.Serializer):
+    """One money budget in its current period (:class:`accounts.budgets.BudgetStatus`); USD as decimal strings."""
+
+    id = serializers.IntegerField()
+    subject_type = serializers.ChoiceField(choices=["user", "group", "api_key"])
+    subject = serializers.CharField(help_text="Username, group name, or the API key's prefix.")
+    amount = serializers.DecimalField(max_digits=12, decimal_places=2, help_text="USD per period.")
+    spent = serializers.DecimalField(max_digits=14, decimal_places=6, help_text="USD spent this period.")
+    remaining = serializers.DecimalField(max_digits=14, decimal_places=6, help_text="USD left this period.")
+    period = serializers.ChoiceField(choices=["day", "week", "month"], help_text="UTC; weeks start on Monday.")
+    period_start = serializers.DateTimeField()
+    resets_at = serializers.DateTimeField(help_text="The period's end, when spend starts again from 0.")
+    threshold_percent = serializers.IntegerField(
+        allow_null=True, help_text="Percent of the amount at which operators are notified; null: none."
+    )
 
 
 class TokenObtainApi(jwt_views.TokenObtainPairView):
@@ -78,7 +109,8 @@ class TokenRefreshApi(jwt_views.TokenRefreshView):
 
 
 class MeApi(APIView):
-    """``GET``: the authenticated user's profile, their usage today and their daily token quota (UTC days).
+    """``GET``: the authenticated user's profile, their usage today, their daily token quota (UTC days) and
+    the money budgets that apply to them (their own, their groups', and the API key's when called with one).
 
     ``PATCH {"memory_enabled": bool}``: turn memory on or off (see ``/api/v1/memories/``); answers as ``GET``.
     """
@@ -115,6 +147,7 @@ class MeApi(APIView):
         )
         usage_today = UsageTodaySerializer()
         quota = QuotaSerializer()
+        budgets = BudgetSerializer(many=True, help_text="Money budgets applying to your requests; [] when none.")
 
     @extend_schema(
         summary="The current user",
@@ -142,12 +175,13 @@ class MeApi(APIView):
                         "remaining": 192500,
                         "resets_at": "2026-01-06T00:00:00Z",
                     },
+                    "budgets": [EXAMPLE_BUDGET],
                 },
             )
         ],
     )
     def get(self, request):
-        return Response(self._profile(request.user))
+        return Response(self._profile(request.user, request.auth))
 
     @extend_schema(
         summary="Change the current user's settings",
@@ -161,9 +195,10 @@ class MeApi(APIView):
         user = request.user
         if "memory_enabled" in serializer.validated_data:
             user = services.user_memory_set(user=user, enabled=serializer.validated_data["memory_enabled"])
-        return Response(self._profile(user))
+        return Response(self._profile(user, request.auth))
 
-    def _profile(self, user) -> dict:
+    def _profile(self, user, auth=None) -> dict:
+        api_key_id = auth.pk if isinstance(auth, APIKey) else None
         data = {
             "id": user.pk,
             "username": user.username,
@@ -173,12 +208,14 @@ class MeApi(APIView):
             "memory_enabled": user.memory_enabled,
             "usage_today": usage_today(user=user),
             "quota": quota_status(user=user),
+            "budgets": budget_statuses(user_id=user.pk, api_key_id=api_key_id),
         }
         return self.OutputSerializer(data).data
 
 
 class APIKeyListApi(APIView):
-    """``GET``: the user's active API keys, by prefix (never the key). ``POST {"name"}``: a new key.
+    """``GET``: the user's active API keys, by prefix (never the key), each with its own money budgets.
+    ``POST {"name"}``: a new key.
 
     The new key is in the ``POST`` response only, once. Managing keys needs a login or a JWT: a
     request authenticated by an API key gets 403 ``api_key_not_allowed``.
@@ -195,6 +232,7 @@ class APIKeyListApi(APIView):
         prefix = serializers.CharField(help_text="The key's first characters, to recognise it.")
         created_at = serializers.DateTimeField()
         last_used_at = serializers.DateTimeField(allow_null=True, help_text="Updated at most once a minute.")
+        budgets = BudgetSerializer(many=True, help_text="The key's own budgets (your and your groups' apply too).")
 
     class CreateOutputSerializer(serializers.Serializer):
         id = serializers.UUIDField()
@@ -207,10 +245,32 @@ class APIKeyListApi(APIView):
         summary="List API keys",
         auth=KEY_MANAGEMENT_AUTH,
         responses=OutputSerializer(many=True),
-        examples=[OpenApiExample("keys", value=[{**EXAMPLE_KEY, "last_used_at": None}])],
+        examples=[
+            OpenApiExample(
+                "keys",
+                value=[
+                    {
+                        **EXAMPLE_KEY,
+                        "last_used_at": None,
+                        "budgets": [{**EXAMPLE_BUDGET, "subject_type": "api_key", "subject": "pk_Xq3v9Lm2"}],
+                    }
+                ],
+            )
+        ],
     )
     def get(self, request):
-        return Response(self.OutputSerializer(api_key_list(user=request.user), many=True).data)
+        keys = [
+            {
+                "id": key.id,
+                "name": key.name,
+                "prefix": key.prefix,
+                "created_at": key.created_at,
+                "last_used_at": key.last_used_at,
+                "budgets": budget_statuses(user_id=request.user.pk, api_key_id=key.pk, keys_only=True),
+            }
+            for key in api_key_list(user=request.user)
+        ]
+        return Response(self.OutputSerializer(keys, many=True).data)
 
     @extend_schema(
         summary="Create an API key",

@@ -120,6 +120,10 @@ class UsageRecord(models.Model):
     route = models.CharField(
         max_length=64, blank=True, help_text='Why that deployment: "routed" or "fallback:<reason>".'
     )
+    # The key a /v1 request (chat completions, embeddings) was made with, so spend per key is known.
+    api_key = models.ForeignKey(
+        APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_records", verbose_name="API key"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -234,3 +238,118 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise TypeError("Audit events are deleted only by accounts.services.audit_prune (AUDIT_RETENTION_DAYS).")
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "Day (UTC)"
+    WEEK = "week", "Week (UTC, from Monday)"
+    MONTH = "month", "Month (UTC)"
+
+
+class Budget(models.Model):
+    """A limit in USD on what one user, one group (all its members together) or one API key may spend
+    on priced models per period (UTC day, week from Monday, or month).
+
+    Enforced at admission by :mod:`accounts.budgets` (429 ``budget_exceeded``); spend is the sum of
+    :class:`UsageRecord` costs in the period. ``threshold_percent`` (null: none) of the amount fires
+    ``budget.threshold`` once per period; 100% fires ``budget.exceeded``.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets"
+    )
+    group = models.ForeignKey("auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="budgets")
+    api_key = models.ForeignKey(
+        APIKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets", verbose_name="API key"
+    )
+    amount = models.DecimalField(
+        "amount (USD)",
+        max_digits=12,
+        decimal_places=2,
+        help_text="USD per period. 0 refuses every request to a priced model.",
+    )
+    period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+    threshold_percent = models.PositiveSmallIntegerField(
+        "threshold (%)",
+        null=True,
+        blank=True,
+        default=80,
+        help_text="Percent of the amount at which budget.threshold is sent, once per period. Empty: none.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["period", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(user__isnull=False, group__isnull=True, api_key__isnull=True)
+                    | Q(user__isnull=True, group__isnull=False, api_key__isnull=True)
+                    | Q(user__isnull=True, group__isnull=True, api_key__isnull=False)
+                ),
+                name="budget_exactly_one_subject",
+                violation_error_message="A budget is for exactly one of: a user, a group, an API key.",
+            ),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="budget_amount_not_negative"),
+            models.CheckConstraint(
+                condition=Q(threshold_percent__isnull=True) | Q(threshold_percent__gte=1, threshold_percent__lte=100),
+                name="budget_threshold_1_to_100",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "period"], condition=Q(user__isnull=False), name="budget_unique_user_period"
+            ),
+            models.UniqueConstraint(
+                fields=["group", "period"], condition=Q(group__isnull=False), name="budget_unique_group_period"
+            ),
+            models.UniqueConstraint(
+                fields=["api_key", "period"], condition=Q(api_key__isnull=False), name="budget_unique_api_key_period"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.subject_label}: ${self.amount} per {self.period}"
+
+    @property
+    def subject_type(self) -> str:
+        """``user``, ``group`` or ``api_key``."""
+        return "user" if self.user_id else "group" if self.group_id else "api_key"
+
+    @property
+    def subject_label(self) -> str:
+        if self.user_id:
+            return f"user {self.user}"
+        if self.group_id:
+            return f"group {self.group}"
+        return f"API key {self.api_key}"
+
+
+class BudgetAlertKind(models.TextChoices):
+    THRESHOLD = "threshold", "Threshold reached"
+    EXCEEDED = "exceeded", "Exceeded"
+
+
+class BudgetAlert(models.Model):
+    """A budget's threshold or amount reached in one period: at most one of each kind per period.
+
+    The unique constraint is what makes ``budget.threshold`` / ``budget.exceeded`` fire once per
+    period however many processes settle spend at once (:func:`accounts.budgets.budget_spend_add`).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=16, choices=BudgetAlertKind.choices)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    spent = models.DecimalField("spent (USD)", max_digits=14, decimal_places=6)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start", "kind"], name="budget_alert_once_per_period")
+        ]
+
+    def __str__(self):
+        return f"{self.budget} {self.kind} {self.period_start:%Y-%m-%d}"

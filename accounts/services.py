@@ -16,12 +16,15 @@ from core import prometheus
 from core.log import REDACTED, redact, request_id_get
 
 from .audit import AuditContext, audit_context_get, authenticated
+from .budgets import budget_spend_add
 from .middleware import request_audit_context
 from .models import (
     API_KEY_PREFIX,
     API_KEY_PREFIX_LENGTH,
     APIKey,
     AuditEvent,
+    Budget,
+    BudgetPeriod,
     UsageDaily,
     UsageRecord,
     UsageSource,
@@ -139,11 +142,15 @@ def usage_record(
     cached: bool = False,
     deployment: str = "",
     route: str = "",
+    api_key_id=None,
 ) -> UsageRecord:
     """Record one model request and add it to the user's :class:`UsageDaily` row for today (UTC).
 
     Tokens are counts (``None`` counts as 0), ``cost`` USD, ``ttft_ms``/``latency_ms`` milliseconds;
-    ``deployment`` (``<model>/<name>``) served it, for ``route`` (``routed`` / ``fallback:<reason>``).
+    ``deployment`` (``<model>/<name>``) served it, for ``route`` (``routed`` / ``fallback:<reason>``);
+    ``api_key_id``: the API key a ``/v1`` request was made with. Once committed, the tokens count
+    against the daily quota and the cost against every applicable budget
+    (:func:`accounts.budgets.budget_spend_add`, which may emit ``budget.threshold`` / ``budget.exceeded``).
     The daily row is incremented with ``F()`` expressions in SQL, so concurrent processes never lose
     an update; the first request of a day creates the row (a racing creator retries as an update).
     """
@@ -163,6 +170,7 @@ def usage_record(
             cached=cached,
             deployment=deployment,
             route=route,
+            api_key_id=api_key_id,
         )
         increments = {
             "requests": F("requests") + 1,
@@ -195,6 +203,10 @@ def usage_record(
         from .quotas import quota_add
 
         transaction.on_commit(lambda: quota_add(user_id=user.pk, day=day, tokens=prompt_tokens + completion_tokens))
+        if cost > 0:
+            transaction.on_commit(
+                lambda: budget_spend_add(user_id=user.pk, api_key_id=api_key_id, cost=cost, at=record.created_at)
+            )
     # The one place every model request passes: the Prometheus counters and histograms move here.
     prometheus.llm_request_observe(
         model=model_slug,
@@ -207,6 +219,59 @@ def usage_record(
         deployment=deployment,
     )
     return record
+
+
+BUDGET_AUDITED_FIELDS = ("amount", "period", "threshold_percent")
+
+
+@transaction.atomic
+def budget_set(
+    *,
+    amount: Decimal,
+    period: BudgetPeriod | str = BudgetPeriod.MONTH,
+    user: User | None = None,
+    group=None,
+    api_key: APIKey | None = None,
+    threshold_percent: int | None = 80,
+) -> Budget:
+    """Create or change the ``period`` budget of one subject (``user``, ``group`` or ``api_key``); return it.
+
+    ``amount`` is USD per period; ``threshold_percent`` (1 to 100, None: none) of it fires
+    ``budget.threshold``. Audited as ``budget.create`` / ``budget.change`` with the diffs (who raised
+    it, from what to what). Raise ``django.core.exceptions.ValidationError`` unless exactly one
+    subject is given or for an out-of-range value.
+    """
+    subject = {"user": user, "group": group, "api_key": api_key}
+    budget = Budget.objects.select_for_update().filter(**subject, period=period).first()
+    if budget is None:
+        budget = Budget(**subject, period=period, amount=amount, threshold_percent=threshold_percent)
+        budget.full_clean()
+        budget.save()
+        audit_record(
+            action="budget.create",
+            target=budget,
+            changes={"amount": str(budget.amount), "period": period, "threshold_percent": threshold_percent},
+        )
+        return budget
+    old = {name: getattr(budget, name) for name in BUDGET_AUDITED_FIELDS}
+    budget.amount, budget.threshold_percent = amount, threshold_percent
+    budget.full_clean()
+    changes = _budget_changes(old, budget)
+    if changes:
+        budget.save(update_fields=["amount", "threshold_percent", "updated_at"])
+        audit_record(action="budget.change", target=budget, changes=changes)
+    return budget
+
+
+def _budget_changes(old: dict, budget: Budget) -> dict:
+    changes = {}
+    for name in BUDGET_AUDITED_FIELDS:
+        before, after = old[name], getattr(budget, name)
+        if name == "amount":
+            before, after = Decimal(before).quantize(Decimal("0.01")), Decimal(after).quantize(Decimal("0.01"))
+        if before != after:
+            changes[name] = [audit_clean(before), audit_clean(after)]
+    return changes
 
 
 def user_memory_set(*, user: User, enabled: bool) -> User:

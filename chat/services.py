@@ -12,10 +12,12 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import Length
 from django.utils import timezone
 from rest_framework import status
 
+from accounts.budgets import budget_release
 from accounts.metering import Admission
 from accounts.models import UsageSource, User
 from accounts.quotas import generation_release, generations_lapsed
@@ -25,7 +27,7 @@ from core.events import event_emit
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
 from inference.selectors import model_config_get
-from inference.services import generation_params
+from inference.services import cost_estimate, generation_params
 
 from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
 from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role
@@ -164,8 +166,14 @@ class Turn:
 
 
 @contextmanager
-def _admitted(*, conversation: Conversation, params: GenerationParams) -> Iterator[Admission]:
-    """Admit a generation for the conversation's owner (slot + quota reservation) and yield it.
+def _admitted(
+    *, conversation: Conversation, model: ModelConfig, params: GenerationParams, content: str = ""
+) -> Iterator[Admission]:
+    """Admit a generation for the conversation's owner (slot, quota and budget reservations) and yield it.
+
+    The budgets reserve the turn's maximum cost: the conversation so far plus ``content`` (the new
+    message) and the system prompt as its prompt, ``max_tokens`` as its answer
+    (:func:`inference.services.cost_estimate`).
 
     Its ``generation_id`` is the new assistant message's id; the turn finishes it
     (:meth:`~accounts.metering.Admission.finish`). If the block fails (nothing stored), the slot is
@@ -173,8 +181,17 @@ def _admitted(*, conversation: Conversation, params: GenerationParams) -> Iterat
     """
     # Read afresh: a long-lived socket's conversation may hold an owner from before a quota change.
     owner = User.objects.get(pk=conversation.owner_id)
+    reserve_cost = Decimal(0)
+    if model.price_input_per_mtok or model.price_output_per_mtok:
+        history = Message.objects.filter(conversation_id=conversation.pk).aggregate(chars=Sum(Length("content")))
+        prompt_chars = (history["chars"] or 0) + len(content) + len(model.system_prompt or "")
+        reserve_cost = cost_estimate(model=model, prompt_chars=prompt_chars, max_tokens=params.max_tokens)
     admission = Admission.admit(
-        user=owner, generation_id=str(uuid.uuid4()), reserve_tokens=params.max_tokens, source=UsageSource.CHAT
+        user=owner,
+        generation_id=str(uuid.uuid4()),
+        reserve_tokens=params.max_tokens,
+        source=UsageSource.CHAT,
+        reserve_cost=reserve_cost,
     )
     try:
         yield admission
@@ -200,12 +217,12 @@ def message_send(
     ``generation_in_progress`` (409) when an answer is still being generated in this conversation,
     ``model_unavailable`` when no enabled model matches, ``invalid_params`` for bad ``params``
     (see :func:`inference.services.generation_params`), and before storing anything, 429
-    ``too_many_generations`` / ``quota_exceeded`` (see :func:`accounts.quotas.generation_admit`). The
+    ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (see :class:`accounts.metering.Admission`). The
     generation slot taken here is freed by :func:`message_finalize`.
     """
     content = message_validate(content=content)
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
-    with _admitted(conversation=conversation, params=generation) as admission:
+    with _admitted(conversation=conversation, model=model, params=generation, content=content) as admission:
         with transaction.atomic():
             # Lock the conversation so two sends cannot both pass the in-progress check.
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
@@ -255,7 +272,7 @@ def conversation_start(
     nothing. The model is ``model_slug``, else the default; it becomes the conversation's model,
     and the title comes from the message. Run the turn with :func:`chat.turns.turn_start`. Raise
     what :func:`message_send` raises (``empty_message`` 400, ``message_too_long`` 413,
-    ``model_unavailable``, ``invalid_params``, ``too_many_generations`` / ``quota_exceeded`` 429).
+    ``model_unavailable``, ``invalid_params``, ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` 429).
     """
     turn = None
     try:
@@ -293,10 +310,11 @@ def message_regenerate(
     generation, not the cached copy of the answer being replaced. Run the returned turn with
     :func:`chat.turns.turn_run`. Raise :class:`ParleyError`: ``generation_in_progress`` (409),
     ``not_regenerable`` (400) when ``message`` is not the last answer, and those of model and params
-    (see :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` (429) before anything changes.
+    (see :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (429)
+    before anything changes.
     """
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
-    with _admitted(conversation=conversation, params=generation) as admission, transaction.atomic():
+    with _admitted(conversation=conversation, model=model, params=generation) as admission, transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)
         last_two = list(message_list(conversation=locked).order_by("-created_at")[:2])
@@ -467,8 +485,10 @@ def message_finalize(
 
 
 def turn_abandon(*, message_id, error: str) -> None:
-    """End an answer that cannot be generated (its model was disabled meanwhile): ``error``, slot freed."""
+    """End an answer that cannot be generated (its model was disabled meanwhile): ``error``, slot and
+    budget reservations freed (nothing was generated, so nothing is charged)."""
     message_finalize(message_id=message_id, content="", status=MessageStatus.ERROR, error=error)
+    budget_release(generation_id=str(message_id))
 
 
 def message_partial_save(*, message_id, content: str) -> bool:
@@ -507,6 +527,7 @@ def _orphan_finalize(*, message_id, owner_id: int) -> bool:
         status=MessageStatus.ERROR, error=INTERRUPTED, finished_at=timezone.now()
     )
     generation_release(user_id=owner_id, generation_id=str(message_id))
+    budget_release(generation_id=str(message_id))  # else held until it lapses (accounts.budgets.HOLD_SECONDS)
     return bool(updated)
 
 

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from accounts import views as account_views
+from accounts.admin_views import spend_dashboard
 from accounts.urls import api_urlpatterns as accounts_api
 from agents.urls import api_urlpatterns as agents_api
 from chat.urls import api_urlpatterns as chat_api
@@ -16,6 +17,7 @@ from inference.urls import api_urlpatterns as inference_api
 urlpatterns = [
     path("admin/cache/", admin.site.admin_view(cache_dashboard), name="admin_cache"),
     path("admin/metrics/", admin.site.admin_view(metrics_dashboard), name="admin_metrics"),
+    path("admin/spend/", admin.site.admin_view(spend_dashboard), name="admin_spend"),
     # The admin's own login view (throttled by its form, accounts.forms), answering 429 when locked out.
     path("admin/login/", account_views.lockout_status(admin.site.login)),
     path("admin/", admin.site.urls),

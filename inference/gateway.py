@@ -17,6 +17,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -38,7 +39,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import APIKeyAuthentication
 from accounts.metering import Admission
-from accounts.models import UsageSource, UsageStatus, User
+from accounts.models import APIKey, UsageSource, UsageStatus, User
 from accounts.quotas import GenerationKeepalive
 from accounts.throttling import user_rate_check
 from core.errors import ParleyError, payload_too_large
@@ -50,7 +51,7 @@ from .pipeline import Generation
 from .providers import Chunk, GenerationParams, ModelUnavailable, Usage
 from .selectors import model_config_get, model_config_list
 from .server_tools import ServerLabelInvalid, ServerTool, ServerToolLoop, ServerToolsUnavailable, server_tools_resolve
-from .services import generation_params
+from .services import MILLION, cost_estimate, generation_params
 from .sse import event_stream_response, sse_frame
 
 logger = logging.getLogger(__name__)
@@ -96,14 +97,17 @@ def _from_parley(exc: ParleyError, param: str | None = None) -> OpenAIError:
     """Map a Parley (inference) error to its OpenAI equivalent, keeping its status and code.
 
     ``model_busy``/``model_unavailable`` → 503 (``Retry-After`` when known), ``upstream_rate_limited``
-    and Parley's own ``rate_limited`` → 429 ``rate_limit_exceeded``, ``model_timeout`` → 504,
+    and Parley's own ``rate_limited`` → 429 ``rate_limit_exceeded``, ``budget_exceeded`` → 429 of type
+    ``insufficient_quota`` (its message says when the budget resets), ``model_timeout`` → 504,
     ``context_length_exceeded`` → 400 of that code.
     """
     code = "rate_limit_exceeded" if exc.code in ("upstream_rate_limited", "rate_limited") else exc.code
+    # A spent budget is OpenAI's "out of credit" 429, which clients tell apart from a rate limit.
+    error_type = "insufficient_quota" if exc.code == "budget_exceeded" else _error_type(exc.status_code)
     return OpenAIError(
         exc.detail,
         status_code=exc.status_code,
-        type=_error_type(exc.status_code),
+        type=error_type,
         param=param or getattr(exc, "param", None),
         code=code,
         retry_after=exc.retry_after,
@@ -472,6 +476,7 @@ class _Call:
 
     admission: Admission | None  # None until admitted (after its MCP tools are resolved)
     user: User
+    api_key: APIKey | None  # the key the request came with: its budgets apply too
     config: ModelConfig
     messages: list[dict[str, str]]
     params: GenerationParams
@@ -560,15 +565,15 @@ def _chat_admit(request) -> _Call:
     """Authenticate, rate-limit, parse, validate and admit one chat completion request: the blocking part.
 
     One call in a pool thread (database and Redis). Raise what :func:`openai_error` maps: 401, 429
-    (``rate_limited``, ``too_many_generations``, ``quota_exceeded``), 400, 404 ``model_not_found``, 413.
-    A request with ``{"type": "mcp"}`` tools is not admitted here: its servers are asked first
-    (:func:`_server_tools_resolve`, async), then :func:`_admission_take`.
+    (``rate_limited``, ``too_many_generations``, ``quota_exceeded``, ``budget_exceeded``), 400, 404
+    ``model_not_found``, 413. A request with ``{"type": "mcp"}`` tools is not admitted here: its
+    servers are asked first (:func:`_server_tools_resolve`, async), then :func:`_admission_take`.
     """
     auth = APIKeyAuthentication()
     authenticated = auth.authenticate(request)
     if authenticated is None:
         raise exceptions.NotAuthenticated()
-    user = authenticated[0]
+    user, api_key = authenticated
     headers = user_rate_check(user_id=user.pk)
     try:
         data = _validated(ChatCompletionInput, JSONParser().parse(io.BytesIO(request.body)))
@@ -580,6 +585,7 @@ def _chat_admit(request) -> _Call:
         call = _Call(
             admission=None,
             user=user,
+            api_key=api_key,
             config=config,
             messages=messages,
             params=params,
@@ -601,13 +607,22 @@ def _chat_admit(request) -> _Call:
 
 
 def _admission_take(call: _Call) -> None:
-    """Admit ``call``: 429 ``too_many_generations`` / ``quota_exceeded`` before any work; recorded once it ends."""
+    """Admit ``call``: 429 ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` before any work.
+
+    Recorded (against the key's budgets too) once it ends. The budget reservation is the request's
+    most: its prompt (messages and offered tools' schemas, characters) and ``max_tokens`` at the
+    model's prices (:func:`inference.services.cost_estimate`).
+    """
+    prompt_chars = sum(len(m["content"]) + len(str(m.get("tool_calls") or "")) for m in call.messages)
+    prompt_chars += len(str(call.params.tools or ""))
     try:
         call.admission = Admission.admit(
             user=call.user,
             generation_id=call.completion_id,
             reserve_tokens=call.params.max_tokens,
             source=UsageSource.GATEWAY,
+            reserve_cost=cost_estimate(model=call.config, prompt_chars=prompt_chars, max_tokens=call.params.max_tokens),
+            api_key=call.api_key,
         )
     except Exception as exc:
         exc.headers = call.headers
@@ -956,7 +971,9 @@ class EmbeddingGateway(GatewayApi):
     OpenAI's Python client asks for by default). Token counts are approximate: characters / 4,
     rounded up per input, since no tokenizer is run for them. A request takes a generation slot and
     must fit in what is left of the user's daily token quota (429 ``too_many_generations`` /
-    ``quota_exceeded``).
+    ``quota_exceeded``). Priced at ``EMBEDDING_PRICE_PER_MTOK`` USD per million tokens (default 0:
+    free, never refused by a money budget); a priced request counts against the budgets of the user,
+    their groups and the key (429 ``budget_exceeded`` of type ``insufficient_quota``).
     """
 
     class InputSerializer(serializers.Serializer):
@@ -992,12 +1009,15 @@ class EmbeddingGateway(GatewayApi):
         # Like a chat completion: a generation slot (GENERATION_CONCURRENCY), held under a lease while
         # the model runs, and the request's tokens, known in advance here, must fit in what is left
         # of today's quota (429 too_many_generations / quota_exceeded).
+        cost = (tokens * settings.EMBEDDING_PRICE_PER_MTOK / MILLION).quantize(Decimal("0.000001"))
         admission = Admission.admit(
             user=request.user,
             generation_id=str(uuid.uuid4()),
             reserve_tokens=tokens,
             source=UsageSource.GATEWAY,
             must_fit=True,
+            reserve_cost=cost,
+            api_key=request.auth if isinstance(request.auth, APIKey) else None,
         )
         started = time.perf_counter()
         provider = "local" if settings.EMBEDDING_MODEL == "local" else "openai_compatible"
@@ -1010,7 +1030,7 @@ class EmbeddingGateway(GatewayApi):
             admission.finish(**finish, status=UsageStatus.ERROR, prompt_tokens=0, latency_ms=latency_ms)
             raise
         latency_ms = round((time.perf_counter() - started) * 1000)
-        admission.finish(**finish, status=UsageStatus.COMPLETE, prompt_tokens=tokens, latency_ms=latency_ms)
+        admission.finish(**finish, status=UsageStatus.COMPLETE, prompt_tokens=tokens, latency_ms=latency_ms, cost=cost)
         base64_encoded = data["encoding_format"] == "base64"
         return Response(
             {

@@ -479,6 +479,10 @@ class Generation:
                     break
         except BaseException as exc:
             exc.partial = "".join(parts)
+            if outcome.usage is None and parts:
+                # Failed or abandoned (a /v1 client that went away) after text came: what was produced
+                # is charged, counted as the deltas received, as for a stopped answer.
+                outcome.usage = Usage(0, len(parts))
             raise
         finally:
             cancel.set()  # a no-op after a finished try; stops an abandoned or failed one

@@ -107,6 +107,22 @@ def usage_cost(*, model: ModelConfig, prompt_tokens: int, completion_tokens: int
     return cost.quantize(Decimal("0.000001"))
 
 
+CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text: ~4 characters a token
+
+
+def cost_estimate(*, model: ModelConfig, prompt_chars: int, max_tokens: int) -> Decimal:
+    """Return the most a request can cost in USD: what a money budget reserves at admission.
+
+    ``prompt price x prompt tokens + completion price x max_tokens`` per million tokens, the prompt
+    estimated at :data:`CHARS_PER_TOKEN` characters a token (``prompt_chars`` characters, at most the
+    model's context window). 0 for a model priced 0 (never refused by a budget).
+    """
+    if not model.price_input_per_mtok and not model.price_output_per_mtok:
+        return Decimal(0)
+    prompt_tokens = min(-(-max(0, prompt_chars) // CHARS_PER_TOKEN), model.context_window)
+    return usage_cost(model=model, prompt_tokens=prompt_tokens, completion_tokens=max(0, max_tokens))
+
+
 def tokens_per_second(*, completion_tokens: int, ttft_ms: float | None, latency_ms: float) -> float | None:
     """Return the decode rate: completion tokens per second after the first one arrived.
 

@@ -4,6 +4,7 @@ Every variable is documented in README.md ("Settings").
 """
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -453,6 +454,8 @@ EMBEDDING_API_KEY_ENV = env("EMBEDDING_API_KEY_ENV", default="")  # NAME of the 
 EMBEDDING_DIMENSIONS = env.int("EMBEDDING_DIMENSIONS", default=384)  # vector length; 384 for "local"
 # Load the local embedding model in the background when the web server starts (~13 s, ~0.5 GB).
 EMBEDDING_PRELOAD = env.bool("EMBEDDING_PRELOAD", default=True)
+# USD per million input tokens of /v1/embeddings requests, counted against money budgets (0: free).
+EMBEDDING_PRICE_PER_MTOK = Decimal(env("EMBEDDING_PRICE_PER_MTOK", default="0"))
 
 # Knowledge base and agents (agents app; README, "Knowledge base, memory and tools")
 MEDIA_URL = "media/"  # uploads are never served directly: documents are read through the API

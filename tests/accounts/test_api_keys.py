@@ -35,6 +35,7 @@ def test_create_shows_the_key_once_and_lists_it_by_prefix(user):
             "prefix": created["prefix"],
             "created_at": created["created_at"],
             "last_used_at": None,
+            "budgets": [],  # none set for this key (see tests/accounts/test_budgets.py)
         }
     ]
     assert key not in listed.content.decode()

@@ -1,11 +1,14 @@
 """Every admin page renders for staff (superusers) and is refused to everyone else."""
 
+from decimal import Decimal
+
 import pytest
 from django.contrib import admin
 from django.urls import reverse
 
+from accounts.budgets import budget_alerts_check, period_bounds
 from accounts.models import UsageDaily, UsageRecord
-from accounts.services import api_key_create, usage_record
+from accounts.services import api_key_create, budget_set, usage_record
 from agents.models import Memory
 from agents.services import memory_note_create
 from chat.models import Message
@@ -30,6 +33,10 @@ def populated(user, chats, local_model):
         latency_ms=300,
     )
     memory_note_create(owner=user, content="I prefer metric units.")
+    budget = budget_set(user=user, amount=Decimal("1.00"))
+    budget_alerts_check(
+        budget=budget, spent=Decimal("0.90"), start=period_bounds("month")[0], end=period_bounds("month")[1]
+    )
     return chats
 
 
@@ -37,6 +44,7 @@ def admin_pages() -> list[str]:
     """The URL of every changelist and add page registered, plus a change page per model with a row."""
     urls = [reverse("admin:index"), reverse("admin_metrics"), reverse("admin_cache")]
     urls += [f"{reverse('admin_metrics')}?window={w}" for w in ("1h", "24h", "7d")]
+    urls += [f"{reverse('admin_spend')}?period={p}" for p in ("day", "week", "month")]
     for model in admin.site._registry:
         info = model._meta.app_label, model._meta.model_name
         urls.append(reverse("admin:{}_{}_changelist".format(*info)))

@@ -75,6 +75,7 @@ def test_the_chat_ui_admin_and_api_docs_pass_the_csp(watched_page, live_server_u
         "/admin/chat/conversation/",
         "/admin/cache/",
         "/admin/metrics/",
+        "/admin/spend/",
     ):
         page.goto(f"{live_server_url}{path}")
         page.wait_for_load_state("networkidle")
