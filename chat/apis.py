@@ -17,8 +17,21 @@ from inference.sse import event_stream_response
 
 from . import services, sse, turns
 from .models import Rating
-from .selectors import conversation_get, conversation_list, generation_active, message_get, message_list
-from .serializers import ConversationOutputSerializer, FeedbackOutputSerializer, MessageOutputSerializer
+from .selectors import (
+    conversation_get,
+    conversation_list,
+    generation_active,
+    message_get,
+    message_list,
+    share_get,
+    share_list,
+)
+from .serializers import (
+    ConversationOutputSerializer,
+    FeedbackOutputSerializer,
+    MessageOutputSerializer,
+    ShareOutputSerializer,
+)
 
 CONVERSATION_EXAMPLE = {
     "id": "5d6f3c1e-8a2b-4c7d-9e0f-1a2b3c4d5e6f",
@@ -448,3 +461,90 @@ class MessageFeedbackApi(APIView):
         return Response(
             FeedbackOutputSerializer(feedback).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+
+SHARE_EXAMPLE = {
+    "id": "9c2e4b1a-7d3f-4e5a-8b6c-0d1e2f3a4b5c",
+    "conversation": CONVERSATION_EXAMPLE["id"],
+    "title": "Trip to Lyon",
+    "url": "https://parley.example/s/Xq3v9kP0bT2mW7yZr5LcN8aH1sJd4FgE/",
+    "active": True,
+    "message_count": 4,
+    "created_at": "2026-01-05T09:40:00Z",
+    "expires_at": "2026-01-12T09:40:00Z",
+    "revoked_at": None,
+}
+
+
+class ConversationShareApi(APIView):
+    """``POST {"expires_in_days"?}``: a read-only link to a snapshot of the conversation as it is now (201).
+
+    Later messages, edits and deletions do not change what the link shows. ``expires_in_days``:
+    1 to 365; absent or null: the link never expires (until revoked).
+    """
+
+    class InputSerializer(serializers.Serializer):
+        expires_in_days = serializers.IntegerField(
+            required=False, allow_null=True, default=None, min_value=1, max_value=services.SHARE_MAX_DAYS
+        )
+
+    @extend_schema(
+        summary="Share a snapshot of a conversation",
+        request=InputSerializer,
+        responses={
+            201: ShareOutputSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="No finished message to share yet (`nothing_to_share`), or a bad `expires_in_days`.",
+            ),
+        },
+        examples=[
+            OpenApiExample("a week", value={"expires_in_days": 7}, request_only=True),
+            OpenApiExample("share", value=SHARE_EXAMPLE, response_only=True, status_codes=[201]),
+        ],
+    )
+    def post(self, request, conversation_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        share = services.share_create(conversation=conversation, **serializer.validated_data)
+        return Response(ShareOutputSerializer(share, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+
+class ShareListApi(APIView):
+    """``GET``: the user's share links, newest first (active, expired and revoked), paginated."""
+
+    pagination_class = ConversationPagination
+
+    @extend_schema(
+        summary="List your share links",
+        responses=ShareOutputSerializer(many=True),
+        examples=[OpenApiExample("shares", value=SHARE_EXAMPLE, response_only=True)],
+    )
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(share_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(
+            ShareOutputSerializer(page, many=True, context={"request": request}).data
+        )
+
+
+class ShareDetailApi(APIView):
+    """``GET``: one of the user's share links. ``DELETE``: revoke it (204): the link answers 404 from then on.
+
+    A revoked link stays listed (with ``revoked_at``); revoking it again is a no-op.
+    """
+
+    @extend_schema(
+        summary="Get a share link",
+        responses=ShareOutputSerializer,
+        examples=[OpenApiExample("share", value=SHARE_EXAMPLE, response_only=True)],
+    )
+    def get(self, request, share_id):
+        share = share_get(user=request.user, share_id=share_id)
+        return Response(ShareOutputSerializer(share, context={"request": request}).data)
+
+    @extend_schema(summary="Revoke a share link", responses={204: None})
+    def delete(self, request, share_id):
+        services.share_revoke(share=share_get(user=request.user, share_id=share_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
 
 
 class Conversation(models.Model):
@@ -127,3 +128,55 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rating} on {self.message_id}"
+
+
+class SharedConversation(models.Model):
+    """A read-only link to a snapshot of a conversation, opened at ``/s/<token>/``. Written only through
+    chat.services.
+
+    ``messages`` is a copy taken when the link was made, so later edits, regenerations or deletions
+    in the conversation never change what the link shows. Its shape (``snapshot_version`` 1):
+    ``[{"role": "user"|"assistant", "content": str, "model": str, "created_at": ISO 8601 str}]``,
+    oldest first. The link works until it is revoked (``revoked_at``) or ``expires_at`` passes; the
+    row is kept either way, for the owner's list and the admin.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    token = models.CharField(max_length=64, unique=True, editable=False, help_text="The link's secret part.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="shared_conversations")
+    conversation = models.ForeignKey(
+        Conversation,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="shares",
+        help_text="The conversation it was taken from (kept empty once that is deleted; the snapshot stays).",
+    )
+    title = models.CharField(max_length=200, blank=True)
+    messages = models.JSONField(default=list, blank=True)
+    snapshot_version = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the link never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(expires_at__isnull=True) | Q(expires_at__gt=models.F("created_at")),
+                name="chat_share_expires_after_creation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        # Never the token: this is what the admin log and audit events show.
+        return self.title or "Shared conversation"
+
+    def get_absolute_url(self) -> str:
+        return reverse("chat:shared_conversation", args=[self.token])
+
+    def is_active(self, *, now=None) -> bool:
+        """Return whether the link still opens: not revoked and not expired (at ``now``, default now)."""
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from accounts.models import UsageRecord, User
 from accounts.quotas import generation_live
 
-from .models import Conversation, Message, MessageStatus, Role
+from .models import Conversation, Message, MessageStatus, Role, SharedConversation
 
 # A message still "streaming" after this long was orphaned by a process that died mid-generation,
 # when its lease cannot be read (Redis down) or at `manage.py finalize_orphans` without --all.
@@ -143,3 +143,33 @@ def session_count() -> int:
     from django.contrib.sessions.models import Session
 
     return Session.objects.filter(expire_date__gt=timezone.now()).count()
+
+
+def share_list(*, user: User) -> QuerySet[SharedConversation]:
+    """Return ``user``'s share links, newest first: active, expired and revoked ones alike."""
+    return SharedConversation.objects.filter(owner=user).order_by("-created_at")
+
+
+def share_get(*, user: User, share_id) -> SharedConversation:
+    """Return ``user``'s share link ``share_id``; raise ``Http404`` when none (or someone else's)."""
+    share = share_list(user=user).filter(pk=share_id).first()
+    if share is None:
+        raise Http404("No such share link.")
+    return share
+
+
+def share_get_active(*, token: str) -> SharedConversation:
+    """Return the share link whose token is ``token`` if it still opens (not revoked, not expired).
+
+    Raise ``Http404`` otherwise, the same for an unknown, a revoked and an expired token, so a
+    visitor learns nothing about links that do not open.
+    """
+    now = timezone.now()
+    share = (
+        SharedConversation.objects.filter(token=token, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .first()
+    )
+    if share is None:
+        raise Http404("No such share link.")
+    return share

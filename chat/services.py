@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from inference.selectors import model_config_get
 from inference.services import generation_params
 
 from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
-from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role
+from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role, SharedConversation
 from .selectors import (
     generation_active,
     generation_running,
@@ -556,3 +557,104 @@ def orphans_finalize_lapsed(*, confirm_seconds: float | None = None) -> int:
     if not lapsed:
         return 0
     return sum(_orphan_finalize(message_id=gid, owner_id=owners[gid]) for gid in lapsed)
+
+
+SHARE_TOKEN_BYTES = 24  # secrets.token_urlsafe(24): 32 URL-safe characters, 192 random bits
+SHARE_MAX_DAYS = 365  # the longest expiry a link may be given, in days
+
+
+def share_snapshot(*, conversation: Conversation) -> list[dict]:
+    """Return what a share link of ``conversation`` shows: its questions and finished answers, oldest first.
+
+    Shape (``SharedConversation.snapshot_version`` 1): ``[{"role", "content", "model", "created_at"}]``,
+    ``created_at`` in ISO 8601. The history a model sees (:func:`chat.selectors.model_messages`): no
+    failed answer, none being generated, none replaced by a regeneration, no empty message.
+    """
+    rows = message_list(conversation=conversation).filter(
+        role__in=[Role.USER, Role.ASSISTANT], status__in=[MessageStatus.COMPLETE, MessageStatus.CANCELLED]
+    )
+    return [
+        {"role": m.role, "content": m.content, "model": m.model_slug, "created_at": m.created_at.isoformat()}
+        for m in rows
+        if m.content
+    ]
+
+
+def share_create(*, conversation: Conversation, expires_in_days: int | None = None) -> SharedConversation:
+    """Create a read-only link of ``conversation``'s owner to a snapshot of it as it is now.
+
+    ``expires_in_days`` (1 to :data:`SHARE_MAX_DAYS`; ``None``: never) sets ``expires_at``. The token
+    is ``secrets.token_urlsafe`` (:data:`SHARE_TOKEN_BYTES` random bytes). Recorded as a
+    ``share.create`` audit event. Raise :class:`ParleyError` ``nothing_to_share`` (400) when the
+    conversation has no finished message yet, ``invalid`` (400) for an expiry out of range.
+    """
+    if expires_in_days is not None and not 1 <= expires_in_days <= SHARE_MAX_DAYS:
+        raise ParleyError(f"expires_in_days must be between 1 and {SHARE_MAX_DAYS}.", code="invalid")
+    snapshot = share_snapshot(conversation=conversation)
+    if not snapshot:
+        raise ParleyError("This conversation has no finished message to share yet.", code="nothing_to_share")
+    now = timezone.now()
+    with transaction.atomic():
+        share = SharedConversation.objects.create(
+            token=secrets.token_urlsafe(SHARE_TOKEN_BYTES),
+            owner_id=conversation.owner_id,
+            conversation=conversation,
+            title=conversation.title or str(conversation),
+            messages=snapshot,
+            expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+        )
+        audit_record(
+            action="share.create",
+            target=share,
+            changes={
+                "conversation": str(conversation.pk),
+                "messages": len(snapshot),
+                "expires_at": share.expires_at.isoformat() if share.expires_at else None,
+            },
+        )
+    return share
+
+
+def share_revoke(*, share: SharedConversation) -> SharedConversation:
+    """Revoke ``share``: its link answers 404 from now on. Return it.
+
+    Revoking again changes nothing (the first ``revoked_at`` stays, no second audit event); the
+    first time is a ``share.revoke`` audit event.
+    """
+    with transaction.atomic():
+        locked = SharedConversation.objects.select_for_update().get(pk=share.pk)
+        if locked.revoked_at is None:
+            locked.revoked_at = timezone.now()
+            locked.save(update_fields=["revoked_at"])
+            audit_record(action="share.revoke", target=locked, changes={"owner": locked.owner.get_username()})
+    share.revoked_at = locked.revoked_at
+    return share
+
+
+def share_continue(*, share: SharedConversation, user: User) -> Conversation:
+    """Copy the snapshot of ``share`` into a new conversation of ``user`` ("continue this chat"); return it.
+
+    The new conversation has the share's title and its messages (role, content, model), in order,
+    as finished messages; the visitor's next message continues from them. Nothing of the original
+    conversation is linked or changed.
+    """
+    with transaction.atomic():
+        conversation = conversation_create(owner=user, title=share.title)
+        rows = Message.objects.bulk_create(
+            Message(
+                conversation=conversation,
+                role=item["role"],
+                content=item["content"],
+                model_slug=item.get("model", "")[:64],
+                status=MessageStatus.COMPLETE,
+                metadata={"copied_from_share": str(share.pk)},
+            )
+            for item in share.messages
+            if item.get("role") in (Role.USER, Role.ASSISTANT)
+        )
+        # created_at is the list's order; a bulk insert may give rows the same microsecond.
+        start = timezone.now()
+        for index, row in enumerate(rows):
+            row.created_at = start + timedelta(microseconds=index)
+        Message.objects.bulk_update(rows, ["created_at"])
+    return conversation

@@ -7,6 +7,10 @@ app_name = "chat"
 urlpatterns = [
     path("", views.home, name="home"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
+    path("s/<str:token>/", views.shared_conversation, name="shared_conversation"),
+    path("s/<str:token>/continue/", views.shared_conversation_continue, name="shared_conversation_continue"),
+    path("shared/", views.shares_page, name="shares"),
+    path("shared/<uuid:share_id>/revoke/", views.share_revoke, name="share_revoke"),
     path("settings/", views.settings_page, name="settings"),
     path("settings/memory/", views.memory_toggle, name="memory_toggle"),
     path("settings/memories/", views.memory_add, name="memory_add"),
@@ -19,6 +23,9 @@ api_urlpatterns = [
     path("conversations/", apis.ConversationListApi.as_view(), name="api_conversations"),
     path("conversations/<uuid:conversation_id>/", apis.ConversationDetailApi.as_view(), name="api_conversation"),
     path("conversations/<uuid:conversation_id>/stop/", apis.ConversationStopApi.as_view(), name="api_stop"),
+    path("conversations/<uuid:conversation_id>/shares/", apis.ConversationShareApi.as_view(), name="api_share"),
+    path("shares/", apis.ShareListApi.as_view(), name="api_shares"),
+    path("shares/<uuid:share_id>/", apis.ShareDetailApi.as_view(), name="api_share_detail"),
     path("conversations/<uuid:conversation_id>/messages/", apis.MessageListApi.as_view(), name="api_messages"),
     path(
         "conversations/<uuid:conversation_id>/messages/<uuid:message_id>/regenerate/",
