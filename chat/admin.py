@@ -11,7 +11,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.admin_audit import AuditedAdmin
 
-from .models import Conversation, Feedback, Message, MessageStatus, SharedConversation
+from .models import Conversation, Feedback, Message, MessageStatus, Prompt, SharedConversation
 from .services import conversations_export, share_revoke
 
 TOOL_RESULT_ADMIN_CHARS = 500  # of each result shown in a conversation; the message's page shows it whole
@@ -316,3 +316,21 @@ class SharedConversationAdmin(AuditedAdmin, admin.ModelAdmin):
             self.log_change(request, share, "Revoked")
             revoked += 1
         self.message_user(request, f"Revoked {revoked} share link{'' if revoked == 1 else 's'}.")
+
+
+@admin.register(Prompt)
+class PromptAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Library prompts: read-only here (their owners change them); an operator may delete one (audited)."""
+
+    list_display = ["title", "owner", "visibility", "updated_at"]
+    list_filter = ["visibility", "updated_at"]
+    search_fields = ["title", "text", "owner__username"]
+    readonly_fields = ["id", "title", "text", "owner", "visibility", "groups", "created_at", "updated_at"]
+    fields = readonly_fields
+    list_select_related = ["owner"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from .models import Conversation, Feedback, Message, SharedConversation
+from .models import Conversation, CustomInstructions, Feedback, Message, Prompt, SharedConversation
 
 
 class MessageOutputSerializer(serializers.ModelSerializer):
@@ -94,3 +94,40 @@ class ShareOutputSerializer(serializers.ModelSerializer):
 
     def get_message_count(self, share: SharedConversation) -> int:
         return len(share.messages)
+
+
+class PromptOutputSerializer(serializers.ModelSerializer):
+    """A library prompt: ``variables`` are the ``{{names}}`` in its text; ``mine``: the user owns it."""
+
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    groups = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    variables = serializers.SerializerMethodField()
+    mine = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prompt
+        fields = [
+            "id",
+            "title",
+            "text",
+            "variables",
+            "visibility",
+            "groups",
+            "owner",
+            "mine",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_variables(self, prompt: Prompt) -> list[str]:
+        return prompt.variables()
+
+    def get_mine(self, prompt: Prompt) -> bool:
+        request = self.context.get("request")
+        return request is not None and prompt.owner_id == request.user.pk
+
+
+class CustomInstructionsOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CustomInstructions
+        fields = ["about_me", "how_to_answer", "enabled", "updated_at"]

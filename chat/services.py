@@ -12,6 +12,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -29,7 +30,18 @@ from inference.selectors import model_config_get
 from inference.services import generation_params
 
 from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
-from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role, SharedConversation
+from .models import (
+    Conversation,
+    CustomInstructions,
+    Feedback,
+    Message,
+    MessageStatus,
+    Prompt,
+    PromptVisibility,
+    Rating,
+    Role,
+    SharedConversation,
+)
 from .selectors import (
     generation_active,
     generation_running,
@@ -658,3 +670,105 @@ def share_continue(*, share: SharedConversation, user: User) -> Conversation:
             row.created_at = start + timedelta(microseconds=index)
         Message.objects.bulk_update(rows, ["created_at"])
     return conversation
+
+
+PROMPT_TEXT_MAX_CHARS = 20_000  # characters of a library prompt's text
+
+
+def _prompt_groups(*, owner: User, visibility: str, groups: list[Group] | None) -> list[Group]:
+    """Return the groups a prompt is shared with; raise ``invalid`` (400) for a group ``owner`` is not in."""
+    if visibility != PromptVisibility.GROUPS:
+        return []
+    groups = list(groups or [])
+    if not groups:
+        raise ParleyError("Choose at least one of your groups to share the prompt with.", code="invalid")
+    mine = set(owner.groups.values_list("pk", flat=True))
+    if any(group.pk not in mine for group in groups):
+        raise ParleyError("A prompt can be shared only with groups you are in.", code="invalid")
+    return groups
+
+
+def _prompt_clean(*, title: str, text: str) -> tuple[str, str]:
+    title, text = title.strip()[:120], text.strip()
+    if not title or not text:
+        raise ParleyError("A prompt needs a title and a text.", code="invalid")
+    if len(text) > PROMPT_TEXT_MAX_CHARS:
+        raise ParleyError(f"A prompt's text is at most {PROMPT_TEXT_MAX_CHARS:,} characters.", code="invalid")
+    return title, text
+
+
+@transaction.atomic
+def prompt_create(
+    *,
+    owner: User,
+    title: str,
+    text: str,
+    visibility: str = PromptVisibility.PRIVATE,
+    groups: list[Group] | None = None,
+) -> Prompt:
+    """Add a prompt to ``owner``'s library and return it.
+
+    ``visibility``: ``private`` (default), ``groups`` (with ``groups``, each one ``owner`` is in) or
+    ``everyone``. Raise :class:`ParleyError` ``invalid`` (400) for an empty title or text, a text
+    over :data:`PROMPT_TEXT_MAX_CHARS` characters, or groups that are missing or not ``owner``'s.
+    """
+    title, text = _prompt_clean(title=title, text=text)
+    shared_with = _prompt_groups(owner=owner, visibility=visibility, groups=groups)
+    prompt = Prompt.objects.create(owner=owner, title=title, text=text, visibility=visibility)
+    prompt.groups.set(shared_with)
+    return prompt
+
+
+@transaction.atomic
+def prompt_update(
+    *,
+    prompt: Prompt,
+    title: str | None = None,
+    text: str | None = None,
+    visibility: str | None = None,
+    groups: list[Group] | None = None,
+) -> Prompt:
+    """Change ``prompt`` (``None`` leaves a field be) and return it; raise as :func:`prompt_create` does."""
+    title, text = _prompt_clean(
+        title=prompt.title if title is None else title, text=prompt.text if text is None else text
+    )
+    visibility = visibility or prompt.visibility
+    if groups is None and visibility == PromptVisibility.GROUPS:
+        groups = list(prompt.groups.all())
+    shared_with = _prompt_groups(owner=prompt.owner, visibility=visibility, groups=groups)
+    prompt.title, prompt.text, prompt.visibility = title, text, visibility
+    prompt.save(update_fields=["title", "text", "visibility", "updated_at"])
+    prompt.groups.set(shared_with)
+    return prompt
+
+
+def prompt_delete(*, prompt: Prompt) -> None:
+    """Delete ``prompt`` from its owner's library (and from everyone's list it was shared to)."""
+    prompt.delete()
+
+
+CUSTOM_INSTRUCTIONS_MAX_CHARS = 1_500  # characters of each of "about me" and "how to answer"
+
+
+def custom_instructions_set(
+    *, user: User, about_me: str | None = None, how_to_answer: str | None = None, enabled: bool | None = None
+) -> CustomInstructions:
+    """Store ``user``'s custom instructions (``None`` leaves a field be) and return them.
+
+    Each text is stripped; raise :class:`ParleyError` ``invalid`` (400) when one is longer than
+    :data:`CUSTOM_INSTRUCTIONS_MAX_CHARS` characters. Used from the next turn on (see
+    :func:`chat.selectors.custom_instructions_prompt`).
+    """
+    with transaction.atomic():
+        instructions, _ = CustomInstructions.objects.select_for_update().get_or_create(user=user)
+        for name, value in (("about_me", about_me), ("how_to_answer", how_to_answer)):
+            if value is None:
+                continue
+            value = value.strip()
+            if len(value) > CUSTOM_INSTRUCTIONS_MAX_CHARS:
+                raise ParleyError(f"{name}: at most {CUSTOM_INSTRUCTIONS_MAX_CHARS:,} characters.", code="invalid")
+            setattr(instructions, name, value)
+        if enabled is not None:
+            instructions.enabled = enabled
+        instructions.save()
+    return instructions

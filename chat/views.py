@@ -25,8 +25,18 @@ from inference.providers import ModelUnavailable
 from inference.selectors import model_config_get, model_config_list
 
 from . import services, turns
-from .forms import FirstMessageForm, MemoryNoteForm, MemoryToggleForm
-from .selectors import conversation_get, conversation_list, message_list, share_get, share_get_active, share_list
+from .forms import CustomInstructionsForm, FirstMessageForm, MemoryNoteForm, MemoryToggleForm, PromptForm
+from .selectors import (
+    conversation_get,
+    conversation_list,
+    custom_instructions_get,
+    message_list,
+    prompt_get,
+    prompt_list,
+    share_get,
+    share_get_active,
+    share_list,
+)
 from .serializers import MessageOutputSerializer
 
 
@@ -115,16 +125,40 @@ def conversation_detail(request, conversation_id):
 MEMORIES_PER_PAGE = 50
 
 
-def _settings_page(request, *, note_form: MemoryNoteForm | None = None, status: int = 200):
+def _settings_page(
+    request,
+    *,
+    note_form: MemoryNoteForm | None = None,
+    instructions_form: CustomInstructionsForm | None = None,
+    prompt_form: PromptForm | None = None,
+    status: int = 200,
+):
     memories = memory_list(user=request.user).select_related("conversation")
     page = Paginator(memories, MEMORIES_PER_PAGE).get_page(request.GET.get("page"))
-    context = {"note_form": note_form or MemoryNoteForm(), "page": page, "memory_count": page.paginator.count}
+    instructions = custom_instructions_get(user=request.user)
+    if instructions_form is None:
+        instructions_form = CustomInstructionsForm(
+            initial={
+                "about_me": instructions.about_me,
+                "how_to_answer": instructions.how_to_answer,
+                "enabled": instructions.enabled,
+            }
+        )
+    context = {
+        "note_form": note_form or MemoryNoteForm(),
+        "page": page,
+        "memory_count": page.paginator.count,
+        "instructions_form": instructions_form,
+        "prompt_form": prompt_form or PromptForm(user=request.user),
+        "prompts": prompt_list(user=request.user).filter(owner=request.user),
+    }
     return render(request, "chat/settings.html", context, status=status)
 
 
 @login_required
 def settings_page(request):
-    """The user's settings: memory on or off, their memories (newest first, 50 a page), a note to add."""
+    """The user's settings: memory on or off, their memories (newest first, 50 a page), a note to add,
+    their custom instructions and their prompt library."""
     return _settings_page(request)
 
 
@@ -247,3 +281,40 @@ def share_revoke(request, share_id):
     services.share_revoke(share=share_get(user=request.user, share_id=share_id))
     notices.success(request, "Link revoked: it no longer opens.")
     return redirect("chat:shares")
+
+
+@login_required
+@require_POST
+def custom_instructions_save(request):
+    """Store the user's custom instructions, then back to the settings page (400 with the form's errors)."""
+    form = CustomInstructionsForm(request.POST)
+    if not form.is_valid():
+        return _settings_page(request, instructions_form=form, status=400)
+    services.custom_instructions_set(user=request.user, **form.cleaned_data)
+    notices.success(request, "Custom instructions saved.")
+    return redirect(reverse("chat:settings") + "#instructions")
+
+
+@login_required
+@require_POST
+def prompt_add(request):
+    """Add a prompt to the user's library, then back to the list (400 with the form's errors)."""
+    form = PromptForm(request.POST, user=request.user)
+    if not form.is_valid():
+        return _settings_page(request, prompt_form=form, status=400)
+    try:
+        services.prompt_create(owner=request.user, **form.cleaned_data)
+    except ParleyError as exc:
+        form.add_error(None, exc.detail)
+        return _settings_page(request, prompt_form=form, status=exc.status_code)
+    notices.success(request, "Prompt saved: type / in the composer to use it.")
+    return redirect(reverse("chat:settings") + "#prompts")
+
+
+@login_required
+@require_POST
+def prompt_remove(request, prompt_id):
+    """Delete one of the user's prompts (404 for anyone else's)."""
+    services.prompt_delete(prompt=prompt_get(user=request.user, prompt_id=prompt_id, owned=True))
+    notices.success(request, "Prompt deleted.")
+    return redirect(reverse("chat:settings") + "#prompts")
