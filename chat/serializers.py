@@ -128,6 +128,10 @@ class PromptOutputSerializer(serializers.ModelSerializer):
 
 
 class CustomInstructionsOutputSerializer(serializers.ModelSerializer):
+    """A user's custom instructions; ``updated_at`` is null until they are first saved."""
+
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
     class Meta:
         model = CustomInstructions
         fields = ["about_me", "how_to_answer", "enabled", "updated_at"]
