@@ -11,8 +11,8 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.admin_audit import AuditedAdmin
 
-from .models import Conversation, Feedback, Message, MessageStatus
-from .services import conversations_export
+from .models import Conversation, Feedback, Message, MessageStatus, Prompt, SharedConversation
+from .services import conversations_export, share_revoke
 
 TOOL_RESULT_ADMIN_CHARS = 500  # of each result shown in a conversation; the message's page shows it whole
 
@@ -244,4 +244,93 @@ class FeedbackAdmin(AuditedAdmin, admin.ModelAdmin):
 
     def has_add_permission(self, request):
         # Feedback is written only through chat.services.
+        return False
+
+
+class ShareStateFilter(admin.SimpleListFilter):
+    """Whether a share link still opens: active, expired or revoked."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+        return queryset
+
+
+@admin.register(SharedConversation)
+class SharedConversationAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Share links with their read-only snapshot; "Revoke" goes through chat.services (audited there)."""
+
+    audit_name = "share"
+    list_display = ["__str__", "owner", "message_count", "state", "created_at", "expires_at", "revoked_at"]
+    list_filter = [ShareStateFilter, "created_at", "expires_at"]
+    search_fields = ["title", "owner__username", "owner__email"]
+    # The token (the link's secret) is not shown: an operator can revoke a link without being able to open it.
+    fields = ["id", "title", "owner", "conversation", "created_at", "expires_at", "revoked_at", "snapshot"]
+    readonly_fields = fields
+    list_select_related = ["owner"]
+    date_hierarchy = "created_at"
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        # Share links are written only through chat.services (by their owner).
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="messages")
+    def message_count(self, share: SharedConversation) -> int:
+        return len(share.messages)
+
+    @admin.display(description="state")
+    def state(self, share: SharedConversation) -> str:
+        if share.revoked_at:
+            return "revoked"
+        return "active" if share.is_active() else "expired"
+
+    @admin.display(description="snapshot")
+    def snapshot(self, share: SharedConversation) -> str:
+        rows = [
+            (m.get("role", ""), m.get("model") or "", m.get("created_at", ""), m.get("content", ""))
+            for m in share.messages
+        ]
+        items = format_html_join("", "<li><strong>{}</strong> {} <small>{}</small><pre>{}</pre></li>", rows)
+        return format_html("<ol class='share-snapshot'>{}</ol>", items)
+
+    @admin.action(description="Revoke selected share links", permissions=["view"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        for share in queryset.filter(revoked_at__isnull=True):
+            share_revoke(share=share)
+            self.log_change(request, share, "Revoked")
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} share link{'' if revoked == 1 else 's'}.")
+
+
+@admin.register(Prompt)
+class PromptAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Library prompts: read-only here (their owners change them); an operator may delete one (audited)."""
+
+    list_display = ["title", "owner", "visibility", "updated_at"]
+    list_filter = ["visibility", "updated_at"]
+    search_fields = ["title", "text", "owner__username"]
+    readonly_fields = ["id", "title", "text", "owner", "visibility", "groups", "created_at", "updated_at"]
+    fields = readonly_fields
+    list_select_related = ["owner"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

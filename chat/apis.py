@@ -1,6 +1,7 @@
 """Chat REST API under /api/v1/ (session auth for now)."""
 
 from asgiref.sync import async_to_sync
+from django.contrib.auth.models import Group
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from redis.exceptions import RedisError
 from rest_framework import serializers, status
@@ -16,9 +17,27 @@ from inference.providers.llama_cpp import BUSY_RETRY_AFTER
 from inference.sse import event_stream_response
 
 from . import services, sse, turns
-from .models import Rating
-from .selectors import conversation_get, conversation_list, generation_active, message_get, message_list
-from .serializers import ConversationOutputSerializer, FeedbackOutputSerializer, MessageOutputSerializer
+from .models import PromptVisibility, Rating
+from .selectors import (
+    conversation_get,
+    conversation_list,
+    custom_instructions_get,
+    generation_active,
+    message_get,
+    message_list,
+    prompt_get,
+    prompt_list,
+    share_get,
+    share_list,
+)
+from .serializers import (
+    ConversationOutputSerializer,
+    CustomInstructionsOutputSerializer,
+    FeedbackOutputSerializer,
+    MessageOutputSerializer,
+    PromptOutputSerializer,
+    ShareOutputSerializer,
+)
 
 CONVERSATION_EXAMPLE = {
     "id": "5d6f3c1e-8a2b-4c7d-9e0f-1a2b3c4d5e6f",
@@ -448,3 +467,228 @@ class MessageFeedbackApi(APIView):
         return Response(
             FeedbackOutputSerializer(feedback).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+
+SHARE_EXAMPLE = {
+    "id": "9c2e4b1a-7d3f-4e5a-8b6c-0d1e2f3a4b5c",
+    "conversation": CONVERSATION_EXAMPLE["id"],
+    "title": "Trip to Lyon",
+    "url": "https://parley.example/s/Xq3v9kP0bT2mW7yZr5LcN8aH1sJd4FgE/",
+    "active": True,
+    "message_count": 4,
+    "created_at": "2026-01-05T09:40:00Z",
+    "expires_at": "2026-01-12T09:40:00Z",
+    "revoked_at": None,
+}
+
+
+class ConversationShareApi(APIView):
+    """``POST {"expires_in_days"?}``: a read-only link to a snapshot of the conversation as it is now (201).
+
+    Later messages, edits and deletions do not change what the link shows. ``expires_in_days``:
+    1 to 365; absent or null: the link never expires (until revoked).
+    """
+
+    class InputSerializer(serializers.Serializer):
+        expires_in_days = serializers.IntegerField(
+            required=False, allow_null=True, default=None, min_value=1, max_value=services.SHARE_MAX_DAYS
+        )
+
+    @extend_schema(
+        summary="Share a snapshot of a conversation",
+        request=InputSerializer,
+        responses={
+            201: ShareOutputSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="No finished message to share yet (`nothing_to_share`), or a bad `expires_in_days`.",
+            ),
+        },
+        examples=[
+            OpenApiExample("a week", value={"expires_in_days": 7}, request_only=True),
+            OpenApiExample("share", value=SHARE_EXAMPLE, response_only=True, status_codes=[201]),
+        ],
+    )
+    def post(self, request, conversation_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        share = services.share_create(conversation=conversation, **serializer.validated_data)
+        return Response(ShareOutputSerializer(share, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+
+class ShareListApi(APIView):
+    """``GET``: the user's share links, newest first (active, expired and revoked), paginated."""
+
+    pagination_class = ConversationPagination
+
+    @extend_schema(
+        summary="List your share links",
+        responses=ShareOutputSerializer(many=True),
+        examples=[OpenApiExample("shares", value=SHARE_EXAMPLE, response_only=True)],
+    )
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(share_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(
+            ShareOutputSerializer(page, many=True, context={"request": request}).data
+        )
+
+
+class ShareDetailApi(APIView):
+    """``GET``: one of the user's share links. ``DELETE``: revoke it (204): the link answers 404 from then on.
+
+    A revoked link stays listed (with ``revoked_at``); revoking it again is a no-op.
+    """
+
+    @extend_schema(
+        summary="Get a share link",
+        responses=ShareOutputSerializer,
+        examples=[OpenApiExample("share", value=SHARE_EXAMPLE, response_only=True)],
+    )
+    def get(self, request, share_id):
+        share = share_get(user=request.user, share_id=share_id)
+        return Response(ShareOutputSerializer(share, context={"request": request}).data)
+
+    @extend_schema(summary="Revoke a share link", responses={204: None})
+    def delete(self, request, share_id):
+        services.share_revoke(share=share_get(user=request.user, share_id=share_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+PROMPT_EXAMPLE = {
+    "id": "3f1e2d4c-5b6a-4789-8a0b-1c2d3e4f5a6b",
+    "title": "Translate",
+    "text": "Translate into {{language}}:\n\n{{text}}",
+    "variables": ["language", "text"],
+    "visibility": "groups",
+    "groups": ["support"],
+    "owner": "alice",
+    "mine": True,
+    "created_at": "2026-01-05T09:00:00Z",
+    "updated_at": "2026-01-05T09:00:00Z",
+}
+
+
+class PromptInputSerializer(serializers.Serializer):
+    title = serializers.CharField(max_length=120)
+    text = serializers.CharField(max_length=services.PROMPT_TEXT_MAX_CHARS, help_text="May hold `{{variables}}`.")
+    visibility = serializers.ChoiceField(choices=PromptVisibility.choices, default=PromptVisibility.PRIVATE)
+    groups = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Group.objects.all(),
+        many=True,
+        required=False,
+        help_text="With visibility `groups`: names of groups you are in.",
+    )
+
+
+class PromptListApi(APIView):
+    """``GET ?q=``: the library prompts you may use (yours and those shared with you), by title.
+
+    ``POST {"title", "text", "visibility"?, "groups"?}``: add a prompt to your library (201).
+    """
+
+    class FilterSerializer(serializers.Serializer):
+        q = serializers.CharField(required=False, default="", allow_blank=True, max_length=120)
+
+    @extend_schema(
+        summary="List the prompts you may use",
+        parameters=[FilterSerializer],
+        responses=PromptOutputSerializer(many=True),
+        examples=[OpenApiExample("prompts", value=[PROMPT_EXAMPLE], response_only=True)],
+    )
+    def get(self, request):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        prompts = prompt_list(user=request.user, query=filters.validated_data["q"])
+        return Response(PromptOutputSerializer(prompts, many=True, context={"request": request}).data)
+
+    @extend_schema(
+        summary="Add a prompt to your library",
+        request=PromptInputSerializer,
+        responses={201: PromptOutputSerializer},
+        examples=[
+            OpenApiExample(
+                "translate",
+                value={"title": "Translate", "text": "Translate into {{language}}:\n\n{{text}}"},
+                request_only=True,
+            )
+        ],
+    )
+    def post(self, request):
+        serializer = PromptInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        prompt = services.prompt_create(owner=request.user, **serializer.validated_data)
+        return Response(
+            PromptOutputSerializer(prompt, context={"request": request}).data, status=status.HTTP_201_CREATED
+        )
+
+
+class PromptDetailApi(APIView):
+    """``GET``: a prompt you may use. ``PATCH``/``DELETE``: change or delete one of yours (another's: 404)."""
+
+    @extend_schema(
+        summary="Get a prompt",
+        responses=PromptOutputSerializer,
+        examples=[OpenApiExample("prompt", value=PROMPT_EXAMPLE, response_only=True)],
+    )
+    def get(self, request, prompt_id):
+        prompt = prompt_get(user=request.user, prompt_id=prompt_id)
+        return Response(PromptOutputSerializer(prompt, context={"request": request}).data)
+
+    @extend_schema(
+        summary="Change one of your prompts",
+        request=PromptInputSerializer(partial=True),
+        responses=PromptOutputSerializer,
+        examples=[OpenApiExample("share", value={"visibility": "everyone"}, request_only=True)],
+    )
+    def patch(self, request, prompt_id):
+        prompt = prompt_get(user=request.user, prompt_id=prompt_id, owned=True)
+        serializer = PromptInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        prompt = services.prompt_update(prompt=prompt, **serializer.validated_data)
+        return Response(PromptOutputSerializer(prompt, context={"request": request}).data)
+
+    @extend_schema(summary="Delete one of your prompts", responses={204: None})
+    def delete(self, request, prompt_id):
+        services.prompt_delete(prompt=prompt_get(user=request.user, prompt_id=prompt_id, owned=True))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CustomInstructionsApi(APIView):
+    """``GET``: your custom instructions. ``PATCH {"about_me"?, "how_to_answer"?, "enabled"?}``: change them.
+
+    While ``enabled``, the non-empty ones are added to the system prompt of your chat turns.
+    """
+
+    class InputSerializer(serializers.Serializer):
+        about_me = serializers.CharField(
+            required=False, allow_blank=True, max_length=services.CUSTOM_INSTRUCTIONS_MAX_CHARS
+        )
+        how_to_answer = serializers.CharField(
+            required=False, allow_blank=True, max_length=services.CUSTOM_INSTRUCTIONS_MAX_CHARS
+        )
+        enabled = serializers.BooleanField(required=False)
+
+    @extend_schema(summary="Get your custom instructions", responses=CustomInstructionsOutputSerializer)
+    def get(self, request):
+        return Response(CustomInstructionsOutputSerializer(custom_instructions_get(user=request.user)).data)
+
+    @extend_schema(
+        summary="Change your custom instructions",
+        request=InputSerializer,
+        responses=CustomInstructionsOutputSerializer,
+        examples=[
+            OpenApiExample(
+                "instructions",
+                value={"about_me": "I am a nurse in Lyon.", "how_to_answer": "Briefly, in French."},
+                request_only=True,
+            )
+        ],
+    )
+    def patch(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        instructions = services.custom_instructions_set(user=request.user, **serializer.validated_data)
+        return Response(CustomInstructionsOutputSerializer(instructions).data)

@@ -1,8 +1,12 @@
 """Forms of the chat UI's server-rendered pages."""
 
 from django import forms
+from django.contrib.auth.models import Group
 
 from agents.services import MEMORY_NOTE_MAX_CHARS
+
+from .models import PromptVisibility
+from .services import CUSTOM_INSTRUCTIONS_MAX_CHARS, PROMPT_TEXT_MAX_CHARS
 
 
 class FirstMessageForm(forms.Form):
@@ -37,3 +41,42 @@ class MemoryToggleForm(forms.Form):
     """Memory on or off: the button pressed sends ``memory_enabled=on`` or ``off``."""
 
     memory_enabled = forms.ChoiceField(choices=[("on", "on"), ("off", "off")])
+
+
+class CustomInstructionsForm(forms.Form):
+    """The user's custom instructions (``/settings/``): see :func:`chat.services.custom_instructions_set`."""
+
+    about_me = forms.CharField(
+        label="About me",
+        required=False,
+        max_length=CUSTOM_INSTRUCTIONS_MAX_CHARS,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "I am a nurse in Lyon; I read English and French."}),
+        help_text="What the model should know about you.",
+    )
+    how_to_answer = forms.CharField(
+        label="How to answer",
+        required=False,
+        max_length=CUSTOM_INSTRUCTIONS_MAX_CHARS,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Briefly, with metric units."}),
+        help_text=f"How you want to be answered. Each box holds up to {CUSTOM_INSTRUCTIONS_MAX_CHARS:,} characters.",
+    )
+    enabled = forms.BooleanField(label="Use them in my conversations", required=False)
+
+
+class PromptForm(forms.Form):
+    """A prompt for the library (``/settings/``): see :func:`chat.services.prompt_create`."""
+
+    title = forms.CharField(max_length=120)
+    text = forms.CharField(
+        max_length=PROMPT_TEXT_MAX_CHARS,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Translate into {{language}}:\n\n{{text}}"}),
+        help_text="Write {{name}} where a value is filled in when you insert it (type / in the composer).",
+    )
+    visibility = forms.ChoiceField(choices=PromptVisibility.choices, initial=PromptVisibility.PRIVATE)
+    groups = forms.ModelMultipleChoiceField(
+        queryset=Group.objects.none(), required=False, help_text="With visibility “My groups”."
+    )
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["groups"].queryset = user.groups.order_by("name")

@@ -1,9 +1,11 @@
+import re
 import uuid
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils import timezone
 
 
 class Conversation(models.Model):
@@ -127,3 +129,123 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rating} on {self.message_id}"
+
+
+class SharedConversation(models.Model):
+    """A read-only link to a snapshot of a conversation, opened at ``/s/<token>/``. Written only through
+    chat.services.
+
+    ``messages`` is a copy taken when the link was made, so later edits, regenerations or deletions
+    in the conversation never change what the link shows. Its shape (``snapshot_version`` 1):
+    ``[{"role": "user"|"assistant", "content": str, "model": str, "created_at": ISO 8601 str}]``,
+    oldest first. The link works until it is revoked (``revoked_at``) or ``expires_at`` passes; the
+    row is kept either way, for the owner's list and the admin.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    token = models.CharField(max_length=64, unique=True, editable=False, help_text="The link's secret part.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="shared_conversations")
+    conversation = models.ForeignKey(
+        Conversation,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="shares",
+        help_text="The conversation it was taken from (kept empty once that is deleted; the snapshot stays).",
+    )
+    title = models.CharField(max_length=200, blank=True)
+    messages = models.JSONField(default=list, blank=True)
+    snapshot_version = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the link never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(expires_at__isnull=True) | Q(expires_at__gt=models.F("created_at")),
+                name="chat_share_expires_after_creation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        # Never the token: this is what the admin log and audit events show.
+        return self.title or "Shared conversation"
+
+    def get_absolute_url(self) -> str:
+        return reverse("chat:shared_conversation", args=[self.token])
+
+    def is_active(self, *, now=None) -> bool:
+        """Return whether the link still opens: not revoked and not expired (at ``now``, default now)."""
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class PromptVisibility(models.TextChoices):
+    PRIVATE = "private", "Only me"
+    GROUPS = "groups", "My groups"
+    EVERYONE = "everyone", "Everyone"
+
+
+# {{name}} in a prompt's text: a letter, digit or _ first, then letters, digits, _, - or spaces, trimmed.
+# The same pattern as static/js/prompts.js.
+PROMPT_VARIABLE = re.compile(r"\{\{\s*(\w[\w \-]{0,62}?)\s*\}\}")
+
+
+class Prompt(models.Model):
+    """A saved prompt of the prompt library, inserted with ``/`` in the composer. Written only through
+    chat.services.
+
+    ``text`` may hold ``{{variables}}`` (:meth:`variables`), filled in when it
+    is inserted. Its owner alone changes it; others see it when ``visibility`` is ``everyone``, or
+    ``groups`` and they are in one of ``groups``.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompts")
+    title = models.CharField(max_length=120)
+    text = models.TextField()
+    visibility = models.CharField(max_length=16, choices=PromptVisibility.choices, default=PromptVisibility.PRIVATE)
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="prompts", help_text="Who sees it when visibility is groups."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["title"]
+        indexes = [models.Index(fields=["owner", "title"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(visibility__in=["private", "groups", "everyone"]), name="chat_prompt_visibility_valid"
+            ),
+            models.CheckConstraint(condition=~Q(title=""), name="chat_prompt_title_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def variables(self) -> list[str]:
+        """Return the ``{{variables}}`` of the text, each once, in order of first appearance."""
+        return list(dict.fromkeys(m.group(1) for m in PROMPT_VARIABLE.finditer(self.text)))
+
+
+class CustomInstructions(models.Model):
+    """A user's custom instructions, added to the system prompt of their chat turns. Written only through
+    chat.services (``/settings/`` and ``/api/v1/me/instructions/``)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="custom_instructions"
+    )
+    about_me = models.TextField("about me", blank=True, help_text="What the model should know about the user.")
+    how_to_answer = models.TextField(blank=True, help_text="How the user wants to be answered.")
+    enabled = models.BooleanField(default=True, help_text="Off: kept, but not sent to the model.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "custom instructions"
+
+    def __str__(self) -> str:
+        return f"Custom instructions of {self.user_id}"

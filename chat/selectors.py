@@ -11,7 +11,16 @@ from django.utils import timezone
 from accounts.models import UsageRecord, User
 from accounts.quotas import generation_live
 
-from .models import Conversation, Message, MessageStatus, Role
+from .models import (
+    Conversation,
+    CustomInstructions,
+    Message,
+    MessageStatus,
+    Prompt,
+    PromptVisibility,
+    Role,
+    SharedConversation,
+)
 
 # A message still "streaming" after this long was orphaned by a process that died mid-generation,
 # when its lease cannot be read (Redis down) or at `manage.py finalize_orphans` without --all.
@@ -143,3 +152,87 @@ def session_count() -> int:
     from django.contrib.sessions.models import Session
 
     return Session.objects.filter(expire_date__gt=timezone.now()).count()
+
+
+def share_list(*, user: User) -> QuerySet[SharedConversation]:
+    """Return ``user``'s share links, newest first: active, expired and revoked ones alike."""
+    return SharedConversation.objects.filter(owner=user).order_by("-created_at")
+
+
+def share_get(*, user: User, share_id) -> SharedConversation:
+    """Return ``user``'s share link ``share_id``; raise ``Http404`` when none (or someone else's)."""
+    share = share_list(user=user).filter(pk=share_id).first()
+    if share is None:
+        raise Http404("No such share link.")
+    return share
+
+
+def share_get_active(*, token: str) -> SharedConversation:
+    """Return the share link whose token is ``token`` if it still opens (not revoked, not expired).
+
+    Raise ``Http404`` otherwise, the same for an unknown, a revoked and an expired token, so a
+    visitor learns nothing about links that do not open.
+    """
+    now = timezone.now()
+    share = (
+        SharedConversation.objects.filter(token=token, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .first()
+    )
+    if share is None:
+        raise Http404("No such share link.")
+    return share
+
+
+def prompt_list(*, user: User, query: str = "") -> QuerySet[Prompt]:
+    """Return the library prompts ``user`` may use, by title: their own, those shared with everyone, and
+    those shared with a group they are in. ``query``: only titles containing it (any case)."""
+    visible = (
+        Q(owner=user)
+        | Q(visibility=PromptVisibility.EVERYONE)
+        | Q(visibility=PromptVisibility.GROUPS, groups__in=user.groups.all())
+    )
+    prompts = Prompt.objects.filter(visible).distinct().select_related("owner").prefetch_related("groups")
+    query = query.strip()
+    if query:
+        prompts = prompts.filter(title__icontains=query)
+    return prompts.order_by("title", "created_at")
+
+
+def prompt_get(*, user: User, prompt_id, owned: bool = False) -> Prompt:
+    """Return prompt ``prompt_id`` if ``user`` may use it (``owned``: only if it is theirs, to change it).
+
+    Raise ``Http404`` otherwise: a prompt that is not shared with ``user`` is not revealed.
+    """
+    prompts = Prompt.objects.filter(owner=user) if owned else prompt_list(user=user)
+    prompt = prompts.filter(pk=prompt_id).first()
+    if prompt is None:
+        raise Http404("No such prompt.")
+    return prompt
+
+
+def custom_instructions_get(*, user: User) -> CustomInstructions:
+    """Return ``user``'s custom instructions (unsaved and empty when they have set none)."""
+    return CustomInstructions.objects.filter(user=user).first() or CustomInstructions(user=user)
+
+
+def custom_instructions_prompt(*, user_id: int) -> str:
+    """Return the part of a turn's system prompt that carries user ``user_id``'s custom instructions.
+
+    "" when they have none or turned them off. Otherwise a short block naming each non-empty part
+    ("About the user:", "How to answer:"), meant to follow the model's own system prompt.
+    """
+    instructions = CustomInstructions.objects.filter(user_id=user_id, enabled=True).first()
+    if instructions is None:
+        return ""
+    parts = [
+        f"{label}\n{text}"
+        for label, text in (
+            ("About the user:", instructions.about_me),
+            ("How the user wants you to answer:", instructions.how_to_answer),
+        )
+        if text
+    ]
+    if not parts:
+        return ""
+    return "The user's custom instructions.\n\n" + "\n\n".join(parts)

@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from .models import Conversation, Feedback, Message
+from .models import Conversation, CustomInstructions, Feedback, Message, Prompt, SharedConversation
 
 
 class MessageOutputSerializer(serializers.ModelSerializer):
@@ -60,3 +60,78 @@ class FeedbackOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Feedback
         fields = ["id", "message", "rating", "comment", "created_at", "updated_at"]
+
+
+class ShareOutputSerializer(serializers.ModelSerializer):
+    """A share link as its owner sees it: ``url`` is the absolute public address (``/s/<token>/``)."""
+
+    conversation = serializers.UUIDField(source="conversation_id", read_only=True, allow_null=True)
+    url = serializers.SerializerMethodField()
+    active = serializers.SerializerMethodField()
+    message_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SharedConversation
+        fields = [
+            "id",
+            "conversation",
+            "title",
+            "url",
+            "active",
+            "message_count",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+        ]
+
+    def get_url(self, share: SharedConversation) -> str:
+        request = self.context.get("request")
+        path = share.get_absolute_url()
+        return request.build_absolute_uri(path) if request is not None else path
+
+    def get_active(self, share: SharedConversation) -> bool:
+        return share.is_active()
+
+    def get_message_count(self, share: SharedConversation) -> int:
+        return len(share.messages)
+
+
+class PromptOutputSerializer(serializers.ModelSerializer):
+    """A library prompt: ``variables`` are the ``{{names}}`` in its text; ``mine``: the user owns it."""
+
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    groups = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    variables = serializers.SerializerMethodField()
+    mine = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prompt
+        fields = [
+            "id",
+            "title",
+            "text",
+            "variables",
+            "visibility",
+            "groups",
+            "owner",
+            "mine",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_variables(self, prompt: Prompt) -> list[str]:
+        return prompt.variables()
+
+    def get_mine(self, prompt: Prompt) -> bool:
+        request = self.context.get("request")
+        return request is not None and prompt.owner_id == request.user.pk
+
+
+class CustomInstructionsOutputSerializer(serializers.ModelSerializer):
+    """A user's custom instructions; ``updated_at`` is null until they are first saved."""
+
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = CustomInstructions
+        fields = ["about_me", "how_to_answer", "enabled", "updated_at"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import Length
@@ -30,7 +32,18 @@ from inference.selectors import model_config_get
 from inference.services import cost_estimate, generation_params
 
 from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
-from .models import Conversation, Feedback, Message, MessageStatus, Rating, Role
+from .models import (
+    Conversation,
+    CustomInstructions,
+    Feedback,
+    Message,
+    MessageStatus,
+    Prompt,
+    PromptVisibility,
+    Rating,
+    Role,
+    SharedConversation,
+)
 from .selectors import (
     generation_active,
     generation_running,
@@ -577,3 +590,206 @@ def orphans_finalize_lapsed(*, confirm_seconds: float | None = None) -> int:
     if not lapsed:
         return 0
     return sum(_orphan_finalize(message_id=gid, owner_id=owners[gid]) for gid in lapsed)
+
+
+SHARE_TOKEN_BYTES = 24  # secrets.token_urlsafe(24): 32 URL-safe characters, 192 random bits
+SHARE_MAX_DAYS = 365  # the longest expiry a link may be given, in days
+
+
+def share_snapshot(*, conversation: Conversation) -> list[dict]:
+    """Return what a share link of ``conversation`` shows: its questions and finished answers, oldest first.
+
+    Shape (``SharedConversation.snapshot_version`` 1): ``[{"role", "content", "model", "created_at"}]``,
+    ``created_at`` in ISO 8601. The history a model sees (:func:`chat.selectors.model_messages`): no
+    failed answer, none being generated, none replaced by a regeneration, no empty message.
+    """
+    rows = message_list(conversation=conversation).filter(
+        role__in=[Role.USER, Role.ASSISTANT], status__in=[MessageStatus.COMPLETE, MessageStatus.CANCELLED]
+    )
+    return [
+        {"role": m.role, "content": m.content, "model": m.model_slug, "created_at": m.created_at.isoformat()}
+        for m in rows
+        if m.content
+    ]
+
+
+def share_create(*, conversation: Conversation, expires_in_days: int | None = None) -> SharedConversation:
+    """Create a read-only link of ``conversation``'s owner to a snapshot of it as it is now.
+
+    ``expires_in_days`` (1 to :data:`SHARE_MAX_DAYS`; ``None``: never) sets ``expires_at``. The token
+    is ``secrets.token_urlsafe`` (:data:`SHARE_TOKEN_BYTES` random bytes). Recorded as a
+    ``share.create`` audit event. Raise :class:`ParleyError` ``nothing_to_share`` (400) when the
+    conversation has no finished message yet, ``invalid`` (400) for an expiry out of range.
+    """
+    if expires_in_days is not None and not 1 <= expires_in_days <= SHARE_MAX_DAYS:
+        raise ParleyError(f"expires_in_days must be between 1 and {SHARE_MAX_DAYS}.", code="invalid")
+    snapshot = share_snapshot(conversation=conversation)
+    if not snapshot:
+        raise ParleyError("This conversation has no finished message to share yet.", code="nothing_to_share")
+    now = timezone.now()
+    with transaction.atomic():
+        share = SharedConversation.objects.create(
+            token=secrets.token_urlsafe(SHARE_TOKEN_BYTES),
+            owner_id=conversation.owner_id,
+            conversation=conversation,
+            title=conversation.title or str(conversation),
+            messages=snapshot,
+            expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+        )
+        audit_record(
+            action="share.create",
+            target=share,
+            changes={
+                "conversation": str(conversation.pk),
+                "messages": len(snapshot),
+                "expires_at": share.expires_at.isoformat() if share.expires_at else None,
+            },
+        )
+    return share
+
+
+def share_revoke(*, share: SharedConversation) -> SharedConversation:
+    """Revoke ``share``: its link answers 404 from now on. Return it.
+
+    Revoking again changes nothing (the first ``revoked_at`` stays, no second audit event); the
+    first time is a ``share.revoke`` audit event.
+    """
+    with transaction.atomic():
+        locked = SharedConversation.objects.select_for_update().get(pk=share.pk)
+        if locked.revoked_at is None:
+            locked.revoked_at = timezone.now()
+            locked.save(update_fields=["revoked_at"])
+            audit_record(action="share.revoke", target=locked, changes={"owner": locked.owner.get_username()})
+    share.revoked_at = locked.revoked_at
+    return share
+
+
+def share_continue(*, share: SharedConversation, user: User) -> Conversation:
+    """Copy the snapshot of ``share`` into a new conversation of ``user`` ("continue this chat"); return it.
+
+    The new conversation has the share's title and its messages (role, content, model), in order,
+    as finished messages; the visitor's next message continues from them. Nothing of the original
+    conversation is linked or changed.
+    """
+    with transaction.atomic():
+        conversation = conversation_create(owner=user, title=share.title)
+        rows = Message.objects.bulk_create(
+            Message(
+                conversation=conversation,
+                role=item["role"],
+                content=item["content"],
+                model_slug=item.get("model", "")[:64],
+                status=MessageStatus.COMPLETE,
+                metadata={"copied_from_share": str(share.pk)},
+            )
+            for item in share.messages
+            if item.get("role") in (Role.USER, Role.ASSISTANT)
+        )
+        # created_at is the list's order; a bulk insert may give rows the same microsecond.
+        start = timezone.now()
+        for index, row in enumerate(rows):
+            row.created_at = start + timedelta(microseconds=index)
+        Message.objects.bulk_update(rows, ["created_at"])
+    return conversation
+
+
+PROMPT_TEXT_MAX_CHARS = 20_000  # characters of a library prompt's text
+
+
+def _prompt_groups(*, owner: User, visibility: str, groups: list[Group] | None) -> list[Group]:
+    """Return the groups a prompt is shared with; raise ``invalid`` (400) for a group ``owner`` is not in."""
+    if visibility != PromptVisibility.GROUPS:
+        return []
+    groups = list(groups or [])
+    if not groups:
+        raise ParleyError("Choose at least one of your groups to share the prompt with.", code="invalid")
+    mine = set(owner.groups.values_list("pk", flat=True))
+    if any(group.pk not in mine for group in groups):
+        raise ParleyError("A prompt can be shared only with groups you are in.", code="invalid")
+    return groups
+
+
+def _prompt_clean(*, title: str, text: str) -> tuple[str, str]:
+    title, text = title.strip()[:120], text.strip()
+    if not title or not text:
+        raise ParleyError("A prompt needs a title and a text.", code="invalid")
+    if len(text) > PROMPT_TEXT_MAX_CHARS:
+        raise ParleyError(f"A prompt's text is at most {PROMPT_TEXT_MAX_CHARS:,} characters.", code="invalid")
+    return title, text
+
+
+@transaction.atomic
+def prompt_create(
+    *,
+    owner: User,
+    title: str,
+    text: str,
+    visibility: str = PromptVisibility.PRIVATE,
+    groups: list[Group] | None = None,
+) -> Prompt:
+    """Add a prompt to ``owner``'s library and return it.
+
+    ``visibility``: ``private`` (default), ``groups`` (with ``groups``, each one ``owner`` is in) or
+    ``everyone``. Raise :class:`ParleyError` ``invalid`` (400) for an empty title or text, a text
+    over :data:`PROMPT_TEXT_MAX_CHARS` characters, or groups that are missing or not ``owner``'s.
+    """
+    title, text = _prompt_clean(title=title, text=text)
+    shared_with = _prompt_groups(owner=owner, visibility=visibility, groups=groups)
+    prompt = Prompt.objects.create(owner=owner, title=title, text=text, visibility=visibility)
+    prompt.groups.set(shared_with)
+    return prompt
+
+
+@transaction.atomic
+def prompt_update(
+    *,
+    prompt: Prompt,
+    title: str | None = None,
+    text: str | None = None,
+    visibility: str | None = None,
+    groups: list[Group] | None = None,
+) -> Prompt:
+    """Change ``prompt`` (``None`` leaves a field be) and return it; raise as :func:`prompt_create` does."""
+    title, text = _prompt_clean(
+        title=prompt.title if title is None else title, text=prompt.text if text is None else text
+    )
+    visibility = visibility or prompt.visibility
+    if groups is None and visibility == PromptVisibility.GROUPS:
+        groups = list(prompt.groups.all())
+    shared_with = _prompt_groups(owner=prompt.owner, visibility=visibility, groups=groups)
+    prompt.title, prompt.text, prompt.visibility = title, text, visibility
+    prompt.save(update_fields=["title", "text", "visibility", "updated_at"])
+    prompt.groups.set(shared_with)
+    return prompt
+
+
+def prompt_delete(*, prompt: Prompt) -> None:
+    """Delete ``prompt`` from its owner's library (and from everyone's list it was shared to)."""
+    prompt.delete()
+
+
+CUSTOM_INSTRUCTIONS_MAX_CHARS = 1_500  # characters of each of "about me" and "how to answer"
+
+
+def custom_instructions_set(
+    *, user: User, about_me: str | None = None, how_to_answer: str | None = None, enabled: bool | None = None
+) -> CustomInstructions:
+    """Store ``user``'s custom instructions (``None`` leaves a field be) and return them.
+
+    Each text is stripped; raise :class:`ParleyError` ``invalid`` (400) when one is longer than
+    :data:`CUSTOM_INSTRUCTIONS_MAX_CHARS` characters. Used from the next turn on (see
+    :func:`chat.selectors.custom_instructions_prompt`).
+    """
+    with transaction.atomic():
+        instructions, _ = CustomInstructions.objects.select_for_update().get_or_create(user=user)
+        for name, value in (("about_me", about_me), ("how_to_answer", how_to_answer)):
+            if value is None:
+                continue
+            value = value.strip()
+            if len(value) > CUSTOM_INSTRUCTIONS_MAX_CHARS:
+                raise ParleyError(f"{name}: at most {CUSTOM_INSTRUCTIONS_MAX_CHARS:,} characters.", code="invalid")
+            setattr(instructions, name, value)
+        if enabled is not None:
+            instructions.enabled = enabled
+        instructions.save()
+    return instructions

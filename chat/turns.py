@@ -27,7 +27,7 @@ from inference.services import tokens_per_second
 
 from .memory import memory_after_turn
 from .models import Message, MessageStatus
-from .selectors import model_messages
+from .selectors import custom_instructions_prompt, model_messages
 from .serializers import MessageOutputSerializer
 from .services import Turn, message_finalize, message_partial_save
 from .tasks import turn_run_task
@@ -187,10 +187,17 @@ async def _listen_for_stop(layer, channel: str, cancel: threading.Event) -> None
 
 
 def _turn_prepare(turn: Turn) -> tuple[list[dict[str, str]], dict]:
-    """Return the turn's chat messages and what its retrieval can search, in one database call."""
+    """Return the turn's chat messages and what its retrieval can search.
+
+    The system prompt is the model's, followed by the owner's custom instructions (if any).
+    """
     message = turn.assistant_message
-    messages = model_messages(conversation=message.conversation, system_prompt=turn.model.system_prompt)
-    return messages, turn_knowledge(user_id=message.conversation.owner_id)
+    owner_id = message.conversation.owner_id
+    system_prompt = "\n\n".join(
+        part for part in (turn.model.system_prompt, custom_instructions_prompt(user_id=owner_id)) if part
+    )
+    messages = model_messages(conversation=message.conversation, system_prompt=system_prompt)
+    return messages, turn_knowledge(user_id=owner_id)
 
 
 def _turn_finish(

@@ -1,15 +1,19 @@
 """Server-rendered chat pages. The answer streams over the WebSocket (static/js/chat.js).
 
 The settings page (``/settings/``): memory on or off, the user's memories, a note to remember.
+Share links: the public page ``/s/<token>/``, "continue this chat", and the owner's list ``/shared/``.
 """
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib import messages as notices
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.http import HttpResponseBadRequest
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.services import user_memory_set
@@ -21,8 +25,18 @@ from inference.providers import ModelUnavailable
 from inference.selectors import model_config_get, model_config_list
 
 from . import services, turns
-from .forms import FirstMessageForm, MemoryNoteForm, MemoryToggleForm
-from .selectors import conversation_get, conversation_list, message_list
+from .forms import CustomInstructionsForm, FirstMessageForm, MemoryNoteForm, MemoryToggleForm, PromptForm
+from .selectors import (
+    conversation_get,
+    conversation_list,
+    custom_instructions_get,
+    message_list,
+    prompt_get,
+    prompt_list,
+    share_get,
+    share_get_active,
+    share_list,
+)
 from .serializers import MessageOutputSerializer
 
 
@@ -111,16 +125,40 @@ def conversation_detail(request, conversation_id):
 MEMORIES_PER_PAGE = 50
 
 
-def _settings_page(request, *, note_form: MemoryNoteForm | None = None, status: int = 200):
+def _settings_page(
+    request,
+    *,
+    note_form: MemoryNoteForm | None = None,
+    instructions_form: CustomInstructionsForm | None = None,
+    prompt_form: PromptForm | None = None,
+    status: int = 200,
+):
     memories = memory_list(user=request.user).select_related("conversation")
     page = Paginator(memories, MEMORIES_PER_PAGE).get_page(request.GET.get("page"))
-    context = {"note_form": note_form or MemoryNoteForm(), "page": page, "memory_count": page.paginator.count}
+    instructions = custom_instructions_get(user=request.user)
+    if instructions_form is None:
+        instructions_form = CustomInstructionsForm(
+            initial={
+                "about_me": instructions.about_me,
+                "how_to_answer": instructions.how_to_answer,
+                "enabled": instructions.enabled,
+            }
+        )
+    context = {
+        "note_form": note_form or MemoryNoteForm(),
+        "page": page,
+        "memory_count": page.paginator.count,
+        "instructions_form": instructions_form,
+        "prompt_form": prompt_form or PromptForm(user=request.user),
+        "prompts": prompt_list(user=request.user).filter(owner=request.user),
+    }
     return render(request, "chat/settings.html", context, status=status)
 
 
 @login_required
 def settings_page(request):
-    """The user's settings: memory on or off, their memories (newest first, 50 a page), a note to add."""
+    """The user's settings: memory on or off, their memories (newest first, 50 a page), a note to add,
+    their custom instructions and their prompt library."""
     return _settings_page(request)
 
 
@@ -177,3 +215,106 @@ def memory_remove_all(request):
     deleted = memory_delete_all(owner=request.user)
     notices.success(request, f"Deleted {deleted} memor{'y' if deleted == 1 else 'ies'}.")
     return redirect(_back_to_memories())
+
+
+# Share pages: the link must never be indexed, nor leak in a Referer, nor be served from a cache
+# after it is revoked.
+SHARE_PAGE_HEADERS = {
+    "X-Robots-Tag": "noindex, nofollow",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _share_page(request, template: str, context: dict | None = None, *, status: int = 200):
+    response = render(request, template, context or {}, status=status)
+    for header, value in SHARE_PAGE_HEADERS.items():
+        response[header] = value
+    return response
+
+
+def shared_conversation(request, token: str):
+    """The read-only page of a share link (``/s/<token>/``): the snapshot, and "Continue this chat".
+
+    With ``SHARE_PUBLIC`` off, anonymous visitors go to the login page first (``next=`` back here),
+    before the token is even looked up: whether a link exists is not told to them. An unknown,
+    revoked or expired token is one and the same 404 page. The messages are rendered in the
+    browser by the chat's own renderer (static/js/render.js: marked, then DOMPurify).
+    """
+    if not settings.SHARE_PUBLIC and not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    try:
+        share = share_get_active(token=token)
+    except Http404:
+        return _share_page(request, "chat/share_missing.html", status=404)
+    return _share_page(request, "chat/shared.html", {"share": share, "messages_data": share.messages})
+
+
+@login_required
+@require_POST
+def shared_conversation_continue(request, token: str):
+    """Copy a share link's snapshot into a new conversation of the visitor's, then open it (302).
+
+    The same 404 page as :func:`shared_conversation` when the link does not open.
+    """
+    try:
+        share = share_get_active(token=token)
+    except Http404:
+        return _share_page(request, "chat/share_missing.html", status=404)
+    conversation = services.share_continue(share=share, user=request.user)
+    return redirect(conversation)
+
+
+@login_required
+def shares_page(request):
+    """The user's share links ("Shared"), newest first, each with its state and a Revoke button."""
+    page = Paginator(share_list(user=request.user), MEMORIES_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request, "chat/shares.html", {"page": page, "now": timezone.now(), "share_public": settings.SHARE_PUBLIC}
+    )
+
+
+@login_required
+@require_POST
+def share_revoke(request, share_id):
+    """Revoke one of the user's share links (404 for anyone else's), then back to the list."""
+    services.share_revoke(share=share_get(user=request.user, share_id=share_id))
+    notices.success(request, "Link revoked: it no longer opens.")
+    return redirect("chat:shares")
+
+
+@login_required
+@require_POST
+def custom_instructions_save(request):
+    """Store the user's custom instructions, then back to the settings page (400 with the form's errors)."""
+    form = CustomInstructionsForm(request.POST)
+    if not form.is_valid():
+        return _settings_page(request, instructions_form=form, status=400)
+    services.custom_instructions_set(user=request.user, **form.cleaned_data)
+    notices.success(request, "Custom instructions saved.")
+    return redirect(reverse("chat:settings") + "#instructions")
+
+
+@login_required
+@require_POST
+def prompt_add(request):
+    """Add a prompt to the user's library, then back to the list (400 with the form's errors)."""
+    form = PromptForm(request.POST, user=request.user)
+    if not form.is_valid():
+        return _settings_page(request, prompt_form=form, status=400)
+    try:
+        services.prompt_create(owner=request.user, **form.cleaned_data)
+    except ParleyError as exc:
+        form.add_error(None, exc.detail)
+        return _settings_page(request, prompt_form=form, status=exc.status_code)
+    notices.success(request, "Prompt saved: type / in the composer to use it.")
+    return redirect(reverse("chat:settings") + "#prompts")
+
+
+@login_required
+@require_POST
+def prompt_remove(request, prompt_id):
+    """Delete one of the user's prompts (404 for anyone else's)."""
+    services.prompt_delete(prompt=prompt_get(user=request.user, prompt_id=prompt_id, owned=True))
+    notices.success(request, "Prompt deleted.")
+    return redirect(reverse("chat:settings") + "#prompts")

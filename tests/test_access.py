@@ -21,14 +21,14 @@ from rest_framework.test import APIClient
 from accounts.services import api_key_create
 from agents.services import document_create, memory_exchange_store
 from chat.models import Message, MessageStatus, Role
-from chat.services import conversation_create
+from chat.services import conversation_create, prompt_create, share_create
 from conftest import make_user
 
 pytestmark = pytest.mark.django_db
 
 PUBLIC = {"/api/v1/auth/token/", "/api/v1/auth/token/refresh/"}
 STAFF_ONLY = re.compile(r"^/api/v1/(admin|cache)/")
-OWNED = re.compile(r"\{(conversation_id|message_id|document_id|api_key_id|memory_id)\}")
+OWNED = re.compile(r"\{(conversation_id|message_id|document_id|api_key_id|memory_id|share_id|prompt_id)\}")
 
 
 def operations() -> list[tuple[str, str]]:
@@ -62,6 +62,8 @@ def world(local_model):
         "document_id": document.pk,
         "api_key_id": api_key.pk,
         "memory_id": memory.pk,
+        "share_id": share_create(conversation=conversation).pk,
+        "prompt_id": prompt_create(owner=owner, title="Mine", text="Say {{x}}").pk,
         "layer": "intent",
     }
     return {"owner": owner, "other": other, "staff": staff}, ids

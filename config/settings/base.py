@@ -391,6 +391,9 @@ CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
 CHAT_TOKEN_BATCH_MS = env.int("CHAT_TOKEN_BATCH_MS", default=50)
 # ...or when it holds this many deltas, whichever comes first.
 CHAT_TOKEN_BATCH_SIZE = env.int("CHAT_TOKEN_BATCH_SIZE", default=16)
+# Share links (/s/<token>/): true lets anyone with the link read it without logging in; false (the
+# default) asks anonymous visitors to log in first (any logged-in user may then read it).
+SHARE_PUBLIC = env.bool("SHARE_PUBLIC", default=False)
 
 # Logs: one readable line a record (LOG_FORMAT=console; local.py's default) or one JSON object a line
 # (json; the default elsewhere, for log collectors), each record with the request id (core.log),
