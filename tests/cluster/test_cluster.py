@@ -1,0 +1,326 @@
+"""A cluster on one machine (issue 19): 2 Daphne processes, 2 Celery workers, one PostgreSQL, one Redis.
+
+Every part is a real subprocess, started as the Procfile starts it (``daphne ... config.asgi:application``;
+``celery -A config worker --concurrency 1 -Q celery``), with ``INFERENCE_EXECUTION=celery`` and the
+test database's URL, so they and this process share the database, the channel layer and the broker.
+The model is a :class:`~tests.servers.ScriptedServer` that paces its words (an answer takes ~5 s), so
+faults can land mid-answer. Clients are real WebSocket, SSE and REST clients. The README section
+"Running on several machines" describes this topology.
+
+The figures of each fault (messages lost, answers left streaming, offset gaps and repeats, seconds
+to recover) are printed: run with ``-s`` to see them. Each check asserts the zero targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from accounts.services import api_key_create
+from chat.models import Message, MessageStatus
+from chat.services import conversation_create
+from conftest import make_user, session_cookie
+from inference.models import CachePolicy, ModelConfig, Provider
+from tests.servers import ScriptedServer, celery_ping, free_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+# The model's answer: 120 distinct words, one every 40 ms (~5 s). Distinct words make a repeated or
+# missing piece visible in the text.
+WORDS = tuple(f" w{number:03d}" for number in range(120))
+ANSWER = "".join(WORDS)
+WORD_DELAY = 0.04
+LEASE_SECONDS = 6  # GENERATION_LEASE_SECONDS of every process: low, so a dead worker's answer ends soon
+ORPHAN_CONFIRM_SECONDS = 1
+ORPHAN_SWEEP_SECONDS = 1
+EVENT_TIMEOUT = 30  # seconds a client waits for an event before the check fails
+NODE = os.uname().nodename
+
+
+class Cluster:
+    """The processes of one test: web processes and workers by name, their logs in ``log_dir``."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir = log_dir
+        self.env = env
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.urls: dict[str, str] = {}
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process owns it)
+        # A session of its own: a SIGKILL of the group is a machine dying, children included.
+        process = subprocess.Popen(  # noqa: S603 (our own command)
+            command,
+            env=self.env,
+            cwd=django_settings.BASE_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def web(self, name: str) -> str:
+        """Start a Daphne (the Procfile's ``web``) and return its base URL once ``/health/`` answers."""
+        port = free_port()
+        process = self._spawn(
+            name,
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, f"{name} exited: {self.tail(name)}"
+            assert time.monotonic() < deadline, f"{name} did not answer within 90 s"
+            try:
+                if httpx.get(f"{url}/health/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.urls[name] = url
+        return url
+
+    def worker(self, name: str) -> None:
+        """Start a Celery worker (the Procfile's ``worker``: prefork, one child, queue ``celery``); wait for a ping."""
+        process = self._spawn(
+            name,
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1", "-Q", "celery",
+                "-n", f"{name}@%h", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+            ],
+        )  # fmt: skip
+        deadline = time.monotonic() + 90
+        while not celery_ping(destination=[f"{name}@{NODE}"], timeout=0.5):
+            assert process.poll() is None, f"{name} exited: {self.tail(name)}"
+            assert time.monotonic() < deadline, f"{name} did not answer a ping within 90 s"
+
+    def beat(self) -> None:
+        """Start Celery beat (the Procfile's ``beat``): the orphan sweep every ORPHAN_SWEEP_SECONDS."""
+        self._spawn(
+            "beat",
+            [
+                sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "WARNING",
+                "--schedule", str(self.log_dir / "celerybeat-schedule"),
+            ],
+        )  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name`` and everything it started (a machine dying), and reap it."""
+        process = self.processes[name]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def model(db):
+    """The paced scripted upstream as the default model (openai_compatible, response cache never)."""
+    with ScriptedServer(["ok"], words=WORDS, word_delay=WORD_DELAY) as server:
+        ModelConfig.objects.update(is_default=False)
+        ModelConfig.objects.create(
+            slug="paced",
+            display_name="Paced",
+            provider=Provider.OPENAI_COMPATIBLE,
+            model="scripted",
+            base_url=server.base_url,
+            cache_policy=CachePolicy.NEVER,
+            is_default=True,
+            is_enabled=True,
+            max_retries=0,
+        )
+        yield server
+
+
+@pytest.fixture
+def cluster(request, model, tmp_path):
+    """Web ``a`` and ``b`` and workers ``w1`` and ``w2`` on the test database; logs shown on a failure."""
+    url = urlsplit(os.environ["DATABASE_URL"])
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        # pytest-django's test database (test_<name>), not the one DATABASE_URL names.
+        "DATABASE_URL": urlunsplit(url._replace(path=f"/{connection.settings_dict['NAME']}")),
+        "REDIS_KEY_PREFIX": django_settings.REDIS_KEY_PREFIX,
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "INFERENCE_EXECUTION": "celery",
+        "GENERATION_LEASE_SECONDS": str(LEASE_SECONDS),
+        "GENERATION_ORPHAN_CONFIRM_SECONDS": str(ORPHAN_CONFIRM_SECONDS),
+        "GENERATION_ORPHAN_GRACE_SECONDS": "1",
+        "ORPHAN_SWEEP_SECONDS": str(ORPHAN_SWEEP_SECONDS),
+    }
+    processes = Cluster(tmp_path, env)
+    failed_before = request.session.testsfailed
+    try:
+        processes.web("a")
+        processes.web("b")
+        processes.worker("w1")
+        processes.worker("w2")
+        yield processes
+    finally:
+        processes.stop()
+        if request.session.testsfailed > failed_before or sys.exc_info()[0] is not None:
+            for name in processes.processes:
+                sys.stderr.write(f"--- {name}'s log ---\n{processes.tail(name)}\n")
+
+
+class Client:
+    """One user of one conversation: a WebSocket to a web process, REST with an API key to any."""
+
+    def __init__(self, username: str = "", *, tab_of: Client | None = None):
+        """A new user ``username`` with a new conversation; or another tab of ``tab_of``'s (same user, conversation)."""
+        if tab_of is None:
+            self.user = make_user(username)
+            self.conversation = conversation_create(owner=self.user)
+            self.cookie = f"{django_settings.SESSION_COOKIE_NAME}={session_cookie(self.user)}"
+            self.key = api_key_create(user=self.user, name="cluster")[1]
+        else:
+            self.user, self.conversation = tab_of.user, tab_of.conversation
+            self.cookie, self.key = tab_of.cookie, tab_of.key
+        self.events: queue.Queue = queue.Queue()
+        self.socket = None
+
+    def open(self, base_url: str) -> None:
+        """Open the conversation's WebSocket on ``base_url``; its frames go to :attr:`events`."""
+        self.socket = ws_connect(
+            base_url.replace("http://", "ws://") + f"/ws/chat/{self.conversation.pk}/",
+            origin=base_url,
+            additional_headers={"Cookie": self.cookie},
+            open_timeout=30,
+        )
+        self.events = queue.Queue()
+        threading.Thread(target=self._read, args=(self.socket, self.events), daemon=True).start()
+
+    @staticmethod
+    def _read(socket, events: queue.Queue) -> None:
+        try:
+            with socket:  # the reader owns the connection: it closes when the reading ends
+                for frame in socket:
+                    events.put(json.loads(frame))
+        except (ConnectionClosed, OSError):
+            pass
+        events.put(None)  # closed
+
+    def send(self, content: str) -> None:
+        self.socket.send(json.dumps({"type": "message.send", "content": content, "cache": False}))
+
+    def next_event(self, timeout: float = EVENT_TIMEOUT) -> dict | None:
+        """The next frame, None when the socket closed; raise AssertionError after ``timeout`` seconds."""
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no event within {timeout} s") from None
+
+    def until(self, event_type: str) -> list[dict]:
+        """Every frame up to and including the first of ``event_type``."""
+        events = []
+        while True:
+            event = self.next_event()
+            assert event is not None, f"the socket closed before {event_type}: {events[-3:]}"
+            events.append(event)
+            if event["type"] == event_type:
+                return events
+
+    def rest(self, method: str, base_url: str, path: str, **kwargs) -> httpx.Response:
+        url = f"{base_url}/api/v1/conversations/{self.conversation.pk}/{path}"
+        headers = {"Authorization": f"Bearer {self.key}", **kwargs.pop("headers", {})}
+        return httpx.request(method, url, headers=headers, timeout=30, **kwargs)
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+
+
+def tokens(events: list[dict], message_id: str | None = None) -> list[tuple[int, str]]:
+    return [(e["offset"], e["delta"]) for e in events if e["type"] == "token" and message_id in (None, e["message_id"])]
+
+
+def sse_send(base_url: str, client: Client, content: str) -> list[tuple[str, dict]]:
+    """Send ``content`` with ``Accept: text/event-stream`` on ``base_url``; return its (event, data) pairs."""
+    events, name = [], None
+    with httpx.stream(
+        "POST",
+        f"{base_url}/api/v1/conversations/{client.conversation.pk}/messages/",
+        json={"content": content, "cache": False},
+        headers={"Authorization": f"Bearer {client.key}", "Accept": "text/event-stream"},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_a_turn_is_one_turn_on_every_web_process(cluster):
+    """A socket on A sends; a socket on B sees the same tokens; a stop through B's REST stops it; SSE on B works."""
+    alice = Client("alice")
+    on_b = Client(tab_of=alice)  # a second tab of hers, on web B
+    alice.open(cluster.urls["a"])
+    on_b.open(cluster.urls["b"])
+
+    alice.send("Tell me a long story.")
+    started = alice.until("generation.started")[-1]
+    # B relays the same turn: once it has seen some text, B's REST endpoint stops it.
+    seen_b = []
+    while not seen_b or seen_b[-1]["type"] != "token" or seen_b[-1]["offset"] < 40:
+        seen_b.append(on_b.next_event())
+        assert seen_b[-1] is not None and seen_b[-1]["type"] != "generation.completed", seen_b[-1]
+    stop = alice.rest("POST", cluster.urls["b"], "stop/")
+    assert stop.status_code == 202, stop.text
+    seen_a = alice.until("generation.completed")
+    seen_b += on_b.until("generation.completed")
+
+    a_tokens = tokens(seen_a)
+    stopped = seen_a[-1]["message"]
+    print(f"\n[cluster] stop through B: {len(a_tokens)} token events on A, {len(tokens(seen_b))} on B")
+    assert a_tokens and tokens(seen_b) == a_tokens
+    assert stopped["id"] == started["message_id"] == seen_b[-1]["message"]["id"]
+    assert stopped["status"] == MessageStatus.CANCELLED
+    assert stopped["content"] and ANSWER.startswith(stopped["content"]) and stopped["content"] != ANSWER
+    stored = Message.objects.get(pk=stopped["id"])
+    assert (stored.status, stored.content) == (MessageStatus.CANCELLED, stopped["content"])
+
+    # Another turn sent over SSE on B: it completes, and the socket on A relays the same tokens.
+    streamed = sse_send(cluster.urls["b"], alice, "And another one.")
+    assert streamed[-1][0] == "generation.completed"
+    answer = streamed[-1][1]["message"]
+    assert answer["status"] == MessageStatus.COMPLETE and answer["content"] == ANSWER
+    sse_tokens = [(d["offset"], d["delta"]) for name, d in streamed if name == "token"]
+    assert "".join(delta for _, delta in sse_tokens) == ANSWER
+    seen_a = alice.until("generation.completed")
+    assert tokens(seen_a, answer["id"]) == sse_tokens
+    alice.close()
+    on_b.close()
