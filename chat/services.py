@@ -19,7 +19,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import F, Func, JSONField, QuerySet, Sum, Value
+from django.db.models import F, Func, IntegerField, JSONField, QuerySet, Sum, Value
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -323,7 +323,7 @@ def import_job_run(*, job_id) -> ImportJob | None:
                 # the first one wrote.
                 written = (
                     ImportJob.objects.select_for_update()
-                    .annotate(written=Func(F("report"), function="jsonb_array_length"))
+                    .annotate(written=Func(F("report"), function="jsonb_array_length", output_field=IntegerField()))
                     .values_list("written", flat=True)
                     .get(pk=job.pk)
                 )
