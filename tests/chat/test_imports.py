@@ -152,7 +152,8 @@ def test_parley_export_round_trips(user, local_model, eager_celery, django_captu
 
 
 def response_bytes(user) -> bytes:
-    return b"".join(api(user).get("/api/v1/conversations/export/").streaming_content)
+    response = api(user).get("/api/v1/conversations/export/")
+    return b"".join(response.streaming_content)  # read to the end: the request is finished
 
 
 def test_malformed_json_fails_the_job_with_a_clear_message(user, eager_celery, django_capture_on_commit_callbacks):
