@@ -213,12 +213,14 @@ def import_job_create(*, owner: User, data: bytes, filename: str = "", enqueue: 
     return job
 
 
-def import_too_large(*, size: int | None = None) -> ParleyError:
-    """Return the 413 ``file_too_large`` error of an import over ``IMPORT_MAX_BYTES`` (``size``: bytes, if known)."""
-    limit = settings.IMPORT_MAX_BYTES
-    said = f"{size / 1048576:.1f} MiB" if size is not None else "larger than the limit"
+def import_too_large(*, size: int) -> ParleyError:
+    """Return the 413 ``file_too_large`` error of an import of ``size`` bytes, over ``IMPORT_MAX_BYTES``."""
+
+    def said(n: int) -> str:
+        return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n:,} bytes"
+
     return ParleyError(
-        f"The file is {said}; the import limit is {limit / 1048576:.1f} MiB (IMPORT_MAX_BYTES).",
+        f"The file is {said(size)}; the import limit is {said(settings.IMPORT_MAX_BYTES)} (IMPORT_MAX_BYTES).",
         code="file_too_large",
         status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     )

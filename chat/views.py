@@ -145,6 +145,7 @@ def _settings_page(
     instructions_form: CustomInstructionsForm | None = None,
     prompt_form: PromptForm | None = None,
     import_form: ImportForm | None = None,
+    import_error: str = "",
     status: int = 200,
 ):
     memories = memory_list(user=request.user).select_related("conversation")
@@ -166,6 +167,7 @@ def _settings_page(
         "prompt_form": prompt_form or PromptForm(user=request.user),
         "prompts": prompt_list(user=request.user).filter(owner=request.user),
         "import_form": import_form or ImportForm(),
+        "import_error": import_error,
         "import_jobs": import_job_list(user=request.user)[:IMPORT_JOBS_SHOWN],
     }
     return render(request, "chat/settings.html", context, status=status)
@@ -346,9 +348,7 @@ def import_upload(request):
     try:
         import_upload_refuse_early(request)
     except ParleyError as exc:
-        form = ImportForm()
-        form.add_error(None, exc.detail)
-        return _settings_page(request, import_form=form, status=exc.status_code)
+        return _settings_page(request, import_error=exc.detail, status=exc.status_code)
     return _import_upload(request)
 
 

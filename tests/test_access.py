@@ -28,7 +28,9 @@ pytestmark = pytest.mark.django_db
 
 PUBLIC = {"/api/v1/auth/token/", "/api/v1/auth/token/refresh/"}
 STAFF_ONLY = re.compile(r"^/api/v1/(admin|cache)/")
-OWNED = re.compile(r"\{(conversation_id|message_id|document_id|api_key_id|memory_id|share_id|prompt_id|import_job_id)\}")
+OWNED = re.compile(
+    r"\{(conversation_id|message_id|document_id|api_key_id|memory_id|share_id|prompt_id|import_job_id)\}"
+)
 
 
 def operations() -> list[tuple[str, str]]:
