@@ -4,8 +4,8 @@ Pure functions, no database: :func:`chat.services.import_job_run` writes what th
 
 ChatGPT's export (``conversations.json``, alone or in the zip ChatGPT emails) is a list of
 conversations ``{"id", "title", "create_time", "update_time", "mapping": {node_id: {"id",
-"message": {"author": {"role"}, "content": {"content_type", "parts"}, "create_time", "metadata"},
-"parent", "children"}}, "current_node"}``. The messages are a tree (each edit or regeneration a
+"message": {"author": {"role"}, "content": {"content_type", "parts"}, "create_time", "metadata",
+"recipient"}, "parent", "children"}}, "current_node"}``. The messages are a tree (each edit or regeneration a
 branch); the one imported is the active branch, from ``current_node`` up to the root.
 """
 
@@ -197,6 +197,7 @@ def _chatgpt_conversation(raw: dict, *, title: str) -> ImportedConversation:
         if (
             role not in (Role.USER, Role.ASSISTANT)
             or metadata.get("is_visually_hidden_from_conversation")
+            or message.get("recipient") not in (None, "all")  # the model calling a tool, not answering
             or content.get("content_type") not in _CHATGPT_TEXT_TYPES
         ):
             conversation.dropped += 1
