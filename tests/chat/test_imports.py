@@ -296,3 +296,31 @@ def _file(data: bytes, name: str) -> io.BytesIO:
     file = io.BytesIO(data)
     file.name = name
     return file
+
+
+def test_a_10000_message_conversation_is_skipped_with_the_default_cap(user):
+    """The issue's case: a 10,000-message chain (its tree 10,000 levels deep by parent pointers)."""
+    mapping = {"root": {"id": "root", "message": None, "parent": None, "children": ["n0"]}}
+    for i in range(10_000):
+        mapping[f"n{i}"] = {
+            "id": f"n{i}",
+            "parent": "root" if i == 0 else f"n{i - 1}",
+            "children": [f"n{i + 1}"] if i < 9_999 else [],
+            "message": {
+                "author": {"role": "user" if i % 2 == 0 else "assistant"},
+                "content": {"content_type": "text", "parts": [f"message {i}"]},
+                "create_time": T + i,
+                "metadata": {},
+            },
+        }
+    export = [
+        {"title": "Very long", "create_time": T, "mapping": mapping, "current_node": "n9999"},
+        json.loads(FIXTURE.read_text())[3],
+    ]
+    job = import_job_create(owner=user, data=json.dumps(export).encode(), enqueue=False)
+    job = import_job_run(job_id=job.pk)
+    assert job.status == "done"
+    assert job.report[0]["status"] == "skipped"
+    assert job.report[0]["reason"] == "10,000 messages; the limit is 5,000 (IMPORT_MAX_MESSAGES)."
+    assert job.report[1]["status"] == "imported"
+    assert not Message.objects.filter(content="message 0").exists()
