@@ -23,16 +23,6 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "chatgpt_conversati
 T = 1717000000.0  # the fixture's base create_time
 
 
-@pytest.fixture
-def eager_celery():
-    """Run queued tasks inline, as a worker would."""
-    from config.celery import app
-
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
-
-
 def api(user) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
@@ -40,9 +30,7 @@ def api(user) -> APIClient:
 
 
 def upload(client: APIClient, data: bytes, name: str = "conversations.json"):
-    file = io.BytesIO(data)
-    file.name = name
-    return client.post("/api/v1/imports/", {"file": file}, format="multipart")
+    return client.post("/api/v1/imports/", {"file": _file(data, name)}, format="multipart")
 
 
 def import_via_api(user, data: bytes, django_capture_on_commit_callbacks, name: str = "conversations.json") -> dict:
