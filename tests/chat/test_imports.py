@@ -3,6 +3,7 @@ zip, the Celery job and its report, size and message limits, owner scoping, ``ma
 
 import io
 import json
+import re
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,3 +313,17 @@ def test_a_10000_message_conversation_is_skipped_with_the_default_cap(user):
     assert job.report[0]["reason"] == "10,000 messages; the limit is 5,000 (IMPORT_MAX_MESSAGES)."
     assert job.report[1]["status"] == "imported"
     assert not Message.objects.filter(content="message 0").exists()
+
+
+def test_the_conversation_page_exports_that_conversation_alone(user, local_model):
+    mine = conversation_create(owner=user, title="This one")
+    Message.objects.create(conversation=mine, role=Role.USER, content="Hello")
+    conversation_create(owner=user, title="Another")
+    client = Client()
+    client.force_login(user)
+    page = client.get(mine.get_absolute_url()).content.decode()
+    link = re.search(r'href="([^"]+)" download id="export-link"', page).group(1)
+    response = client.get(link.replace("&amp;", "&"))
+    assert response.status_code == 200
+    data = json.loads(zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).read("conversations.json"))
+    assert [c["title"] for c in data["conversations"]] == ["This one"]
