@@ -82,6 +82,16 @@ def gemma_gguf(tmp_path_factory):
 
 
 @pytest.fixture
+def eager_celery():
+    """Run queued Celery tasks inline, as a worker would (not the worker itself: see tests/agents/test_worker)."""
+    from config.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture
 def user(db) -> User:
     return make_user("alice")
 

@@ -11,7 +11,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.admin_audit import AuditedAdmin
 
-from .models import Conversation, Feedback, Message, MessageStatus, Prompt, SharedConversation
+from .models import Conversation, Feedback, ImportJob, Message, MessageStatus, Prompt, SharedConversation
 from .services import conversations_export, share_revoke
 
 TOOL_RESULT_ADMIN_CHARS = 500  # of each result shown in a conversation; the message's page shows it whole
@@ -334,3 +334,50 @@ class PromptAdmin(AuditedAdmin, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Users' conversation imports with their reports, read-only (written only through chat.services)."""
+
+    audit_name = "import_job"
+    list_display = ["__str__", "owner", "status", "source", "total", "imported", "skipped", "created_at"]
+    list_filter = ["status", "source", "created_at"]
+    search_fields = ["filename", "owner__username", "owner__email"]
+    # The uploaded file itself (data) is not shown: it is the user's conversations.
+    fields = [
+        "id",
+        "owner",
+        "filename",
+        "size_bytes",
+        "source",
+        "status",
+        "error",
+        "total",
+        "imported",
+        "skipped",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "report_table",
+    ]
+    readonly_fields = fields
+    list_select_related = ["owner"]
+    date_hierarchy = "created_at"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("data")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="report")
+    def report_table(self, job: ImportJob) -> str:
+        rows = [
+            (e.get("status", ""), e.get("title", ""), e.get("messages", ""), e.get("reason", "")) for e in job.report
+        ]
+        items = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
+        return format_html("<table>{}</table>", items)

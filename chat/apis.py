@@ -1,7 +1,12 @@
 """Chat REST API under /api/v1/ (session auth for now)."""
 
+import tempfile
+
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.contrib.auth.models import Group
+from django.http import FileResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from redis.exceptions import RedisError
 from rest_framework import serializers, status
@@ -19,10 +24,13 @@ from inference.sse import event_stream_response
 from . import services, sse, turns
 from .models import PromptVisibility, Rating
 from .selectors import (
+    conversation_export_list,
     conversation_get,
     conversation_list,
     custom_instructions_get,
     generation_active,
+    import_job_get,
+    import_job_list,
     message_get,
     message_list,
     prompt_get,
@@ -34,6 +42,7 @@ from .serializers import (
     ConversationOutputSerializer,
     CustomInstructionsOutputSerializer,
     FeedbackOutputSerializer,
+    ImportJobOutputSerializer,
     MessageOutputSerializer,
     PromptOutputSerializer,
     ShareOutputSerializer,
@@ -692,3 +701,160 @@ class CustomInstructionsApi(APIView):
         serializer.is_valid(raise_exception=True)
         instructions = services.custom_instructions_set(user=request.user, **serializer.validated_data)
         return Response(CustomInstructionsOutputSerializer(instructions).data)
+
+
+class ConversationExportApi(APIView):
+    """``GET ?id=&id=``: a zip of the user's conversations (all of them, archived too, or those of the
+    ``id`` parameters): ``conversations.json`` (Parley's export format, which ``POST /imports/`` reads
+    back) and one Markdown file per conversation. Each conversation exported is audited
+    (``conversation.export``)."""
+
+    class FilterSerializer(serializers.Serializer):
+        id = serializers.ListField(
+            child=serializers.UUIDField(), required=False, default=list, help_text="Only these conversations."
+        )
+
+    @extend_schema(
+        summary="Export conversations as a zip",
+        parameters=[FilterSerializer],
+        responses={(200, "application/zip"): OpenApiResponse(description="The zip file.")},
+    )
+    def get(self, request):
+        filters = self.FilterSerializer(data={"id": request.query_params.getlist("id")})
+        filters.is_valid(raise_exception=True)
+        conversations = conversation_export_list(user=request.user, ids=filters.validated_data["id"])
+        out = tempfile.TemporaryFile()  # closed by FileResponse once sent
+        services.conversations_export_zip(conversations=conversations, out=out)
+        out.seek(0)
+        name = f"parley-export-{timezone.now():%Y-%m-%d}.zip"
+        return FileResponse(out, as_attachment=True, filename=name, content_type="application/zip")
+
+
+IMPORT_JOB_EXAMPLE = {
+    "id": "8c0d6b1a-2e3f-4a5b-9c7d-0e1f2a3b4c5d",
+    "status": "done",
+    "source": "chatgpt",
+    "filename": "chatgpt-export.zip",
+    "size_bytes": 48213,
+    "total": 2,
+    "processed": 2,
+    "imported": 1,
+    "skipped": 1,
+    "error": "",
+    "report": [
+        {
+            "title": "Trip to Lyon",
+            "status": "imported",
+            "reason": "1 system, hidden, tool, empty or non-text parts left out.",
+            "messages": 6,
+            "conversation": CONVERSATION_EXAMPLE["id"],
+        },
+        {
+            "title": "Empty chat",
+            "status": "skipped",
+            "reason": "No text messages (only system, tool, hidden or non-text content, or none at all).",
+            "messages": 0,
+            "conversation": None,
+        },
+    ],
+    "created_at": "2026-01-05T09:30:00Z",
+    "started_at": "2026-01-05T09:30:01Z",
+    "finished_at": "2026-01-05T09:30:02Z",
+}
+
+# Room for the multipart framing around the file in a request's Content-Length (bytes).
+MULTIPART_SLACK = 64 * 1024
+
+
+def import_upload_refuse_early(request) -> None:
+    """Raise 413 ``file_too_large`` when a request declares a body too big for an import, before it is read."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > settings.IMPORT_MAX_BYTES + MULTIPART_SLACK:
+        raise services.import_too_large(size=declared)
+
+
+class ImportJobListApi(APIView):
+    """``GET``: the user's import jobs, newest first, paginated.
+
+    ``POST`` (multipart, ``file``): import ChatGPT's export (``conversations.json`` or the zip
+    ChatGPT emails) or Parley's own (``GET /conversations/export/``): 202 with the job, ``queued``;
+    a Celery worker imports it. Poll ``GET /imports/<id>/`` for its progress and report. A file
+    over ``IMPORT_MAX_BYTES`` is refused with 413 before it is read (by its Content-Length).
+    """
+
+    pagination_class = ConversationPagination
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField(allow_empty_file=True, help_text="conversations.json, or a zip holding it.")
+
+    def initial(self, request, *args, **kwargs):
+        if request.method == "POST":  # before authentication, which may read the body (CSRF)
+            import_upload_refuse_early(request)
+        super().initial(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="List your import jobs",
+        responses=ImportJobOutputSerializer(many=True),
+        examples=[OpenApiExample("jobs", value=IMPORT_JOB_EXAMPLE, response_only=True)],
+    )
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(import_job_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(ImportJobOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Import conversations (ChatGPT or Parley export)",
+        request={"multipart/form-data": InputSerializer},
+        responses={
+            202: ImportJobOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="No file, or an empty one (`empty_file`)."),
+            413: OpenApiResponse(ErrorSerializer, description="Over `IMPORT_MAX_BYTES` (`file_too_large`)."),
+        },
+        examples=[
+            OpenApiExample(
+                "queued",
+                value={
+                    **IMPORT_JOB_EXAMPLE,
+                    "status": "queued",
+                    "total": 0,
+                    "processed": 0,
+                    "imported": 0,
+                    "skipped": 0,
+                    "report": [],
+                    "started_at": None,
+                    "finished_at": None,
+                },
+                response_only=True,
+                status_codes=[202],
+            ),
+            _error_example(
+                413, "file_too_large", "The file is 60.0 MiB; the import limit is 50.0 MiB (IMPORT_MAX_BYTES)."
+            ),
+        ],
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        if upload.size > settings.IMPORT_MAX_BYTES:  # refuse before reading it into memory
+            raise services.import_too_large(size=upload.size)
+        job = services.import_job_create(owner=request.user, data=upload.read(), filename=upload.name or "")
+        return Response(ImportJobOutputSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ImportJobDetailApi(APIView):
+    """``GET``: one of the user's import jobs: status, progress counts and the per-conversation report.
+
+    Another user's job is a 404, as a missing one is.
+    """
+
+    @extend_schema(
+        summary="Get an import job",
+        responses={200: ImportJobOutputSerializer, 404: ErrorSerializer},
+        examples=[OpenApiExample("job", value=IMPORT_JOB_EXAMPLE, response_only=True)],
+    )
+    def get(self, request, import_job_id):
+        return Response(ImportJobOutputSerializer(import_job_get(user=request.user, job_id=import_job_id)).data)

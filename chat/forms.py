@@ -80,3 +80,11 @@ class PromptForm(forms.Form):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["groups"].queryset = user.groups.order_by("name")
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(
+        label="Export file",
+        help_text="ChatGPT's export (the zip it emails you, or its conversations.json) or a Parley export zip.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".zip,.json,application/zip,application/json"}),
+    )

@@ -22,6 +22,11 @@ class Conversation(models.Model):
     archived_at = models.DateTimeField(
         null=True, blank=True, help_text="When the owner archived it: hidden from the list unless asked for."
     )
+    metadata = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Imported: {"imported_from": "chatgpt"|"parley", "original_id": str, "import_job": str}.',
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -249,3 +254,64 @@ class CustomInstructions(models.Model):
 
     def __str__(self) -> str:
         return f"Custom instructions of {self.user_id}"
+
+
+class ImportSource(models.TextChoices):
+    CHATGPT = "chatgpt", "ChatGPT"
+    PARLEY = "parley", "Parley"
+
+
+class ImportStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ImportJob(models.Model):
+    """An upload of conversations to import (ChatGPT's or Parley's export), run as a Celery job.
+    Written only through chat.services.
+
+    ``data`` holds the uploaded file until the job ends (kept in the database, so any worker of a
+    cluster can read it), then is emptied. ``report`` lists one entry per conversation of the file,
+    in its order: ``{"title": str, "status": "imported"|"skipped", "reason": str, "messages": int,
+    "conversation": uuid str|None}``; its length is how far the job got, so a job run again resumes
+    after the last conversation it wrote.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="import_jobs")
+    status = models.CharField(max_length=16, choices=ImportStatus.choices, default=ImportStatus.QUEUED)
+    source = models.CharField(max_length=16, choices=ImportSource.choices, blank=True, help_text="Found in the file.")
+    filename = models.CharField(max_length=255, blank=True)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    data = models.BinaryField(null=True, blank=True, editable=False)
+    total = models.PositiveIntegerField(default=0, help_text="Conversations in the file.")
+    imported = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True, help_text="Why the job failed, for the user.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "done", "failed"]), name="chat_import_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(imported__lte=models.F("total") - models.F("skipped")),
+                name="chat_import_counts_within_total",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.filename or "Import"
+
+    @property
+    def processed(self) -> int:
+        """Conversations handled so far (imported or skipped)."""
+        return self.imported + self.skipped

@@ -14,6 +14,7 @@ from accounts.quotas import generation_live
 from .models import (
     Conversation,
     CustomInstructions,
+    ImportJob,
     Message,
     MessageStatus,
     Prompt,
@@ -236,3 +237,25 @@ def custom_instructions_prompt(*, user_id: int) -> str:
     if not parts:
         return ""
     return "The user's custom instructions.\n\n" + "\n\n".join(parts)
+
+
+def import_job_list(*, user: User) -> QuerySet[ImportJob]:
+    """Return ``user``'s import jobs, newest first, without their uploaded files."""
+    return ImportJob.objects.filter(owner=user).defer("data").order_by("-created_at")
+
+
+def import_job_get(*, user: User, job_id) -> ImportJob:
+    """Return ``user``'s import job ``job_id``; raise ``Http404`` when none (or someone else's)."""
+    job = import_job_list(user=user).filter(pk=job_id).first()
+    if job is None:
+        raise Http404("No such import job.")
+    return job
+
+
+def conversation_export_list(*, user: User, ids: list | None = None) -> QuerySet[Conversation]:
+    """Return ``user``'s conversations to export: all of them (archived too), or those of ``ids``
+    that are theirs (another user's id is silently not there)."""
+    conversations = Conversation.objects.filter(owner=user)
+    if ids:
+        conversations = conversations.filter(pk__in=ids)
+    return conversations

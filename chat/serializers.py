@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from .models import Conversation, CustomInstructions, Feedback, Message, Prompt, SharedConversation
+from .models import Conversation, CustomInstructions, Feedback, ImportJob, Message, Prompt, SharedConversation
 
 
 class MessageOutputSerializer(serializers.ModelSerializer):
@@ -135,3 +135,37 @@ class CustomInstructionsOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = CustomInstructions
         fields = ["about_me", "how_to_answer", "enabled", "updated_at"]
+
+
+class ImportReportEntrySerializer(serializers.Serializer):
+    title = serializers.CharField()
+    status = serializers.ChoiceField(choices=["imported", "skipped"])
+    reason = serializers.CharField(help_text="Why it was skipped, or what was left out of it.")
+    messages = serializers.IntegerField(help_text="Messages of its active branch that are text.")
+    conversation = serializers.UUIDField(allow_null=True, help_text="The new conversation, when imported.")
+
+
+class ImportJobOutputSerializer(serializers.ModelSerializer):
+    """An import job: ``processed`` of ``total`` conversations so far, and the report of each."""
+
+    processed = serializers.IntegerField(read_only=True)
+    report = ImportReportEntrySerializer(many=True, read_only=True)
+
+    class Meta:
+        model = ImportJob
+        fields = [
+            "id",
+            "status",
+            "source",
+            "filename",
+            "size_bytes",
+            "total",
+            "processed",
+            "imported",
+            "skipped",
+            "error",
+            "report",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
+import shutil
+import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,9 +19,11 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import QuerySet, Sum
+from django.db.models import F, Func, IntegerField, JSONField, QuerySet, Sum, Value
+from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Length
 from django.utils import timezone
+from django.utils.text import slugify
 from rest_framework import status
 
 from accounts.budgets import budget_release
@@ -26,16 +33,32 @@ from accounts.quotas import generation_release, generations_lapsed
 from accounts.services import audit_record
 from core.errors import ParleyError
 from core.events import event_emit
+from core.queue import task_enqueue_on_commit
 from inference.models import ModelConfig
 from inference.providers import GenerationParams
 from inference.selectors import model_config_get
 from inference.services import cost_estimate, generation_params
 
-from .exports import conversations_export_json, conversations_export_markdown, conversations_for_export
+from .exports import (
+    conversation_export_data,
+    conversations_export_json,
+    conversations_export_markdown,
+    conversations_for_export,
+)
+from .imports import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    ImportedConversation,
+    ImportFileError,
+    conversation_read,
+    export_parse,
+)
 from .models import (
     Conversation,
     CustomInstructions,
     Feedback,
+    ImportJob,
+    ImportStatus,
     Message,
     MessageStatus,
     Prompt,
@@ -51,6 +74,8 @@ from .selectors import (
     message_list,
     orphan_grace,
 )
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60  # characters of the first message used as a conversation's title
 
@@ -106,7 +131,12 @@ def conversations_export(*, conversations: QuerySet[Conversation], format: str) 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {format!r}; use json or markdown.")
     exported = list(conversations_for_export(conversations))
-    for conversation in exported:
+    _export_audit(exported, format=format)
+    return EXPORT_FORMATS[format](exported)
+
+
+def _export_audit(conversations: list[Conversation], *, format: str) -> None:
+    for conversation in conversations:
         audit_record(
             action="conversation.export",
             target=conversation,
@@ -116,7 +146,212 @@ def conversations_export(*, conversations: QuerySet[Conversation], format: str) 
                 "messages": len(conversation.messages.all()),
             },
         )
-    return EXPORT_FORMATS[format](exported)
+
+
+EXPORT_BATCH = 100  # conversations (with their messages) held in memory at once while zipping
+
+
+def conversations_export_zip(*, conversations: QuerySet[Conversation], out) -> int:
+    """Write ``conversations`` to ``out`` (a writable binary file) as a zip; return how many.
+
+    The zip holds ``conversations.json`` (``{"format": "parley", "version": 1, "exported_at",
+    "conversations": [...]}``, each as :func:`chat.exports.conversation_export_data`; what
+    :func:`import_job_create` reads back) and ``markdown/<nnnn>-<title>.md``, one Markdown file per
+    conversation. Conversations are read ``EXPORT_BATCH`` at a time, so memory stays bounded;
+    each is a ``conversation.export`` audit event (format ``zip``), written before it is zipped.
+    """
+    ids = list(conversations.order_by("created_at", "pk").values_list("pk", flat=True))
+    with (
+        tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as data,
+        zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+    ):
+        head = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported_at": timezone.now().isoformat()}
+        data.write(json.dumps(head, ensure_ascii=False)[:-1].encode() + b', "conversations": [\n')
+        number = 0
+        for start in range(0, len(ids), EXPORT_BATCH):
+            batch = list(
+                conversations_for_export(Conversation.objects.filter(pk__in=ids[start : start + EXPORT_BATCH]))
+            )
+            batch.sort(key=lambda c: (c.created_at, str(c.pk)))
+            _export_audit(batch, format="zip")
+            for conversation in batch:
+                number += 1
+                entry = json.dumps(conversation_export_data(conversation), ensure_ascii=False, indent=2)
+                data.write((",\n" if number > 1 else "").encode() + entry.encode())
+                name = slugify(str(conversation))[:60] or "conversation"
+                archive.writestr(f"markdown/{number:04d}-{name}.md", conversations_export_markdown([conversation]))
+        data.write(b"\n]}\n")
+        data.seek(0)
+        with archive.open("conversations.json", "w", force_zip64=True) as member:
+            shutil.copyfileobj(data, member)
+    return number
+
+
+def import_job_create(*, owner: User, data: bytes, filename: str = "", enqueue: bool = True) -> ImportJob:
+    """Store an uploaded export (``data``: the whole file) as ``owner``'s import job, ``queued``.
+
+    The file is read later, by :func:`import_job_run` (in Celery when ``enqueue``, queued once the
+    job is committed; else the caller runs it). Raise :class:`ParleyError` ``empty_file`` (400) or
+    ``file_too_large`` (413, over ``IMPORT_MAX_BYTES`` bytes). Audited as ``conversation.import``.
+    """
+    limit = settings.IMPORT_MAX_BYTES
+    if not data:
+        raise ParleyError("The file is empty.", code="empty_file")
+    if len(data) > limit:
+        raise import_too_large(size=len(data))
+    with transaction.atomic():
+        job = ImportJob.objects.create(owner=owner, data=data, size_bytes=len(data), filename=(filename or "")[-255:])
+        audit_record(
+            action="conversation.import",
+            target=job,
+            changes={"owner": owner.username, "filename": job.filename, "size_bytes": job.size_bytes},
+        )
+        if enqueue:
+            from .tasks import import_job_run_task  # here: chat.tasks imports this module
+
+            task_enqueue_on_commit(import_job_run_task, str(job.pk))
+    return job
+
+
+def import_too_large(*, size: int) -> ParleyError:
+    """Return the 413 ``file_too_large`` error of an import of ``size`` bytes, over ``IMPORT_MAX_BYTES``."""
+
+    def said(n: int) -> str:
+        return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n:,} bytes"
+
+    return ParleyError(
+        f"The file is {said(size)}; the import limit is {said(settings.IMPORT_MAX_BYTES)} (IMPORT_MAX_BYTES).",
+        code="file_too_large",
+        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    )
+
+
+def _import_times(conversation: ImportedConversation) -> list:
+    """Return each message's time: its own where given, kept in branch order (1 µs apart at least)."""
+    previous = conversation.created_at or timezone.now()
+    times = []
+    for message in conversation.messages:
+        when = message.created_at or previous
+        if times and when <= previous:
+            when = previous + timedelta(microseconds=1)
+        times.append(when)
+        previous = when
+    return times
+
+
+def _import_conversation(*, job: ImportJob, source: str, imported: ImportedConversation) -> dict:
+    """Write ``imported`` as a conversation of the job's owner; return its report entry.
+
+    Call inside the transaction that also records the entry in the job, so a conversation is
+    written with its report line or not at all.
+    """
+    entry = {"title": imported.title or "(untitled)", "messages": len(imported.messages), "conversation": None}
+    limit = settings.IMPORT_MAX_MESSAGES
+    reason = imported.skip_reason
+    if not reason and not imported.messages:
+        reason = "No text messages (only system, tool, hidden or non-text content, or none at all)."
+    if not reason and len(imported.messages) > limit:
+        reason = f"{len(imported.messages):,} messages; the limit is {limit:,} (IMPORT_MAX_MESSAGES)."
+    if not reason and imported.original_id:
+        already = Conversation.objects.filter(owner_id=job.owner_id, metadata__original_id=imported.original_id)
+        if source == "parley":
+            already = already | Conversation.objects.filter(
+                owner_id=job.owner_id, pk=_uuid_or_none(imported.original_id)
+            )
+        if already.exists():
+            reason = "Already imported (or already yours)."
+    if reason:
+        return {**entry, "status": "skipped", "reason": reason}
+    times = _import_times(imported)
+    title = (imported.title or imported.messages[0].content).strip()[:200]
+    conversation = Conversation.objects.create(
+        owner_id=job.owner_id,
+        title=title,
+        metadata={"imported_from": source, "original_id": imported.original_id, "import_job": str(job.pk)},
+    )
+    messages = Message.objects.bulk_create(
+        Message(
+            conversation=conversation,
+            role=m.role,
+            content=m.content,
+            status=m.status,
+            model_slug=m.model,
+            error=m.error,
+            finished_at=when if m.role == Role.ASSISTANT else None,
+        )
+        for m, when in zip(imported.messages, times, strict=True)
+    )
+    # created_at is auto_now_add, set by create(); bulk_update writes the original times as given.
+    for message, when in zip(messages, times, strict=True):
+        message.created_at = when
+    Message.objects.bulk_update(messages, ["created_at"], batch_size=1000)
+    Conversation.objects.filter(pk=conversation.pk).update(
+        created_at=imported.created_at or times[0], updated_at=max(imported.updated_at or times[-1], times[-1])
+    )
+    reason = f"{imported.dropped} system, hidden, tool, empty or non-text parts left out." if imported.dropped else ""
+    return {**entry, "status": "imported", "reason": reason, "conversation": str(conversation.pk)}
+
+
+def _uuid_or_none(value: str):
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def import_job_run(*, job_id) -> ImportJob | None:
+    """Import the conversations of job ``job_id``'s file; return the job, ``done`` or ``failed``.
+
+    Idempotent (Celery's ``acks_late`` may run it twice): a finished job is left as it is, and a job
+    interrupted mid-way resumes after the last conversation its report lists. Each conversation is
+    written in its own transaction, with its report entry and the counts, so nothing is
+    half-written. A file that is not an export (not JSON, not UTF-8, another shape, a damaged zip)
+    fails the job with the reason in ``error``. The file is dropped from the job once it ends.
+    Return None when there is no such job.
+    """
+    job = ImportJob.objects.filter(pk=job_id).first()
+    if job is None or job.status in (ImportStatus.DONE, ImportStatus.FAILED):
+        return job
+    ImportJob.objects.filter(pk=job.pk).update(status=ImportStatus.RUNNING, started_at=job.started_at or timezone.now())
+    try:
+        source, raws = export_parse(data=bytes(job.data or b""), max_bytes=settings.IMPORT_MAX_BYTES)
+    except ImportFileError as exc:
+        return _import_job_end(job_id=job.pk, status=ImportStatus.FAILED, error=str(exc))
+    ImportJob.objects.filter(pk=job.pk).update(source=source, total=len(raws))
+    try:
+        for index, raw in enumerate(raws):
+            with transaction.atomic():
+                # The row lock makes a second run of this job (a redelivery) wait, then skip what
+                # the first one wrote.
+                written = (
+                    ImportJob.objects.select_for_update()
+                    .annotate(written=Func(F("report"), function="jsonb_array_length", output_field=IntegerField()))
+                    .values_list("written", flat=True)
+                    .get(pk=job.pk)
+                )
+                if index < written:
+                    continue
+                entry = _import_conversation(job=job, source=source, imported=conversation_read(source=source, raw=raw))
+                counter = "imported" if entry["status"] == "imported" else "skipped"
+                # Appended in SQL (jsonb ||): the report is not rewritten for each conversation.
+                ImportJob.objects.filter(pk=job.pk).update(
+                    report=CombinedExpression(F("report"), "||", Value([entry], output_field=JSONField())),
+                    **{counter: F(counter) + 1},
+                )
+            raws[index] = None  # let the parsed conversation go
+    except Exception:
+        logger.exception("Import job %s failed", job_id)
+        return _import_job_end(
+            job_id=job.pk,
+            status=ImportStatus.FAILED,
+            error="The import stopped on an unexpected error; the conversations its report lists were kept.",
+        )
+    return _import_job_end(job_id=job.pk, status=ImportStatus.DONE)
+
+
+def _import_job_end(*, job_id, status: str, error: str = "") -> ImportJob:
+    ImportJob.objects.filter(pk=job_id).update(status=status, error=error, data=None, finished_at=timezone.now())
+    return ImportJob.objects.defer("data").get(pk=job_id)
 
 
 def _check_no_generation(conversation: Conversation) -> None:

@@ -92,3 +92,13 @@ def conversation_summarize_task(conversation_id: str, pairs: int) -> int | None:
     """Summarise conversation ``conversation_id``'s first ``pairs`` pairs as memory; return the memory's id."""
     summary = memory.conversation_summarize(conversation_id=conversation_id, pairs=pairs)
     return summary.pk if summary is not None else None
+
+
+@shared_task(name="chat.import_job_run", acks_late=True)
+def import_job_run_task(job_id: str) -> str | None:
+    """Import the conversations of import job ``job_id`` (:func:`chat.services.import_job_run`); return its status.
+
+    Idempotent: run again, it resumes after the last conversation written, or does nothing.
+    """
+    job = services.import_job_run(job_id=job_id)
+    return job.status if job is not None else None

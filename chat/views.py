@@ -14,6 +14,7 @@ from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.services import user_memory_set
@@ -25,11 +26,20 @@ from inference.providers import ModelUnavailable
 from inference.selectors import model_config_get, model_config_list
 
 from . import services, turns
-from .forms import CustomInstructionsForm, FirstMessageForm, MemoryNoteForm, MemoryToggleForm, PromptForm
+from .apis import import_upload_refuse_early
+from .forms import (
+    CustomInstructionsForm,
+    FirstMessageForm,
+    ImportForm,
+    MemoryNoteForm,
+    MemoryToggleForm,
+    PromptForm,
+)
 from .selectors import (
     conversation_get,
     conversation_list,
     custom_instructions_get,
+    import_job_list,
     message_list,
     prompt_get,
     prompt_list,
@@ -125,12 +135,17 @@ def conversation_detail(request, conversation_id):
 MEMORIES_PER_PAGE = 50
 
 
+IMPORT_JOBS_SHOWN = 5  # the newest import jobs on the settings page, with their reports
+
+
 def _settings_page(
     request,
     *,
     note_form: MemoryNoteForm | None = None,
     instructions_form: CustomInstructionsForm | None = None,
     prompt_form: PromptForm | None = None,
+    import_form: ImportForm | None = None,
+    import_error: str = "",
     status: int = 200,
 ):
     memories = memory_list(user=request.user).select_related("conversation")
@@ -151,6 +166,9 @@ def _settings_page(
         "instructions_form": instructions_form,
         "prompt_form": prompt_form or PromptForm(user=request.user),
         "prompts": prompt_list(user=request.user).filter(owner=request.user),
+        "import_form": import_form or ImportForm(),
+        "import_error": import_error,
+        "import_jobs": import_job_list(user=request.user)[:IMPORT_JOBS_SHOWN],
     }
     return render(request, "chat/settings.html", context, status=status)
 
@@ -318,3 +336,34 @@ def prompt_remove(request, prompt_id):
     services.prompt_delete(prompt=prompt_get(user=request.user, prompt_id=prompt_id, owned=True))
     notices.success(request, "Prompt deleted.")
     return redirect(reverse("chat:settings") + "#prompts")
+
+
+@csrf_exempt  # checked below, once a too large upload has been refused unread
+@login_required
+@require_POST
+def import_upload(request):
+    """Queue an import of the uploaded export (ChatGPT's or Parley's), then back to the settings page,
+    where its progress and report show. A body larger than ``IMPORT_MAX_BYTES`` is refused (413)
+    before it is read: the CSRF check would otherwise read it all first."""
+    try:
+        import_upload_refuse_early(request)
+    except ParleyError as exc:
+        return _settings_page(request, import_error=exc.detail, status=exc.status_code)
+    return _import_upload(request)
+
+
+@csrf_protect
+def _import_upload(request):
+    form = ImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _settings_page(request, import_form=form, status=400)
+    upload = form.cleaned_data["file"]
+    try:
+        if upload.size > settings.IMPORT_MAX_BYTES:
+            raise services.import_too_large(size=upload.size)
+        services.import_job_create(owner=request.user, data=upload.read(), filename=upload.name or "")
+    except ParleyError as exc:
+        form.add_error(None, exc.detail)
+        return _settings_page(request, import_form=form, status=exc.status_code)
+    notices.success(request, "Import queued: its progress and report show below.")
+    return redirect(reverse("chat:settings") + "#imports")

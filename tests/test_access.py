@@ -21,14 +21,16 @@ from rest_framework.test import APIClient
 from accounts.services import api_key_create
 from agents.services import document_create, memory_exchange_store
 from chat.models import Message, MessageStatus, Role
-from chat.services import conversation_create, prompt_create, share_create
+from chat.services import conversation_create, import_job_create, prompt_create, share_create
 from conftest import make_user
 
 pytestmark = pytest.mark.django_db
 
 PUBLIC = {"/api/v1/auth/token/", "/api/v1/auth/token/refresh/"}
 STAFF_ONLY = re.compile(r"^/api/v1/(admin|cache)/")
-OWNED = re.compile(r"\{(conversation_id|message_id|document_id|api_key_id|memory_id|share_id|prompt_id)\}")
+OWNED = re.compile(
+    r"\{(conversation_id|message_id|document_id|api_key_id|memory_id|share_id|prompt_id|import_job_id)\}"
+)
 
 
 def operations() -> list[tuple[str, str]]:
@@ -64,6 +66,7 @@ def world(local_model):
         "memory_id": memory.pk,
         "share_id": share_create(conversation=conversation).pk,
         "prompt_id": prompt_create(owner=owner, title="Mine", text="Say {{x}}").pk,
+        "import_job_id": import_job_create(owner=owner, data=b"[]", filename="c.json", enqueue=False).pk,
         "layer": "intent",
     }
     return {"owner": owner, "other": other, "staff": staff}, ids
@@ -74,7 +77,12 @@ def call(user, path: str, method: str, ids: dict):
     if user is not None:
         client.force_login(user)
     url = re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), path)
-    return getattr(client, method)(url, {}, format="json")
+    response = getattr(client, method)(url, {}, format="json")
+    if response.streaming:
+        # Read to the end, as a server sends it: only then is the request finished (Django's test
+        # client closes it), and its audit context cleared before the next test's events.
+        b"".join(response.streaming_content)
+    return response
 
 
 @pytest.mark.parametrize(("path", "method"), operations())

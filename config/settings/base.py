@@ -394,6 +394,11 @@ CHAT_TOKEN_BATCH_SIZE = env.int("CHAT_TOKEN_BATCH_SIZE", default=16)
 # Share links (/s/<token>/): true lets anyone with the link read it without logging in; false (the
 # default) asks anonymous visitors to log in first (any logged-in user may then read it).
 SHARE_PUBLIC = env.bool("SHARE_PUBLIC", default=False)
+# Conversation imports (ChatGPT's export, Parley's own): the largest file accepted (bytes; a larger
+# upload is refused with 413 before it is read), and the most messages one conversation may hold
+# (a longer one is skipped, with the reason in the job's report).
+IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=50 * 1024 * 1024)
+IMPORT_MAX_MESSAGES = env.int("IMPORT_MAX_MESSAGES", default=5_000)
 
 # Logs: one readable line a record (LOG_FORMAT=console; local.py's default) or one JSON object a line
 # (json; the default elsewhere, for log collectors), each record with the request id (core.log),

@@ -12,6 +12,7 @@ from accounts.services import api_key_create, budget_set, usage_record
 from agents.models import Memory
 from agents.services import memory_note_create
 from chat.models import Message
+from chat.services import import_job_create, import_job_run
 from conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -33,6 +34,8 @@ def populated(user, chats, local_model):
         latency_ms=300,
     )
     memory_note_create(owner=user, content="I prefer metric units.")
+    job = import_job_create(owner=user, data=b'[{"title": "<b>x</b>", "mapping": {}}]', enqueue=False)
+    import_job_run(job_id=job.pk)  # a report to render (one skipped conversation)
     budget = budget_set(user=user, amount=Decimal("1.00"))
     budget_alerts_check(
         budget=budget, spent=Decimal("0.90"), start=period_bounds("month")[0], end=period_bounds("month")[1]

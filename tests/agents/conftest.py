@@ -53,16 +53,6 @@ def ingested(*, owner, text: str, filename: str = "notes.txt", title: str = ""):
     return document_ingest(document_id=document.pk)
 
 
-@pytest.fixture
-def eager_celery():
-    """Run queued tasks inline: for what a finished turn queues (memory), not the worker (see test_worker)."""
-    from config.celery import app
-
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
-
-
 # MCP servers (tests/agents/mcp_server.py: the SDK's MCPServer, recording each call in a file).
 
 MCP_SERVER_SCRIPT = Path(__file__).with_name("mcp_server.py")
