@@ -98,7 +98,9 @@ def assert_refused_with_reset(response) -> None:
     assert error["code"] == "budget_exceeded"
     assert error["resets_at"] == month_end()
     seconds_left = (period_bounds("month")[1] - datetime.now(UTC)).total_seconds()
-    assert 0 < int(response["Retry-After"]) <= seconds_left + 1
+    # The server counted the seconds to the period's end when it answered, a moment before this
+    # line (seconds, on a loaded machine): at least what is left now, and not much more.
+    assert seconds_left - 1 <= int(response["Retry-After"]) <= seconds_left + 60
 
 
 def assert_refused_openai(response) -> None:
