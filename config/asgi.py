@@ -61,6 +61,7 @@ from accounts.middleware import AuditASGIMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config.daphne import leave_request_bodies_to_django  # noqa: E402
 from core.log import RequestIdASGIMiddleware  # noqa: E402
+from core.websocket import DatabaseUnavailableASGIMiddleware  # noqa: E402
 from inference.embeddings import embedding_preload  # noqa: E402
 from inference.services import model_preload  # noqa: E402
 
@@ -83,7 +84,12 @@ application = ProtocolTypeRouter(
         # A request id per connection (and per message, set by the consumer) on every log record.
         "websocket": RequestIdASGIMiddleware(
             # Audit events from a socket: its user (known once AuthMiddlewareStack has run), source "ws".
-            AllowedHostsOriginValidator(AuthMiddlewareStack(AuditASGIMiddleware(URLRouter(websocket_urlpatterns))))
+            # PostgreSQL down while the session and user are read: a 4503 close, not an HTTP 500.
+            AllowedHostsOriginValidator(
+                DatabaseUnavailableASGIMiddleware(
+                    AuthMiddlewareStack(AuditASGIMiddleware(URLRouter(websocket_urlpatterns)))
+                )
+            )
         ),
     }
 )

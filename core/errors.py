@@ -7,7 +7,9 @@ event, a management command's message.
 
 from http import HTTPStatus
 
+import psycopg
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 
 class ParleyError(Exception):
@@ -48,4 +50,42 @@ def payload_too_large() -> ParleyError:
         f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes.",
         code="payload_too_large",
         status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    )
+
+
+# Seconds a client is told to wait (Retry-After) when the database cannot be reached.
+DATABASE_RETRY_AFTER = 5
+
+DATABASE_UNAVAILABLE_DETAIL = "The database is unavailable for a moment; try again in a few seconds."
+
+# SQLSTATEs that mean "the server cannot be reached or is going away", not "this query failed":
+# class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now) and
+# 53300 (too many connections).
+_UNAVAILABLE_SQLSTATES = ("57P01", "57P02", "57P03", "53300")
+
+
+def database_unavailable(exc: BaseException) -> ParleyError | None:
+    """Return the 503 ``database_unavailable`` error when ``exc`` means PostgreSQL cannot be reached, else None.
+
+    That is Django's ``InterfaceError`` (a connection closed under the query), or an ``OperationalError``
+    (Django's or psycopg's) with no SQLSTATE (the connection was refused, reset or timed out; psycopg_pool's
+    ``PoolTimeout`` when no connection came within ``DATABASE_POOL_TIMEOUT``) or one of a connection
+    failure or server shutdown. Other ``OperationalError``\\s (a statement timeout, a lock not available)
+    are a query's failure and stay a 500. ``Retry-After`` is :data:`DATABASE_RETRY_AFTER` seconds.
+    """
+    if isinstance(exc, (InterfaceError, psycopg.InterfaceError)):
+        unavailable = True
+    elif isinstance(exc, (OperationalError, psycopg.OperationalError)):
+        cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ is not None else exc
+        sqlstate = getattr(cause, "sqlstate", None)
+        unavailable = sqlstate is None or sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
+    else:
+        unavailable = False
+    if not unavailable:
+        return None
+    return ParleyError(
+        DATABASE_UNAVAILABLE_DETAIL,
+        code="database_unavailable",
+        status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+        retry_after=DATABASE_RETRY_AFTER,
     )

@@ -13,17 +13,27 @@ bare HTTP 403, with no code; a close frame carries one.)
 With Redis (the channel layer) down, an open socket gets one ``service_unavailable`` error frame
 and stays open (its pings answered; events resume when Redis is back), and a new socket is
 accepted, sent that frame and closed with :data:`CLOSE_TRY_AGAIN_LATER`.
+
+With PostgreSQL unreachable (:func:`core.errors.database_unavailable`), a frame whose handling needs
+the database is answered with a ``database_unavailable`` error frame (``retry_after`` in seconds) and
+the socket stays open; a new socket is accepted, sent that frame and closed with
+:data:`CLOSE_TRY_AGAIN_LATER`, whether the consumer's ``connect`` or the session lookup before it
+(:class:`DatabaseUnavailableASGIMiddleware`) failed. The consumer never crashes with a 1011.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import close_old_connections
 
 from . import presence
 from .channel_layer import CHANNEL_LAYER_ERRORS
+from .errors import ParleyError, database_unavailable
 from .parsers import UnsafeJSON, json_loads
 
 logger = logging.getLogger(__name__)
@@ -37,6 +47,17 @@ SERVICE_UNAVAILABLE_DETAIL = (
     "Live updates are paused: the server cannot reach Redis. Answers are still stored; they show "
     "here when it is back, or on reload."
 )
+
+
+async def connections_drop_broken() -> None:
+    """Close the database connection of asgiref's shared thread if it failed (PostgreSQL restarted).
+
+    ``sync_to_async`` calls (thread-sensitive, outside a request) all run in that one thread, and
+    nothing there closes a connection between calls as Django does between requests (and
+    ``database_sync_to_async`` before each call): without this, a connection broken by a database
+    restart would fail every later call until the process restarts.
+    """
+    await sync_to_async(close_old_connections)()
 
 
 class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
@@ -102,10 +123,38 @@ class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("WebSocket's channel layer is unavailable (%s)", message.get("error"))
             await self.send_error("service_unavailable", SERVICE_UNAVAILABLE_DETAIL)
 
+    async def accept(self, subprotocol=None, headers=None) -> None:
+        await super().accept(subprotocol, headers)
+        self.accepted = True
+
     async def dispatch(self, message: dict) -> None:
         if message.get("type") != "channel_layer.unavailable" and not message["type"].startswith("websocket."):
             self.layer_down = False  # a message came through the channel layer: it is back
-        await super().dispatch(message)
+        try:
+            await super().dispatch(message)
+        except Exception as exc:
+            error = database_unavailable(exc)
+            if error is None:
+                raise
+            await self.database_unavailable(message, error, exc)
+
+    async def database_unavailable(self, message: dict, error: ParleyError, exc: Exception) -> None:
+        """Answer ``message``, whose handler could not reach PostgreSQL, without crashing the consumer.
+
+        A socket not yet accepted (its ``connect`` failed) is accepted, sent the ``database_unavailable``
+        frame and closed with :data:`CLOSE_TRY_AGAIN_LATER`; an open one is sent the frame and stays open.
+        """
+        logger.warning("WebSocket %s: the database is unavailable (%s: %s)", message["type"], type(exc).__name__, exc)
+        await connections_drop_broken()
+        if message["type"] == "websocket.disconnect":
+            return
+        if getattr(self, "accepted", False):
+            await self.send_error(error.code, error.detail, retry_after=error.retry_after)
+            return
+        await self.presence_close()
+        await self.accept()
+        await self.send_error(error.code, error.detail, retry_after=error.retry_after)
+        await self.close(code=CLOSE_TRY_AGAIN_LATER)
 
     async def session_close(self, message: dict) -> None:
         """Close this socket with :data:`CLOSE_SESSION_ENDED`: a ``session.close`` on its user's group.
@@ -146,3 +195,39 @@ class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
     @classmethod
     async def decode_json(cls, text_data: str):
         return json_loads(text_data)
+
+
+class DatabaseUnavailableASGIMiddleware:
+    """Turn a "database unreachable" error of the WebSocket stack inside it into a clean refusal.
+
+    Wraps Channels' ``AuthMiddlewareStack``, which reads the session and user from PostgreSQL before
+    any consumer runs: with the database down the handshake is accepted, sent a ``database_unavailable``
+    error frame and closed with :data:`CLOSE_TRY_AGAIN_LATER`, where it would otherwise end in an
+    HTTP 500. Any other error is raised as before.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        accepted = closed = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal accepted, closed
+            accepted = accepted or message["type"] == "websocket.accept"
+            closed = closed or message["type"] == "websocket.close"
+            await send(message)
+
+        try:
+            return await self.inner(scope, receive, tracked_send)
+        except Exception as failure:
+            error, exc = database_unavailable(failure), failure
+            if error is None or scope["type"] != "websocket" or closed:
+                raise
+        logger.warning("WebSocket refused: the database is unavailable (%s: %s)", type(exc).__name__, exc)
+        await connections_drop_broken()
+        frame = {"type": "error", "code": error.code, "detail": error.detail, "retry_after": error.retry_after}
+        if not accepted:
+            await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps(frame)})
+        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})

@@ -42,7 +42,7 @@ from accounts.metering import Admission
 from accounts.models import APIKey, UsageSource, UsageStatus, User
 from accounts.quotas import GenerationKeepalive
 from accounts.throttling import user_rate_check
-from core.errors import ParleyError, payload_too_large
+from core.errors import ParleyError, database_unavailable, payload_too_large
 from core.parsers import JSONParser
 
 from .embeddings import embed_texts
@@ -135,6 +135,7 @@ def openai_error(exc: Exception) -> OpenAIError | None:
     """Return ``exc`` as an :class:`OpenAIError` (status, type, code), or None for an unexpected error."""
     if isinstance(exc, RequestDataTooBig):
         exc = payload_too_large()
+    exc = database_unavailable(exc) or exc  # PostgreSQL unreachable: 503 server_error, code database_unavailable
     if isinstance(exc, ParleyError):
         exc = _from_parley(exc)
     elif isinstance(exc, Http404):

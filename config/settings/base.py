@@ -59,6 +59,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "core.log.request_id_middleware",  # first: every later log record carries the request id
+    # PostgreSQL unreachable: a 503 (page, or the API error shape) rather than a 500.
+    "core.handlers.DatabaseUnavailableMiddleware",
     # Who acts and from where, for the audit events the services write (accounts.audit).
     "accounts.middleware.audit_context_middleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -125,6 +127,14 @@ TEMPLATES = [
 # when DATABASE_URL is unset (README, "How it fits together").
 DATABASES = {"default": env.db_url_config(env("DATABASE_URL", default="") or _RUNNING["DATABASE_URL"])}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+# A connection reused across requests (CONN_MAX_AGE, or one lent by the production pool) is checked
+# before use, so after PostgreSQL restarts the first request opens a new one instead of failing.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Seconds to wait for PostgreSQL to accept a connection: with it unreachable, requests fail fast
+# (503 database_unavailable) instead of hanging on the operating system's TCP timeout.
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+    "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"

@@ -32,7 +32,11 @@ if env.bool("DATABASE_POOL", default=True):
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {  # noqa: F405
         "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),  # seconds to wait for a free connection
+        # Seconds to wait for a free connection; with PostgreSQL down, how long a request waits before its 503.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
+        # Seconds the pool keeps retrying to open a connection while PostgreSQL is down before giving up
+        # on that attempt (a later request starts another): psycopg_pool's default is 5 minutes.
+        "reconnect_timeout": env.float("DATABASE_POOL_RECONNECT_TIMEOUT", default=10.0),
     }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)  # noqa: F405
