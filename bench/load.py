@@ -24,7 +24,10 @@ open, each sends one ``message.send`` for an answer of ``--max-tokens`` chunks (
   sees ~50 ms gaps when nothing is late);
 - tokens/s per process: the tokens received (characters received, at the canned text's characters
   per chunk) through that process / the round's wall time (first send to last token event);
-- CPU s per process: Daphne's user + system CPU seconds during the round.
+- CPU s per process: Daphne's user + system CPU seconds during the round;
+- stored complete, characters lost (token offsets past the text received) and the channel-layer
+  messages the processes dropped (``parley_channel_layer_dropped_total`` from their /metrics): why
+  a stream whose turn finished never saw its ``generation.completed``.
 
 Then, per process count, the largest K where p95 gap <= 100 ms and every stream completed, and
 the ratio 2 processes' largest K / 1's (a lower bound when 1 process passed the largest K tried).
@@ -140,6 +143,7 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
     payload = {"type": "message.send", "content": PROMPT, "model": MODEL_SLUG, "cache": False}
     payload["params"] = {"max_tokens": max_tokens}
     cpu = [cpu_seconds(s) for s in servers]
+    drops = dropped(ports)
     streams, where = asyncio.run(
         chats(
             ports,
@@ -151,6 +155,7 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
     )
     cpu = [cpu_seconds(s) - before for s, before in zip(servers, cpu, strict=True)]
     stored_complete = turns_settle(conversation_ids, timeout=timeout)
+    drops = dropped(ports) - drops
     chars_per_token = len("".join(canned_deltas(max_tokens))) / max_tokens
     started = min(s.started for s in streams)
     ended = max((s.times[-1] for s in streams if s.times), default=started)
@@ -171,8 +176,23 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
         "cpu_s_per_process": [rounded(c, 2) for c in cpu],
         "errors": sorted({s.error for s in streams if s.error}),
         "lost_chars": sum(s.lost_chars for s in streams),
+        "channel_layer_dropped": int(drops),
         "ok": len(done) == k and gap_p95 is not None and gap_p95 <= GAP_LIMIT_MS,
     }
+
+
+def dropped(ports: list[int]) -> float:
+    """Channel-layer messages the processes on ``ports`` have dropped so far (their /metrics, from loopback)."""
+    import urllib.request
+
+    total = 0.0
+    # With PROMETHEUS_MULTIPROC_DIR set, a scrape of any process reports the whole host: scrape one.
+    for port in ports[:1] if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # noqa: S310 (loopback)
+            for line in response.read().decode().splitlines():
+                if line.startswith("parley_channel_layer_dropped_total"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def pin(servers: list[psutil.Process]) -> list[int | None]:
@@ -334,7 +354,8 @@ def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_us
         complete = f"{r['completed']}/{r['k']}"
         print(
             f"{r['processes']:>5}{r['k']:>6}{complete:>10}{fmt(r['max_gap_p95_ms']):>12}{tps:>22}{cpu:>18}"
-            f"  {'yes' if r['ok'] else 'no'}{'  errors: ' + ', '.join(r['errors']) if r['errors'] else ''}"
+            f"  {'yes' if r['ok'] else 'no'}  stored {r['stored_complete']}, lost chars {r['lost_chars']}, "
+            f"dropped {r['channel_layer_dropped']}{'  errors: ' + ', '.join(r['errors']) if r['errors'] else ''}"
         )
     one, two = largest_ok(rounds, 1), largest_ok(rounds, 2)
     scale = ratio(two, one) if one else None
