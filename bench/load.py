@@ -49,6 +49,7 @@ import json
 import os
 import secrets
 import sys
+import urllib.request
 from contextlib import ExitStack
 
 import aiohttp
@@ -183,8 +184,6 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
 
 def dropped(ports: list[int]) -> float:
     """Channel-layer messages the processes on ``ports`` have dropped so far (their /metrics, from loopback)."""
-    import urllib.request
-
     total = 0.0
     # With PROMETHEUS_MULTIPROC_DIR set, a scrape of any process reports the whole host: scrape one.
     for port in ports[:1] if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else ports:
