@@ -78,7 +78,7 @@ lint: install-dev
 bench: install-dev
 	$(BIN)/python -m core.launcher run -- sh -c '\
 		python bench/stream.py && python bench/remote.py && python bench/cache.py && python bench/attacks.py && \
-		python bench/gateway.py && python bench/routing.py && python bench/mcp_latency.py'
+		python bench/gateway.py && python bench/routing.py && python bench/mcp_latency.py && python bench/load.py'
 
 # docs/screenshot.png: the chat page with a short conversation, via Playwright and /usr/bin/chromium.
 screenshot: install-dev
