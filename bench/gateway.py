@@ -325,6 +325,25 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+# Comparison operators a target may use.
+TARGET_OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "<": lambda v, t: v < t}
+
+
+def targets_report(targets: dict[str, tuple[float | None, str, float]], *, width: int = 28) -> dict[str, dict]:
+    """Print each target as met / NOT MET; return ``{name: {"value", "target", "met"}}`` for the JSON summary.
+
+    ``targets``: ``{name: (value, op, target)}`` with ``op`` one of :data:`TARGET_OPS`; a value of
+    None (nothing measured) is not met. Values are rounded to 3 decimals in the summary.
+    """
+    print("\ntargets")
+    report = {}
+    for name, (value, op, target) in targets.items():
+        met = value is not None and TARGET_OPS[op](value, target)
+        report[name] = {"value": rounded(value, 3), "target": f"{op} {target:g}", "met": met}
+        print(f"  {name:{width}}{fmt(value, '.2f'):>10} {op} {target:<8g}{'met' if met else 'NOT MET'}")
+    return report
+
+
 def v1_figures(results: dict[str, list[dict]]) -> dict:
     """Pool every round's latencies per side; requests/s is the median over rounds."""
     figures = {}
@@ -563,12 +582,7 @@ def report(args, a: dict, b: dict, *, stored_complete: int, v1_results: dict, ex
         "ws_ttft_added_p50_ms": (ttft_added, "<=", TARGET_WS_TTFT_ADDED_P50_MS),
         "ws_completed_min_per_round": (b["parley"]["completed_min"], ">=", args.streams),
     }
-    print("\ntargets")
-    summary_targets = {}
-    for name, (value, op, target) in targets.items():
-        met = value is not None and (value <= target if op == "<=" else value >= target)
-        summary_targets[name] = {"value": rounded(value, 3), "target": f"{op} {target:g}", "met": met}
-        print(f"  {name:28}{fmt(value, '.2f'):>10} {op} {target:<8g}{'met' if met else 'NOT MET'}")
+    summary_targets = targets_report(targets)
 
     summary = {
         **(extra or {}),

@@ -63,6 +63,7 @@ from gateway import (
     percentile,
     ratio,
     rounded,
+    targets_report,
     turns_settle,
     ws_chat,
 )
@@ -375,21 +376,7 @@ def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_us
     }
     if memory:
         targets["memory_growth"] = (memory["growth"], "<", TARGET_MEMORY_GROWTH)
-    print("\ntargets")
-    summary_targets = {}
-    for name, (value, op, target) in targets.items():
-        if value is None:
-            met = False
-        elif op == ">=":
-            met = value >= target
-        else:
-            met = value < target
-        summary_targets[name] = {
-            "value": value if value is None else round(value, 3),
-            "target": f"{op} {target:g}",
-            "met": met,
-        }
-        print(f"  {name:22}{fmt(value, '.2f'):>10} {op} {target:<6g}{'met' if met else 'NOT MET'}")
+    summary_targets = targets_report(targets, width=22)
     print("(noisy: measured on a shared machine; the gaps move with whatever else runs)")
 
     summary = {

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import psutil
-from gateway import PARLEY_ENV, cpu_seconds, daphne_process, fmt, percentile, ratio, rounded
+from gateway import PARLEY_ENV, cpu_seconds, daphne_process, fmt, percentile, ratio, rounded, targets_report
 from harness import BASE_DIR, PROMPT, bench_user, daphne, django_setup, free_port, server_process
 from upstream import canned_deltas
 
@@ -385,12 +385,7 @@ def main() -> None:
         "ratio": (rps_ratio, ">=", TARGET_RATIO),
         "failed_after_kill": (len(failed_before_token), "<=", TARGET_FAILED_AFTER_KILL),
     }
-    print("\ntargets")
-    summary_targets = {}
-    for name, (value, op, target) in targets.items():
-        met = value is not None and (value <= target if op == "<=" else value >= target)
-        summary_targets[name] = {"value": rounded(value, 3), "target": f"{op} {target:g}", "met": met}
-        print(f"  {name:20}{fmt(value, '.2f'):>8} {op} {target:<6g}{'met' if met else 'NOT MET'}")
+    summary_targets = targets_report(targets, width=20)
 
     summary = {
         "rps_one": rounded(one["rps"], 2),
