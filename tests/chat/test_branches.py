@@ -386,3 +386,22 @@ def test_an_export_marks_other_branches_and_a_parley_import_keeps_the_shown_one(
     imported = conversation_read(source="parley", raw=exported)
     assert [m.content for m in imported.messages] == ["Capital of Italy?", "Rome."]
     assert imported.dropped == 2
+
+
+# Admin
+
+
+def test_the_admin_shows_the_whole_tree_with_versions_and_the_branch_shown(client, conversation):
+    first = finish(message_send(conversation=conversation, content="Capital of France?"), "Paris.")
+    finish(message_edit(conversation=conversation, message=first.user_message, content="Capital of Italy?"), "Rome.")
+    client.force_login(make_user("root", is_staff=True, is_superuser=True))
+
+    page = client.get(f"/admin/chat/conversation/{conversation.pk}/change/").content.decode()
+
+    tree = page[page.index("message-tree") :]
+    for text in ("Capital of France?", "Paris.", "Capital of Italy?", "Rome."):
+        assert text in tree
+    assert tree.count("★") == 2  # the branch shown: the edited question and its answer
+    assert "version 1 / 2" in tree and "version 2 / 2" in tree
+    # Each answer is indented under its question.
+    assert tree.index("Capital of France?") < tree.index("Paris.") < tree.index("Capital of Italy?")
