@@ -12,6 +12,7 @@ from django.utils.html import format_html, format_html_join
 from accounts.admin_audit import AuditedAdmin
 
 from .models import Conversation, Feedback, ImportJob, Message, MessageStatus, Prompt, SharedConversation
+from .selectors import message_tree_nodes
 from .services import conversations_export, share_revoke
 
 TOOL_RESULT_ADMIN_CHARS = 500  # of each result shown in a conversation; the message's page shows it whole
@@ -59,7 +60,7 @@ class MessageInline(admin.TabularInline):
         "cached",
         "error",
         "tool_calls",
-        "superseded_by",
+        "parent",
     ]
     readonly_fields = fields
     extra = 0
@@ -136,7 +137,7 @@ class ConversationAdmin(AuditedAdmin, admin.ModelAdmin):
     list_filter = ["model", LastMessageStatusFilter, HasErrorFilter, "created_at", "updated_at", "archived_at"]
     search_fields = ["title", "owner__username", "owner__email", "messages__content"]
     search_help_text = "Title, owner's username or email, or text of any message."
-    fields = ["id", "title", "owner", "model", "created_at", "updated_at", "archived_at"]
+    fields = ["id", "title", "owner", "model", "created_at", "updated_at", "archived_at", "branches"]
     readonly_fields = fields
     list_select_related = ["owner", "model"]
     date_hierarchy = "created_at"
@@ -160,6 +161,41 @@ class ConversationAdmin(AuditedAdmin, admin.ModelAdmin):
     @admin.display(description="messages", ordering="message_total")
     def message_count(self, conversation) -> int:
         return conversation.message_total
+
+    @admin.display(description="message tree")
+    def branches(self, conversation) -> str:
+        """Every message, indented under the one it follows; "n / m" where it has other versions
+        (edits, regenerations), and ★ on the branch the user sees (the active path)."""
+        messages, path = message_tree_nodes(conversation=conversation)
+        if not messages:
+            return "–"
+        by_id = {m.pk: m for m in messages}
+        depth: dict = {}
+        for message in messages:  # oldest first: a parent's depth is known before its children's
+            depth[message.pk] = depth[message.parent_id] + 1 if message.parent_id in by_id else 0
+        active = set(path)
+        # Depth-first, so that each branch reads as a block under its fork.
+        children: dict = {}
+        for message in messages:
+            children.setdefault(message.parent_id if message.parent_id in by_id else None, []).append(message)
+        rows, stack = [], list(reversed(children.get(None, [])))
+        while stack:
+            message = stack.pop()
+            count = len(message.sibling_ids)
+            rows.append(
+                (
+                    "\u00a0" * 4 * depth[message.pk],
+                    "★ " if message.pk in active else "",
+                    message.role,
+                    message.content[:80],
+                    message.status,
+                    f" · version {message.sibling_ids.index(message.pk) + 1} / {count}" if count > 1 else "",
+                    message.pk,
+                )
+            )
+            stack.extend(reversed(children.get(message.pk, [])))
+        items = format_html_join("", "<li><code>{}</code>{}<b>{}</b>: {} <i>({}{})</i> <small>{}</small></li>", rows)
+        return format_html("<ul class='message-tree' style='list-style: none; padding: 0'>{}</ul>", items)
 
     @admin.display(description="last message", ordering="last_status")
     def last_status(self, conversation) -> str:

@@ -32,7 +32,8 @@ from .selectors import (
     import_job_get,
     import_job_list,
     message_get,
-    message_list,
+    message_path,
+    message_tree_nodes,
     prompt_get,
     prompt_list,
     share_get,
@@ -43,6 +44,7 @@ from .serializers import (
     CustomInstructionsOutputSerializer,
     FeedbackOutputSerializer,
     ImportJobOutputSerializer,
+    MessageNodeOutputSerializer,
     MessageOutputSerializer,
     PromptOutputSerializer,
     ShareOutputSerializer,
@@ -62,6 +64,7 @@ CONVERSATION_EXAMPLE = {
 USER_MESSAGE_EXAMPLE = {
     "id": "6a1d2f0e-4b3c-4d5e-8f70-1a2b3c4d5e6f",
     "conversation": CONVERSATION_EXAMPLE["id"],
+    "parent_id": None,
     "role": "user",
     "content": "What is the capital of France?",
     "status": "complete",
@@ -82,6 +85,7 @@ USER_MESSAGE_EXAMPLE = {
 ANSWER_EXAMPLE = {
     **USER_MESSAGE_EXAMPLE,
     "id": "0b8f7c52-3d1e-4f6a-9b2c-7e5d4a3f2c10",
+    "parent_id": USER_MESSAGE_EXAMPLE["id"],
     "role": "assistant",
     "content": "The capital of France is Paris.",
     "client_id": "",
@@ -96,8 +100,27 @@ ANSWER_EXAMPLE = {
 }
 
 
+# A message as the message list and the tree give it: with its versions (edits, regenerations).
+ANSWER_NODE_EXAMPLE = {
+    **ANSWER_EXAMPLE,
+    "sibling_ids": ["3f0e9d8c-7b6a-4594-8372-615049382716", ANSWER_EXAMPLE["id"]],
+    "sibling_index": 1,
+    "sibling_count": 2,
+}
+USER_NODE_EXAMPLE = {
+    **USER_MESSAGE_EXAMPLE,
+    "sibling_ids": [USER_MESSAGE_EXAMPLE["id"]],
+    "sibling_index": 0,
+    "sibling_count": 1,
+}
+
 _ANSWER_EVENTS = [
-    {"type": "generation.started", "message_id": ANSWER_EXAMPLE["id"], "model": "smollm2-135m"},
+    {
+        "type": "generation.started",
+        "message_id": ANSWER_EXAMPLE["id"],
+        "model": "smollm2-135m",
+        "parent_id": USER_MESSAGE_EXAMPLE["id"],
+    },
     {"type": "token", "message_id": ANSWER_EXAMPLE["id"], "delta": "The capital"},
     {"type": "token", "message_id": ANSWER_EXAMPLE["id"], "delta": " of France is Paris."},
     {"type": "generation.completed", "message": ANSWER_EXAMPLE},
@@ -196,8 +219,34 @@ class ConversationListApi(APIView):
         return Response(ConversationOutputSerializer(conversation).data, status=status.HTTP_201_CREATED)
 
 
+def _turn_response(view, request, turn):
+    """Answer a request that started ``turn`` (a send or an edit): its events as SSE when asked,
+    else wait for the answer and return 201 ``{"user_message", "assistant_message"}``."""
+    created = {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}
+    if view.wants_event_stream(request):
+        return event_stream_response(sse.turn_events(turn, announce=created))
+    async_to_sync(turns.send_event)(turn.user_message.conversation_id, created)
+    assistant_message = async_to_sync(turns.turn_execute)(turn)
+    # The user's message and the failed answer stay stored, as for any failure.
+    _raise_if_not_taken(assistant_message)
+    return Response(
+        {
+            "user_message": MessageOutputSerializer(turn.user_message).data,
+            "assistant_message": MessageOutputSerializer(assistant_message).data,
+        },
+        status=status.HTTP_201_CREATED,
+    )
+
+
+MESSAGE_SEND_RESULT = inline_serializer(
+    "MessageSendResult",
+    fields={"user_message": MessageOutputSerializer(), "assistant_message": MessageOutputSerializer()},
+)
+
+
 class MessageListApi(sse.EventStreamMixin, APIView):
-    """``GET``: a conversation's messages, oldest first.
+    """``GET``: a conversation's active path (the branch shown), oldest first, each message with its
+    ``parent_id`` and its versions (``sibling_ids``, ``sibling_index``, ``sibling_count``).
 
     ``POST {"content", "model"?, "params"?: {"temperature", "max_tokens"}, "client_id"?, "cache"?}``: send a
     message and wait for the whole answer; returns ``{"user_message", "assistant_message"}`` (201).
@@ -217,15 +266,16 @@ class MessageListApi(sse.EventStreamMixin, APIView):
         cache = serializers.BooleanField(required=False, default=True)
 
     @extend_schema(
-        summary="List a conversation's messages",
-        responses=MessageOutputSerializer(many=True),
-        examples=[OpenApiExample("messages", value=[USER_MESSAGE_EXAMPLE, ANSWER_EXAMPLE], response_only=True)],
+        summary="List a conversation's messages (the branch shown)",
+        description="The active path only; `GET .../messages/tree/` has every branch.",
+        responses=MessageNodeOutputSerializer(many=True),
+        examples=[OpenApiExample("messages", value=[USER_NODE_EXAMPLE, ANSWER_NODE_EXAMPLE], response_only=True)],
     )
     def get(self, request, conversation_id):
         conversation = conversation_get(user=request.user, conversation_id=conversation_id)
         # A client catching up after a crash reads the answer as ended, not as still streaming.
         services.conversation_orphans_finalize(conversation=conversation)
-        return Response(MessageOutputSerializer(message_list(conversation=conversation), many=True).data)
+        return Response(MessageNodeOutputSerializer(message_path(conversation=conversation), many=True).data)
 
     @extend_schema(
         summary="Send a message and wait for the answer (JSON), or stream it (SSE)",
@@ -240,10 +290,7 @@ class MessageListApi(sse.EventStreamMixin, APIView):
         ),
         request=InputSerializer,
         responses={
-            (201, "application/json"): inline_serializer(
-                "MessageSendResult",
-                fields={"user_message": MessageOutputSerializer(), "assistant_message": MessageOutputSerializer()},
-            ),
+            (201, "application/json"): MESSAGE_SEND_RESULT,
             (200, sse.MEDIA_TYPE): SEND_STREAM_RESPONSE,
             409: GENERATION_IN_PROGRESS,
             413: OpenApiResponse(ErrorSerializer, description="The message is too long (`message_too_long`)."),
@@ -279,20 +326,144 @@ class MessageListApi(sse.EventStreamMixin, APIView):
             params=data.get("params"),
             cache=data["cache"],
         )
-        created = {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}
-        if self.wants_event_stream(request):
-            return event_stream_response(sse.turn_events(turn, announce=created))
-        async_to_sync(turns.send_event)(conversation.pk, created)
-        assistant_message = async_to_sync(turns.turn_execute)(turn)
-        # The user's message and the failed answer stay stored, as for any failure.
-        _raise_if_not_taken(assistant_message)
+        return _turn_response(self, request, turn)
+
+
+class MessageTreeApi(APIView):
+    """``GET``: every message of a conversation, all branches, and which of them form the active path."""
+
+    @extend_schema(
+        summary="Get a conversation's message tree (every branch)",
+        responses=inline_serializer(
+            "MessageTree",
+            fields={
+                "active_leaf": serializers.UUIDField(allow_null=True, help_text="The last message of the active path."),
+                "active_path": serializers.ListField(
+                    child=serializers.UUIDField(), help_text="The ids of the active path, first message first."
+                ),
+                "messages": MessageNodeOutputSerializer(many=True, help_text="Every message, oldest first."),
+            },
+        ),
+        examples=[
+            OpenApiExample(
+                "tree",
+                value={
+                    "active_leaf": ANSWER_NODE_EXAMPLE["id"],
+                    "active_path": [USER_NODE_EXAMPLE["id"], ANSWER_NODE_EXAMPLE["id"]],
+                    "messages": [
+                        USER_NODE_EXAMPLE,
+                        {**ANSWER_NODE_EXAMPLE, "id": ANSWER_NODE_EXAMPLE["sibling_ids"][0], "sibling_index": 0},
+                        ANSWER_NODE_EXAMPLE,
+                    ],
+                },
+                response_only=True,
+            )
+        ],
+    )
+    def get(self, request, conversation_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        services.conversation_orphans_finalize(conversation=conversation)
+        messages, path = message_tree_nodes(conversation=conversation)
         return Response(
             {
-                "user_message": MessageOutputSerializer(turn.user_message).data,
-                "assistant_message": MessageOutputSerializer(assistant_message).data,
-            },
-            status=status.HTTP_201_CREATED,
+                "active_leaf": str(path[-1]) if path else None,
+                "active_path": [str(pk) for pk in path],
+                "messages": MessageNodeOutputSerializer(messages, many=True).data,
+            }
         )
+
+
+class MessageEditApi(sse.EventStreamMixin, APIView):
+    """``POST {"content", "model"?, "params"?, "client_id"?, "cache"?}``: ask one of your messages again,
+    changed, as a new branch, and wait for its answer.
+
+    The edited message and what followed it are kept on their own branch; the new message is its
+    sibling (same ``parent_id``) and the new branch is the one shown. Answers as sending does:
+    201 ``{"user_message", "assistant_message"}``, or with ``Accept: text/event-stream`` 200 and the
+    events. 400 ``not_editable`` for an answer (regenerate it instead).
+    """
+
+    renderer_classes = [JSONRenderer, sse.EventStreamRenderer]
+    schema = sse.EventStreamAutoSchema()
+
+    class InputSerializer(serializers.Serializer):
+        content = serializers.CharField(trim_whitespace=False, allow_blank=True)
+        model = serializers.SlugField(required=False, allow_blank=True)
+        params = serializers.DictField(required=False)
+        client_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+        cache = serializers.BooleanField(required=False, default=True)
+
+    @extend_schema(
+        summary="Edit a message: a new branch from it (JSON), or stream its answer (SSE)",
+        description=(
+            "As sending a message, from the edited message's place: the events with "
+            "`Accept: text/event-stream` are `message.created` (the new message, with its `parent_id`), "
+            "`generation.started`, `token`..., `generation.completed`."
+        ),
+        request=InputSerializer,
+        responses={
+            (201, "application/json"): MESSAGE_SEND_RESULT,
+            (200, sse.MEDIA_TYPE): SEND_STREAM_RESPONSE,
+            400: OpenApiResponse(ErrorSerializer, description="Not a user message (`not_editable`), or empty."),
+            409: GENERATION_IN_PROGRESS,
+            413: OpenApiResponse(ErrorSerializer, description="The message is too long (`message_too_long`)."),
+            503: OpenApiResponse(
+                ErrorSerializer, description="The model is busy (`model_busy`, with `Retry-After`) or unavailable."
+            ),
+        },
+        examples=[
+            OpenApiExample("reworded", value={"content": "What is the capital of Italy?"}, request_only=True),
+            OpenApiExample(
+                "answered",
+                value={"user_message": USER_MESSAGE_EXAMPLE, "assistant_message": ANSWER_EXAMPLE},
+                response_only=True,
+                status_codes=[201],
+                media_type="application/json",
+            ),
+            _error_example(400, "not_editable", "Only your own messages can be edited; regenerate an answer instead."),
+        ],
+    )
+    def post(self, request, conversation_id, message_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        message = message_get(conversation=conversation, message_id=message_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        turn = services.message_edit(
+            conversation=conversation,
+            message=message,
+            content=data["content"],
+            client_id=data["client_id"],
+            model_slug=data.get("model") or None,
+            params=data.get("params"),
+            cache=data["cache"],
+        )
+        return _turn_response(self, request, turn)
+
+
+class MessageActivateApi(APIView):
+    """``POST``: show the branch through this message (a "‹ 2 / 3 ›" switch); return the new active path.
+
+    The path follows the newest message under it. Nothing is created or deleted; the next message
+    sent continues this branch. Open pages of the conversation get a ``branch.switched`` event.
+    409 ``generation_in_progress`` while an answer is being generated.
+    """
+
+    @extend_schema(
+        summary="Switch to the branch through a message",
+        request=None,
+        responses={
+            200: MessageNodeOutputSerializer(many=True),
+            409: GENERATION_IN_PROGRESS,
+        },
+        examples=[OpenApiExample("path", value=[USER_NODE_EXAMPLE, ANSWER_NODE_EXAMPLE], response_only=True)],
+    )
+    def post(self, request, conversation_id, message_id):
+        conversation = conversation_get(user=request.user, conversation_id=conversation_id)
+        message = message_get(conversation=conversation, message_id=message_id)
+        leaf = services.conversation_switch_branch(conversation=conversation, message=message)
+        async_to_sync(turns.send_event)(conversation.pk, turns.branch_switched_event(leaf=leaf, message=message))
+        return Response(MessageNodeOutputSerializer(message_path(conversation=conversation), many=True).data)
 
 
 class ConversationDetailApi(APIView):
@@ -385,11 +556,11 @@ class ConversationStopApi(APIView):
 
 
 class MessageRegenerateApi(sse.EventStreamMixin, APIView):
-    """``POST {"model"?, "params"?, "cache"?}``: answer the last question again and wait for the new answer.
+    """``POST {"model"?, "params"?, "cache"?}``: answer a question again and wait for the new answer.
 
-    Only the conversation's last message, an assistant answer, can be regenerated (400
-    ``not_regenerable`` otherwise). The old answer is kept but superseded: it leaves the message
-    list and the model's history. ``cache`` defaults to false. Returns the new answer (201), which
+    Any answer to a question can be regenerated (400 ``not_regenerable`` for other messages). The
+    old answer is kept, with what followed it, on its own branch: the new one is its sibling, and
+    its branch is the one shown and sent to the model. ``cache`` defaults to false. Returns the new answer (201), which
     also streams to the conversation's open WebSockets; with ``Accept: text/event-stream``, 200 and
     its events as they happen (chat.sse), from ``generation.started`` to ``generation.completed``.
     """
@@ -403,7 +574,7 @@ class MessageRegenerateApi(sse.EventStreamMixin, APIView):
         cache = serializers.BooleanField(required=False, default=False)
 
     @extend_schema(
-        summary="Regenerate the last answer (JSON), or stream it (SSE)",
+        summary="Regenerate an answer as a new branch (JSON), or stream it (SSE)",
         description=(
             "With `Accept: text/event-stream`: 200 and the events of the new answer as they happen, "
             "as for sending a message (without `message.created`)."

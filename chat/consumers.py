@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -16,7 +17,7 @@ from core.log import websocket_message_begin
 from core.websocket import JsonWebsocketConsumer
 
 from . import services, turns
-from .selectors import conversation_get
+from .selectors import conversation_get, message_get
 from .serializers import MessageOutputSerializer
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,10 @@ class ChatConsumer(JsonWebsocketConsumer):
     async def receive_json(self, content, **kwargs) -> None:
         websocket_message_begin(self.scope)  # logs of this message (and the turn it starts) carry its id
         kind = content.get("type")
-        if kind == "message.send":
+        if kind in ("message.send", "message.edit"):
             await self.message_send(content)
+        elif kind == "branch.switch":
+            await self.branch_switch(content)
         elif kind == "generation.stop":
             # An answer whose process died cannot be stopped: end it here, and tell every open page.
             ended = await database_sync_to_async(services.conversation_orphans_finalize)(conversation=self.conversation)
@@ -104,6 +107,7 @@ class ChatConsumer(JsonWebsocketConsumer):
             await self.send_error("unknown_type", f"Unknown message type {kind!r}.")
 
     async def message_send(self, content: dict) -> None:
+        """Send a message, or with ``message.edit`` ask message ``message_id`` again as a new branch."""
         try:  # RATE_LIMIT_WS: over it, an error frame with retry_after; the socket stays open
             await sync_to_async(websocket_message_throttle)(user=self.scope["user"])
         except ParleyError as exc:
@@ -117,15 +121,20 @@ class ChatConsumer(JsonWebsocketConsumer):
         if not isinstance(use_cache, bool):
             await self.send_error("invalid", "cache must be true or false.")
             return
+        fields = {
+            "conversation": self.conversation,
+            "content": text,
+            "client_id": str(content.get("client_id") or ""),
+            "model_slug": content.get("model") or None,
+            "params": content.get("params"),
+            "cache": use_cache,
+        }
         try:
-            turn = await database_sync_to_async(services.message_send, thread_sensitive=False)(
-                conversation=self.conversation,
-                content=text,
-                client_id=str(content.get("client_id") or ""),
-                model_slug=content.get("model") or None,
-                params=content.get("params"),
-                cache=use_cache,
-            )
+            if content.get("type") == "message.edit":
+                fields["message"] = await self.message_of(content)
+                turn = await database_sync_to_async(services.message_edit, thread_sensitive=False)(**fields)
+            else:
+                turn = await database_sync_to_async(services.message_send, thread_sensitive=False)(**fields)
         except ParleyError as exc:  # includes InferenceError (no model), too_many_generations, quota_exceeded
             await self.send_parley_error(exc)
             return
@@ -134,6 +143,28 @@ class ChatConsumer(JsonWebsocketConsumer):
             {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data},
         )
         turns.turn_start(turn)
+
+    async def message_of(self, content: dict):
+        """Return the conversation's message ``content["message_id"]``; raise ``not_found`` (404) if none."""
+        message_id = content.get("message_id")
+        try:
+            return await database_sync_to_async(message_get, thread_sensitive=False)(
+                conversation=self.conversation, message_id=uuid.UUID(str(message_id))
+            )
+        except (ValueError, Http404) as exc:
+            raise ParleyError("No such message in this conversation.", code="not_found", status_code=404) from exc
+
+    async def branch_switch(self, content: dict) -> None:
+        """Show the branch through ``content["message_id"]``; every page of the conversation is told."""
+        try:
+            message = await self.message_of(content)
+            leaf = await database_sync_to_async(services.conversation_switch_branch, thread_sensitive=False)(
+                conversation=self.conversation, message=message
+            )
+        except ParleyError as exc:
+            await self.send_parley_error(exc)
+            return
+        await turns.send_event(self.conversation.pk, turns.branch_switched_event(leaf=leaf, message=message))
 
     async def chat_event(self, message: dict) -> None:
         """Relay one event of the conversation's group to this socket."""

@@ -22,9 +22,16 @@ def conversation_export_data(conversation: Conversation) -> dict:
     """Return one conversation as plain data: ``{"id", "title", "owner", "model", "created_at", ..., "messages"}``.
 
     Each message: ``role``, ``content``, ``status``, ``model``, tokens, ``ttft_ms``, ``latency_ms``,
-    ``cost`` (USD, string), ``cached``, ``error``, ``created_at`` (ISO 8601), ``superseded`` (replaced by
-    a regeneration).
+    ``cost`` (USD, string), ``cached``, ``error``, ``created_at`` (ISO 8601), ``parent_id`` (the
+    message it follows; null for a first message) and ``active`` (on the branch shown; false for an
+    earlier edit or regeneration and what followed it).
     """
+    messages = list(conversation.messages.all())
+    parents = {m.pk: m.parent_id for m in messages}
+    active, node = set(), conversation.active_leaf_id
+    while node is not None and node not in active:
+        active.add(node)
+        node = parents.get(node)
     return {
         "id": str(conversation.pk),
         "title": str(conversation),
@@ -48,9 +55,10 @@ def conversation_export_data(conversation: Conversation) -> dict:
                 "cached": m.cached,
                 "error": m.error or None,
                 "created_at": m.created_at.isoformat(),
-                "superseded": m.superseded_by_id is not None,
+                "parent_id": str(m.parent_id) if m.parent_id else None,
+                "active": m.pk in active,
             }
-            for m in conversation.messages.all()
+            for m in messages
         ],
     }
 
@@ -107,8 +115,8 @@ def conversations_export_markdown(conversations: Iterable[Conversation]) -> str:
                 facts.append(f"{m['prompt_tokens']}+{m['completion_tokens']} tokens")
             if m["cached"]:
                 facts.append("cached")
-            if m["superseded"]:
-                facts.append("superseded")
+            if not m["active"]:
+                facts.append("another branch")
             facts = [markdown_escape(str(fact), single_line=True) for fact in facts]
             parts.append(f"## {m['role'].capitalize()}\n\n_{' · '.join(facts)}_\n\n{markdown_escape(m['content'])}\n")
             if m["error"]:

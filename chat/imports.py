@@ -235,8 +235,13 @@ def _parley_conversation(raw: dict, *, title: str) -> ImportedConversation:
         conversation.skip_reason = "No messages list."
         return conversation
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in Role.values or m.get("superseded"):
-            conversation.dropped += 1  # superseded answers were hidden in Parley too
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in Role.values
+            or m.get("superseded")
+            or m.get("active") is False
+        ):
+            conversation.dropped += 1  # other branches (version 1 files: "superseded" answers): the shown one only
             continue
         content = m.get("content") if isinstance(m.get("content"), str) else ""
         status = m.get("status") if m.get("status") in _PARLEY_STATUSES else MessageStatus.CANCELLED

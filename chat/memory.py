@@ -12,7 +12,7 @@ from core.queue import task_enqueue_on_commit
 from inference.selectors import model_config_get
 
 from .models import Conversation, Message, MessageStatus, Role
-from .selectors import model_messages
+from .selectors import message_list, model_messages
 
 
 def memory_after_turn(*, message_id) -> None:
@@ -31,9 +31,11 @@ def memory_after_turn(*, message_id) -> None:
     task_enqueue_on_commit(memory_remember_task, str(message.pk))
     every = settings.AGENTS_SUMMARY_EVERY_PAIRS
     if every:
-        pairs = message.conversation.messages.filter(
-            role=Role.ASSISTANT, status=MessageStatus.COMPLETE, superseded_by__isnull=True
-        ).count()
+        pairs = (
+            message_list(conversation=message.conversation)
+            .filter(role=Role.ASSISTANT, status=MessageStatus.COMPLETE)
+            .count()
+        )
         if pairs and pairs % every == 0:
             task_enqueue_on_commit(conversation_summarize_task, str(message.conversation_id), pairs)
 
@@ -47,11 +49,7 @@ def memory_remember(*, message_id) -> Memory | None:
     answer = Message.objects.select_related("conversation__owner").filter(pk=message_id, role=Role.ASSISTANT).first()
     if answer is None or answer.status != MessageStatus.COMPLETE or not answer.conversation.owner.memory_enabled:
         return None
-    question = (
-        answer.conversation.messages.filter(role=Role.USER, created_at__lte=answer.created_at)
-        .order_by("-created_at")
-        .first()
-    )
+    question = answer.conversation.messages.filter(pk=answer.parent_id, role=Role.USER).first()
     return memory_exchange_store(
         owner_id=answer.conversation.owner_id,
         conversation_id=answer.conversation_id,

@@ -27,6 +27,15 @@ class Conversation(models.Model):
         blank=True,
         help_text='Imported: {"imported_from": "chatgpt"|"parley", "original_id": str, "import_job": str}.',
     )
+    active_leaf = models.ForeignKey(
+        "Message",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The last message of the branch shown and sent to the model: the active path is it and its "
+        "ancestors. Empty until the first message.",
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -59,6 +68,10 @@ class Message(models.Model):
 
     An assistant message is created ``streaming`` before any model work and always finalised as
     ``complete``, ``error`` or ``cancelled``, keeping whatever text was generated.
+
+    The messages of a conversation form a tree through ``parent`` (``None`` for a first message):
+    editing a question or regenerating an answer adds a sibling, nothing is overwritten. The branch
+    shown and sent to the model is ``Conversation.active_leaf`` and its ancestors.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -80,13 +93,13 @@ class Message(models.Model):
     error = models.TextField("error text", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    superseded_by = models.ForeignKey(
+    parent = models.ForeignKey(
         "self",
-        on_delete=models.SET_NULL,
+        on_delete=models.CASCADE,
         null=True,
         blank=True,
-        related_name="supersedes",
-        help_text="The regenerated answer that replaced this one; superseded answers are kept but hidden.",
+        related_name="children",
+        help_text="The message this one follows; empty for a first message. Siblings: an edit or a regeneration.",
     )
 
     class Meta:

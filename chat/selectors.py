@@ -5,6 +5,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.http import Http404
 from django.utils import timezone
 
@@ -51,7 +52,8 @@ def conversation_list(*, user: User, query: str = "", archived: bool = False) ->
         search = SearchQuery(query, search_type="websearch", config=SEARCH_CONFIG)
         # EXISTS rather than a join: a conversation with many matching messages is listed once.
         matching_messages = (
-            Message.objects.filter(conversation=OuterRef("pk"), superseded_by__isnull=True)
+            # Every branch: text only an earlier edit or answer holds still finds its conversation.
+            Message.objects.filter(conversation=OuterRef("pk"))
             .annotate(document=SearchVector("content", config=SEARCH_CONFIG))
             .filter(document=search)
         )
@@ -73,13 +75,93 @@ def conversation_get(*, user: User, conversation_id) -> Conversation:
     return conversation
 
 
-def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    """Return the conversation's messages, oldest first, without answers replaced by a regeneration."""
-    return conversation.messages.filter(superseded_by__isnull=True).order_by("created_at")
+# The ids of a message and its ancestors: a recursive CTE over ``parent``, from the given message or,
+# when that is NULL, the conversation's active leaf read in the same statement (so a stale in-memory
+# conversation never picks an old branch). Parameters: conversation id, message id or None,
+# conversation id. Table names are the models' (chat_message, chat_conversation).
+_PATH_SQL = (
+    "WITH RECURSIVE path(id, parent_id) AS ("
+    " SELECT id, parent_id FROM chat_message WHERE conversation_id = %s"
+    " AND id = COALESCE(%s::uuid, (SELECT active_leaf_id FROM chat_conversation WHERE id = %s))"
+    " UNION ALL SELECT m.id, m.parent_id FROM chat_message m JOIN path ON m.id = path.parent_id"
+    ") SELECT id FROM path"
+)
+# The ids of a message and every message under it. Parameter: the message id.
+_SUBTREE_SQL = (
+    "WITH RECURSIVE below(id) AS ("
+    " SELECT id FROM chat_message WHERE id = %s"
+    " UNION ALL SELECT m.id FROM chat_message m JOIN below ON m.parent_id = below.id"
+    ") SELECT id FROM below"
+)
+
+
+def message_list(*, conversation: Conversation, leaf: Message | None = None) -> QuerySet[Message]:
+    """Return the active path of the conversation, oldest first: its active leaf and the leaf's ancestors.
+
+    ``leaf``: the path ending at that message instead (a turn's history ends at its own answer,
+    whatever branch is shown meanwhile). Other branches (earlier edits, regenerated answers) are
+    left out; :func:`message_tree` has them all. One query.
+    """
+    leaf_id = leaf.pk if leaf is not None else None
+    path = RawSQL(_PATH_SQL, [conversation.pk, leaf_id, conversation.pk])  # noqa: S611 (constant SQL, bound values)
+    return conversation.messages.filter(pk__in=path).order_by("created_at", "pk")
+
+
+def message_tree(*, conversation: Conversation) -> QuerySet[Message]:
+    """Return every message of the conversation, all branches, oldest first."""
+    return conversation.messages.order_by("created_at", "pk")
+
+
+def message_siblings_attach(*, conversation: Conversation, messages: list[Message]) -> list[Message]:
+    """Set ``sibling_ids`` on each of ``messages``: the ids of the messages sharing its parent
+    (itself included), oldest first. One query; return ``messages``.
+    """
+    if not messages:
+        return messages
+    parents = {m.parent_id for m in messages}
+    match = Q(parent_id__in=[p for p in parents if p is not None])
+    if None in parents:
+        match |= Q(parent__isnull=True)
+    rows = conversation.messages.filter(match).order_by("created_at", "pk")
+    children: dict = {}
+    for pk, parent_id in rows.values_list("pk", "parent_id"):
+        children.setdefault(parent_id, []).append(pk)
+    for message in messages:
+        message.sibling_ids = children.get(message.parent_id, [message.pk])
+    return messages
+
+
+def message_path(*, conversation: Conversation) -> list[Message]:
+    """Return the active path (:func:`message_list`), each message with its ``sibling_ids``. Two queries."""
+    return message_siblings_attach(conversation=conversation, messages=list(message_list(conversation=conversation)))
+
+
+def message_tree_nodes(*, conversation: Conversation) -> tuple[list[Message], list]:
+    """Return every message (:func:`message_tree`), each with its ``sibling_ids``, and the active path's ids.
+
+    ``([Message], [id, ...])``: all branches oldest first; the path root first. Two queries.
+    """
+    messages = list(message_tree(conversation=conversation))
+    children: dict = {}
+    for message in messages:
+        children.setdefault(message.parent_id, []).append(message.pk)
+    for message in messages:
+        message.sibling_ids = children[message.parent_id]
+    path = list(message_list(conversation=conversation).values_list("pk", flat=True))
+    return messages, path
+
+
+def message_leaf_latest(*, message: Message) -> Message:
+    """Return the newest message of the subtree under ``message`` (itself when it has no children).
+
+    The newest descendant is always a leaf: anything created under it would be newer. One query.
+    """
+    below = RawSQL(_SUBTREE_SQL, [message.pk])  # noqa: S611 (constant SQL, bound values)
+    return Message.objects.filter(pk__in=below).order_by("-created_at", "-pk").first()
 
 
 def message_get(*, conversation: Conversation, message_id) -> Message:
-    """Return message ``message_id`` of ``conversation`` (superseded or not); raise ``Http404`` if none."""
+    """Return message ``message_id`` of ``conversation`` (on any branch); raise ``Http404`` if none."""
     message = conversation.messages.filter(pk=message_id).first()
     if message is None:
         raise Http404("No such message.")
@@ -125,15 +207,18 @@ def generation_active(*, conversation: Conversation) -> Message | None:
     return None
 
 
-def model_messages(*, conversation: Conversation, system_prompt: str = "") -> list[dict[str, str]]:
+def model_messages(
+    *, conversation: Conversation, system_prompt: str = "", leaf: Message | None = None
+) -> list[dict[str, str]]:
     """Return the conversation as chat messages for a model: ``[{"role", "content"}]``, oldest first.
 
-    Includes the system prompt (when given), user messages and finished assistant answers (complete,
-    or the partial text of a cancelled one); leaves out failed answers, the one being generated and
-    answers replaced by a regeneration (see :func:`message_list`).
+    Only the active path (or the path ending at ``leaf``; see :func:`message_list`): other
+    branches never reach the model. Includes the system prompt (when given), user messages and
+    finished assistant answers (complete, or the partial text of a cancelled one); leaves out
+    failed answers and the one being generated.
     """
     messages = [{"role": Role.SYSTEM.value, "content": system_prompt}] if system_prompt else []
-    rows = message_list(conversation=conversation).filter(
+    rows = message_list(conversation=conversation, leaf=leaf).filter(
         role__in=[Role.USER, Role.ASSISTANT], status__in=[MessageStatus.COMPLETE, MessageStatus.CANCELLED]
     )
     messages += [{"role": m.role, "content": m.content} for m in rows if m.content]

@@ -10,6 +10,9 @@ class MessageOutputSerializer(serializers.ModelSerializer):
     cost = serializers.FloatField(read_only=True, allow_null=True)
     # A string, not a UUID object: the same data goes over the channel layer (msgpack).
     conversation = serializers.UUIDField(source="conversation_id", read_only=True)
+    parent_id = serializers.UUIDField(
+        read_only=True, allow_null=True, help_text="The message this one follows; null for a first message."
+    )
     usage = serializers.SerializerMethodField()
 
     class Meta:
@@ -17,6 +20,7 @@ class MessageOutputSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "conversation",
+            "parent_id",
             "role",
             "content",
             "status",
@@ -39,6 +43,31 @@ class MessageOutputSerializer(serializers.ModelSerializer):
         if message.prompt_tokens is None and message.completion_tokens is None:
             return None
         return {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens}
+
+
+class MessageNodeOutputSerializer(MessageOutputSerializer):
+    """A message with its place among its siblings (the other versions of it: edits, regenerations).
+
+    The messages must carry ``sibling_ids`` (:func:`chat.selectors.message_siblings_attach`).
+    """
+
+    sibling_ids = serializers.SerializerMethodField(
+        help_text="The ids of the messages with the same parent (this one included), oldest first."
+    )
+    sibling_index = serializers.SerializerMethodField(help_text="This message's place in `sibling_ids`, from 0.")
+    sibling_count = serializers.SerializerMethodField(help_text="How many versions: 1 when it has no siblings.")
+
+    class Meta(MessageOutputSerializer.Meta):
+        fields = [*MessageOutputSerializer.Meta.fields, "sibling_ids", "sibling_index", "sibling_count"]
+
+    def get_sibling_ids(self, message: Message) -> list[str]:
+        return [str(pk) for pk in message.sibling_ids]
+
+    def get_sibling_index(self, message: Message) -> int:
+        return message.sibling_ids.index(message.pk)
+
+    def get_sibling_count(self, message: Message) -> int:
+        return len(message.sibling_ids)
 
 
 class ConversationOutputSerializer(serializers.ModelSerializer):

@@ -71,6 +71,7 @@ from .selectors import (
     generation_active,
     generation_running,
     generations_unfinished,
+    message_leaf_latest,
     message_list,
     orphan_grace,
 )
@@ -270,26 +271,38 @@ def _import_conversation(*, job: ImportJob, source: str, imported: ImportedConve
         metadata={"imported_from": source, "original_id": imported.original_id, "import_job": str(job.pk)},
     )
     messages = Message.objects.bulk_create(
-        Message(
-            conversation=conversation,
-            role=m.role,
-            content=m.content,
-            status=m.status,
-            model_slug=m.model,
-            error=m.error,
-            finished_at=when if m.role == Role.ASSISTANT else None,
+        _chained(
+            Message(
+                conversation=conversation,
+                role=m.role,
+                content=m.content,
+                status=m.status,
+                model_slug=m.model,
+                error=m.error,
+                finished_at=when if m.role == Role.ASSISTANT else None,
+            )
+            for m, when in zip(imported.messages, times, strict=True)
         )
-        for m, when in zip(imported.messages, times, strict=True)
     )
     # created_at is auto_now_add, set by create(); bulk_update writes the original times as given.
     for message, when in zip(messages, times, strict=True):
         message.created_at = when
     Message.objects.bulk_update(messages, ["created_at"], batch_size=1000)
     Conversation.objects.filter(pk=conversation.pk).update(
-        created_at=imported.created_at or times[0], updated_at=max(imported.updated_at or times[-1], times[-1])
+        created_at=imported.created_at or times[0],
+        updated_at=max(imported.updated_at or times[-1], times[-1]),
+        active_leaf=messages[-1],
     )
     reason = f"{imported.dropped} system, hidden, tool, empty or non-text parts left out." if imported.dropped else ""
     return {**entry, "status": "imported", "reason": reason, "conversation": str(conversation.pk)}
+
+
+def _chained(messages) -> list[Message]:
+    """Return ``messages`` (unsaved, in order) as one branch: each one's parent is the one before."""
+    chain = list(messages)
+    for parent, message in zip([None, *chain], chain, strict=False):
+        message.parent = parent
+    return chain
 
 
 def _uuid_or_none(value: str):
@@ -459,14 +472,72 @@ def message_send(
 ) -> Turn:
     """Store the user's message and a ``streaming`` assistant placeholder, in one transaction.
 
-    Runs before any model work, so nothing the user typed is lost if generation fails. The model is
-    ``model_slug``, else the conversation's, else the default. Raise :class:`ParleyError`:
-    ``empty_message`` / ``message_too_long`` (see :func:`message_validate`),
-    ``generation_in_progress`` (409) when an answer is still being generated in this conversation,
-    ``model_unavailable`` when no enabled model matches, ``invalid_params`` for bad ``params``
-    (see :func:`inference.services.generation_params`), and before storing anything, 429
-    ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (see :class:`accounts.metering.Admission`). The
-    generation slot taken here is freed by :func:`message_finalize`.
+    Runs before any model work, so nothing the user typed is lost if generation fails. The message
+    follows the conversation's active leaf (a send never starts a branch), and the placeholder
+    becomes the new active leaf. The model is ``model_slug``, else the conversation's, else the
+    default. Raise :class:`ParleyError`: ``empty_message`` / ``message_too_long`` (see
+    :func:`message_validate`), ``generation_in_progress`` (409) when an answer is still being
+    generated in this conversation, ``model_unavailable`` when no enabled model matches,
+    ``invalid_params`` for bad ``params`` (see :func:`inference.services.generation_params`), and
+    before storing anything, 429 ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded``
+    (see :class:`accounts.metering.Admission`). The generation slot taken here is freed by
+    :func:`message_finalize`.
+    """
+    return _question_turn(
+        conversation=conversation,
+        content=content,
+        client_id=client_id,
+        model_slug=model_slug,
+        params=params,
+        cache=cache,
+    )
+
+
+def message_edit(
+    *,
+    conversation: Conversation,
+    message: Message,
+    content: str,
+    client_id: str = "",
+    model_slug: str | None = None,
+    params: dict | None = None,
+    cache: bool = True,
+) -> Turn:
+    """Ask the user's ``message`` again with ``content``: a new question beside it, and its answer's turn.
+
+    The edited message and everything after it are kept, on their own branch: the new question is
+    a sibling of ``message`` (same parent), and the new ``streaming`` answer under it becomes the
+    active leaf. Stored as :func:`message_send` stores, in one transaction before any model work;
+    run the returned turn with :func:`chat.turns.turn_start` or :func:`chat.turns.turn_execute`.
+    Raise :class:`ParleyError` ``not_editable`` (400) when ``message`` is not a user message, and
+    what :func:`message_send` raises.
+    """
+    if message.role != Role.USER:
+        raise ParleyError("Only your own messages can be edited; regenerate an answer instead.", code="not_editable")
+    return _question_turn(
+        conversation=conversation,
+        content=content,
+        client_id=client_id,
+        model_slug=model_slug,
+        params=params,
+        cache=cache,
+        edited=message,
+    )
+
+
+def _question_turn(
+    *,
+    conversation: Conversation,
+    content: str,
+    client_id: str,
+    model_slug: str | None,
+    params: dict | None,
+    cache: bool,
+    edited: Message | None = None,
+) -> Turn:
+    """Store a question and its ``streaming`` answer (see :func:`message_send`); return the turn.
+
+    The question follows the active leaf, or, when it replaces ``edited``, ``edited``'s parent.
     """
     content = message_validate(content=content)
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
@@ -476,7 +547,11 @@ def message_send(
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
             _check_no_generation(locked)
             user_message = Message.objects.create(
-                conversation=locked, role=Role.USER, content=content, client_id=client_id[:64]
+                conversation=locked,
+                role=Role.USER,
+                content=content,
+                client_id=client_id[:64],
+                parent_id=edited.parent_id if edited is not None else locked.active_leaf_id,
             )
             assistant_message = Message.objects.create(
                 id=admission.generation_id,
@@ -484,8 +559,10 @@ def message_send(
                 role=Role.ASSISTANT,
                 status=MessageStatus.STREAMING,
                 model_slug=model.slug,
+                parent=user_message,
             )
-            update_fields = ["updated_at"]
+            locked.active_leaf = assistant_message
+            update_fields = ["updated_at", "active_leaf"]
             if not locked.title:
                 locked.title = " ".join(content.split())[:TITLE_LENGTH]
                 update_fields.append("title")
@@ -494,6 +571,7 @@ def message_send(
                 update_fields.append("model")
             locked.save(update_fields=update_fields)
     conversation.title, conversation.model = locked.title, locked.model
+    conversation.active_leaf_id = locked.active_leaf_id
     return Turn(
         user_message=user_message,
         assistant_message=assistant_message,
@@ -502,6 +580,25 @@ def message_send(
         admission=admission,
         use_cache=cache,
     )
+
+
+def conversation_switch_branch(*, conversation: Conversation, message: Message) -> Message:
+    """Show the branch through ``message`` (one of ``conversation``'s, e.g. a sibling picked with "‹ 2 / 3 ›").
+
+    The active path becomes the newest message under ``message`` (itself, if nothing follows it)
+    and that message's ancestors; the next message sent follows it. Nothing is created or
+    deleted, and ``updated_at`` does not change. Return the new active leaf. Raise
+    :class:`ParleyError` ``generation_in_progress`` (409) while an answer is being generated.
+    """
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        _check_no_generation(locked)
+        leaf = message_leaf_latest(message=message)
+        if locked.active_leaf_id != leaf.pk:
+            locked.active_leaf = leaf
+            locked.save(update_fields=["active_leaf"])
+    conversation.active_leaf_id = leaf.pk
+    return leaf
 
 
 def conversation_start(
@@ -549,48 +646,44 @@ def message_regenerate(
     params: dict | None = None,
     cache: bool = False,
 ) -> Turn:
-    """Start a new answer to the question that ``message`` answered, replacing ``message``.
+    """Start a new answer to the question that ``message`` answered, beside ``message``.
 
-    ``message`` must be the conversation's last (visible) message, an assistant answer following a
-    user message; it may be complete, failed or stopped. It is kept, with ``superseded_by`` set to
-    a new ``streaming`` placeholder, so it leaves :func:`chat.selectors.message_list` and the model's
-    history (its feedback stays). ``cache`` is off by default: asking again means wanting a fresh
-    generation, not the cached copy of the answer being replaced. Run the returned turn with
-    :func:`chat.turns.turn_run`. Raise :class:`ParleyError`: ``generation_in_progress`` (409),
-    ``not_regenerable`` (400) when ``message`` is not the last answer, and those of model and params
-    (see :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (429)
+    ``message`` is any assistant answer of the conversation that follows a user message, on the
+    shown branch or not; it may be complete, failed or stopped. It is kept (with its feedback and
+    whatever followed it) on its own branch: the new ``streaming`` answer is its sibling and
+    becomes the active leaf, so the model's history is the question and what preceded it.
+    ``cache`` is off by default: asking again means wanting a fresh generation, not the cached copy
+    of the answer being replaced. Run the returned turn with :func:`chat.turns.turn_run`. Raise
+    :class:`ParleyError`: ``generation_in_progress`` (409), ``not_regenerable`` (400) when
+    ``message`` is not an answer to a question, and those of model and params (see
+    :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (429)
     before anything changes.
     """
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
     with _admitted(conversation=conversation, model=model, params=generation) as admission, transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)
-        last_two = list(message_list(conversation=locked).order_by("-created_at")[:2])
-        if (
-            len(last_two) < 2
-            or last_two[0].pk != message.pk
-            or last_two[0].role != Role.ASSISTANT
-            or last_two[1].role != Role.USER
-        ):
-            raise ParleyError("Only the last answer of a conversation can be regenerated.", code="not_regenerable")
-        old_answer, user_message = last_two
+        question = Message.objects.filter(pk=message.parent_id, conversation=locked).first()
+        if message.role != Role.ASSISTANT or question is None or question.role != Role.USER:
+            raise ParleyError("Only an answer to a question can be regenerated.", code="not_regenerable")
         assistant_message = Message.objects.create(
             id=admission.generation_id,
             conversation=locked,
             role=Role.ASSISTANT,
             status=MessageStatus.STREAMING,
             model_slug=model.slug,
+            parent=question,
         )
-        old_answer.superseded_by = assistant_message
-        old_answer.save(update_fields=["superseded_by"])
-        update_fields = ["updated_at"]
+        locked.active_leaf = assistant_message
+        update_fields = ["updated_at", "active_leaf"]
         if locked.model_id != model.pk:
             locked.model = model
             update_fields.append("model")
         locked.save(update_fields=update_fields)
     conversation.model = locked.model
+    conversation.active_leaf_id = locked.active_leaf_id
     return Turn(
-        user_message=user_message,
+        user_message=question,
         assistant_message=assistant_message,
         model=model,
         params=generation,
@@ -613,13 +706,7 @@ def turn_load(*, message_id, params: dict, use_cache: bool = True) -> Turn | Non
     )
     if answer is None:
         return None
-    question = (
-        Message.objects.filter(
-            conversation_id=answer.conversation_id, role=Role.USER, created_at__lte=answer.created_at
-        )
-        .order_by("-created_at")
-        .first()
-    )
+    question = Message.objects.filter(pk=answer.parent_id).first()
     return Turn(
         user_message=question,
         assistant_message=answer,
@@ -835,8 +922,9 @@ def share_snapshot(*, conversation: Conversation) -> list[dict]:
     """Return what a share link of ``conversation`` shows: its questions and finished answers, oldest first.
 
     Shape (``SharedConversation.snapshot_version`` 1): ``[{"role", "content", "model", "created_at"}]``,
-    ``created_at`` in ISO 8601. The history a model sees (:func:`chat.selectors.model_messages`): no
-    failed answer, none being generated, none replaced by a regeneration, no empty message.
+    ``created_at`` in ISO 8601. The history a model sees (:func:`chat.selectors.model_messages`):
+    the branch shown now (the active path) only, no failed answer, none being generated, no empty
+    message.
     """
     rows = message_list(conversation=conversation).filter(
         role__in=[Role.USER, Role.ASSISTANT], status__in=[MessageStatus.COMPLETE, MessageStatus.CANCELLED]
@@ -909,22 +997,27 @@ def share_continue(*, share: SharedConversation, user: User) -> Conversation:
     with transaction.atomic():
         conversation = conversation_create(owner=user, title=share.title)
         rows = Message.objects.bulk_create(
-            Message(
-                conversation=conversation,
-                role=item["role"],
-                content=item["content"],
-                model_slug=item.get("model", "")[:64],
-                status=MessageStatus.COMPLETE,
-                metadata={"copied_from_share": str(share.pk)},
+            _chained(
+                Message(
+                    conversation=conversation,
+                    role=item["role"],
+                    content=item["content"],
+                    model_slug=item.get("model", "")[:64],
+                    status=MessageStatus.COMPLETE,
+                    metadata={"copied_from_share": str(share.pk)},
+                )
+                for item in share.messages
+                if item.get("role") in (Role.USER, Role.ASSISTANT)
             )
-            for item in share.messages
-            if item.get("role") in (Role.USER, Role.ASSISTANT)
         )
         # created_at is the list's order; a bulk insert may give rows the same microsecond.
         start = timezone.now()
         for index, row in enumerate(rows):
             row.created_at = start + timedelta(microseconds=index)
         Message.objects.bulk_update(rows, ["created_at"])
+        if rows:
+            conversation.active_leaf = rows[-1]
+            conversation.save(update_fields=["active_leaf"])
     return conversation
 
 

@@ -66,6 +66,14 @@ async def send_event(conversation_id, event: dict) -> None:
         logger.warning("Channel layer unavailable (%s); event %s not relayed", type(exc).__name__, event["type"])
 
 
+def branch_switched_event(*, leaf: Message, message: Message) -> dict:
+    """Return the ``branch.switched`` event: the branch through ``message`` is shown now, up to ``leaf``.
+
+    Clients read the new active path over REST (``GET .../messages/``).
+    """
+    return {"type": "branch.switched", "message_id": str(message.pk), "leaf_id": str(leaf.pk)}
+
+
 async def generation_stop(conversation_id) -> None:
     """Ask whichever process is generating in this conversation to stop; its partial text is kept."""
     await get_channel_layer().group_send(control_group(conversation_id), {"type": "generation.stop"})
@@ -196,7 +204,8 @@ def _turn_prepare(turn: Turn) -> tuple[list[dict[str, str]], dict]:
     system_prompt = "\n\n".join(
         part for part in (turn.model.system_prompt, custom_instructions_prompt(user_id=owner_id)) if part
     )
-    messages = model_messages(conversation=message.conversation, system_prompt=system_prompt)
+    # The path to this answer, not the branch shown now: a switch meanwhile cannot change its history.
+    messages = model_messages(conversation=message.conversation, system_prompt=system_prompt, leaf=message)
     return messages, turn_knowledge(user_id=owner_id)
 
 
@@ -316,7 +325,10 @@ async def _turn_run(turn: Turn) -> Message:
         logger.warning("Channel layer unavailable (%s); generation.stop will not reach this turn", exc)
     keepalive = asyncio.create_task(turn.admission.keepalive())
     try:
-        relay.send({"type": "generation.started", "message_id": message_id, "model": turn.model.slug})
+        parent_id = str(message.parent_id) if message.parent_id else None  # the question: clients place it there
+        relay.send(
+            {"type": "generation.started", "message_id": message_id, "model": turn.model.slug, "parent_id": parent_id}
+        )
         messages, knowledge = await database_sync_to_async(_turn_prepare)(turn)
         async for kind, payload in turn_graph_stream(
             messages=messages,

@@ -37,6 +37,17 @@ api_urlpatterns = [
     path("shares/", apis.ShareListApi.as_view(), name="api_shares"),
     path("shares/<uuid:share_id>/", apis.ShareDetailApi.as_view(), name="api_share_detail"),
     path("conversations/<uuid:conversation_id>/messages/", apis.MessageListApi.as_view(), name="api_messages"),
+    path("conversations/<uuid:conversation_id>/messages/tree/", apis.MessageTreeApi.as_view(), name="api_message_tree"),
+    path(
+        "conversations/<uuid:conversation_id>/messages/<uuid:message_id>/edit/",
+        apis.MessageEditApi.as_view(),
+        name="api_message_edit",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/messages/<uuid:message_id>/activate/",
+        apis.MessageActivateApi.as_view(),
+        name="api_message_activate",
+    ),
     path(
         "conversations/<uuid:conversation_id>/messages/<uuid:message_id>/regenerate/",
         apis.MessageRegenerateApi.as_view(),

@@ -40,14 +40,14 @@ from .selectors import (
     conversation_list,
     custom_instructions_get,
     import_job_list,
-    message_list,
+    message_path,
     prompt_get,
     prompt_list,
     share_get,
     share_get_active,
     share_list,
 )
-from .serializers import MessageOutputSerializer
+from .serializers import MessageNodeOutputSerializer
 
 
 def _default_model_slug() -> str:
@@ -118,7 +118,7 @@ def conversation_detail(request, conversation_id):
     """The chat page of one of the user's conversations (404 for anyone else's)."""
     conversation = conversation_get(user=request.user, conversation_id=conversation_id)
     services.conversation_orphans_finalize(conversation=conversation)  # never show Stop for a dead answer
-    messages = MessageOutputSerializer(message_list(conversation=conversation), many=True).data
+    messages = MessageNodeOutputSerializer(message_path(conversation=conversation), many=True).data
     return render(
         request,
         "chat/conversation.html",

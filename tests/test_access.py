@@ -20,9 +20,10 @@ from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
 from agents.services import document_create, memory_exchange_store
-from chat.models import Message, MessageStatus, Role
+from chat.models import MessageStatus, Role
 from chat.services import conversation_create, import_job_create, prompt_create, share_create
 from conftest import make_user
+from tests.factories import message_add
 
 pytestmark = pytest.mark.django_db
 
@@ -48,10 +49,8 @@ def world(local_model):
     owner, other = make_user("owner"), make_user("other")
     staff = make_user("staff", is_staff=True)
     conversation = conversation_create(owner=owner, title="Mine")
-    question = Message.objects.create(conversation=conversation, role=Role.USER, content="Hi")
-    Message.objects.create(
-        conversation=conversation, role=Role.ASSISTANT, content="Hello", status=MessageStatus.COMPLETE
-    )
+    question = message_add(conversation=conversation, role=Role.USER, content="Hi")
+    message_add(conversation=conversation, role=Role.ASSISTANT, content="Hello", status=MessageStatus.COMPLETE)
     document = document_create(owner=owner, data=b"Some notes.", filename="notes.txt", ingest=False)
     api_key, _ = api_key_create(user=owner, name="script")
     answer = conversation.messages.get(role=Role.ASSISTANT)

@@ -61,7 +61,7 @@ def _answered_conversation(user) -> Conversation:
     conversation = Conversation.objects.filter(owner=user, archived_at__isnull=True).first()
     if conversation is None:
         conversation = conversation_create(owner=user, title="Schemathesis")
-    last = conversation.messages.filter(superseded_by__isnull=True).order_by("-created_at").first()
+    last = conversation.active_leaf
     if last is None or last.role != "assistant" or last.status == MessageStatus.STREAMING:
         turn = message_send(conversation=conversation, content="Hello?")
         message_finalize(message_id=turn.assistant_message.pk, content="Hello!", status=MessageStatus.COMPLETE)

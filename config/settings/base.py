@@ -539,7 +539,11 @@ SPECTACULAR_SETTINGS = {
     # No badge from the online validator (validator.swagger.io): the page loads nothing off-site.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     # Choice sets that share a field name ("status") get names of their own.
-    "ENUM_NAME_OVERRIDES": {"CacheStatusEnum": ["ok", "degraded"]},
+    "ENUM_NAME_OVERRIDES": {
+        "CacheStatusEnum": ["ok", "degraded"],
+        # A message's status, in MessageOutput and MessageNodeOutput alike: one enum, its name from before.
+        "MessageOutputStatusEnum": "chat.models.MessageStatus",
+    },
     # An example for every request and response body (core.schema_examples), after the enum hook.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

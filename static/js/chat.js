@@ -29,11 +29,15 @@
   let streamingId = null; // the answer being generated, if any
   let pendingSteps = []; // node events that arrived before generation.started
   let replacing = null; // id of the answer a regenerate will supersede
+  // A branch was made in this turn (an edit or a regeneration): once it ends, the path is read again
+  // over REST, for the "‹ 2 / 3 ›" counts of the messages that now have siblings.
+  let branched = false;
   let lastSent = ""; // for retrying a message the server refused
   // A message sent and not yet confirmed by its message.created: {content, clientId}. If the server
   // refuses it (an error frame) or the socket closes first, its text goes back into the composer.
   let pendingSend = null;
   let restored = null; // the last such message given back, until the next reconnect has checked it
+  let pendingEdit = null; // an edit sent and not yet confirmed: {id, content, clientId}; refused, it reopens
 
   // ---- rendering ------------------------------------------------------------------------------
 
@@ -76,11 +80,15 @@
     meta.className = "meta";
     const actions = document.createElement("span");
     actions.className = "actions";
-    footer.append(actions, meta);
+    const versions = document.createElement("span");
+    versions.className = "versions";
+    versions.hidden = true;
+    footer.append(versions, actions, meta);
     el.append(steps, body, citations, toolCalls, error, footer);
     const entry = { data: message, el, raw: "", steps: [] };
     messages.set(message.id, entry);
     actions.append(button("Copy", "copy", () => copy(entry.raw, actions.firstChild), "copy"));
+    if (message.role === "user") actions.append(button("Edit", "edit", () => startEdit(entry), "edit"));
     if (message.role === "assistant") {
       actions.append(
         button("Good answer", "up", () => feedback(entry, "up"), "thumb up"),
@@ -276,13 +284,106 @@
     return entry;
   }
 
-  /** Only the conversation's last message, an answer that is not streaming, can be regenerated. */
+  /** Any finished answer can be regenerated (a new version beside it), while nothing is generated. */
   function updateRegenerate() {
-    const entries = [...messages.values()];
-    entries.forEach((e, i) => {
+    for (const e of messages.values()) {
       const b = e.el.querySelector(".regenerate");
-      if (b) b.hidden = i !== entries.length - 1 || e.data.status === "streaming" || streamingId !== null;
+      if (b) b.hidden = e.data.status === "streaming" || streamingId !== null;
+      const edit = e.el.querySelector(".actions .edit");
+      if (edit) edit.disabled = streamingId !== null;
+      renderVersions(e); // switching waits for the answer being generated
+    }
+  }
+
+  // ---- branches: "‹ 2 / 3 ›" between the versions of a message, and editing a question -------------
+
+  /** Show "‹ n / m ›" on a message with siblings (``sibling_ids``: other edits or regenerations). */
+  function renderVersions(entry) {
+    const box = entry.el.querySelector(".versions");
+    const ids = entry.data.sibling_ids;
+    if (!Array.isArray(ids) || ids.length < 2 || ids.indexOf(entry.data.id) < 0) {
+      box.hidden = true;
+      return;
+    }
+    const at = ids.indexOf(entry.data.id);
+    const what = entry.data.role === "user" ? "message" : "answer";
+    const previous = button(`Previous version of this ${what}`, null, () => switchTo(ids[at - 1]), "version-previous");
+    previous.textContent = "‹";
+    previous.disabled = at === 0 || streamingId !== null;
+    const next = button(`Next version of this ${what}`, null, () => switchTo(ids[at + 1]), "version-next");
+    next.textContent = "›";
+    next.disabled = at === ids.length - 1 || streamingId !== null;
+    const label = document.createElement("span");
+    label.className = "version-label";
+    label.textContent = `${at + 1} / ${ids.length}`;
+    label.setAttribute("aria-label", `Version ${at + 1} of ${ids.length}`);
+    box.replaceChildren(previous, label, next);
+    box.hidden = false;
+  }
+
+  /** Show the branch through message ``id``: the server picks its newest continuation. */
+  async function switchTo(id) {
+    if (!id || streamingId) return;
+    try {
+      load(await api(`conversations/${conversationId}/messages/${id}/activate/`, { method: "POST" }));
+      statusLine.textContent = "";
+    } catch (error) {
+      statusLine.textContent = error.detail;
+    }
+  }
+
+  /** Remove every message shown after message ``parentId`` (all of them for null); return whether any was. */
+  function truncateAfter(parentId) {
+    const entries = [...messages.values()];
+    const at = parentId ? entries.findIndex((e) => e.data.id === parentId) : -1;
+    if (parentId && at < 0) return false;
+    for (const e of entries.slice(at + 1)) {
+      e.el.remove();
+      messages.delete(e.data.id);
+    }
+    return entries.length > at + 1;
+  }
+
+  /** Turn a question into a text box: "Save & submit" asks it again as a new version, "Cancel" leaves it be. */
+  function startEdit(entry, text = null) {
+    if (streamingId || entry.el.querySelector(".edit-form")) return;
+    const body = entry.el.querySelector(".content");
+    const form = document.createElement("form");
+    form.className = "edit-form";
+    const area = document.createElement("textarea");
+    area.value = text ?? entry.raw;
+    area.rows = Math.min(12, Math.max(2, entry.raw.split("\n").length));
+    area.setAttribute("aria-label", "Edit your message");
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.className = "primary";
+    save.textContent = "Save & submit";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "Cancel";
+    const close = () => {
+      form.remove();
+      body.hidden = false;
+    };
+    cancel.addEventListener("click", close);
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        close();
+      }
     });
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const content = area.value;
+      if (!content.trim()) return;
+      if (content === entry.raw) return close(); // unchanged: no new version the user did not ask for
+      if (send(content, entry.data.id)) close();
+    });
+    form.append(area, save, cancel);
+    body.hidden = true;
+    body.after(form);
+    area.focus();
   }
 
   function setGenerating(active) {
@@ -394,17 +495,22 @@
     }
   }
 
-  function send(content) {
+  /** Send ``content``; with ``editedId``, as a new version of that message (``message.edit``). */
+  function send(content, editedId = null) {
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       statusLine.textContent = "Not connected yet; your message is kept. Try again in a moment.";
       return false;
     }
-    lastSent = content;
+    lastSent = editedId ? "" : content; // a refused edit is retried from its message, not the composer
     removeSendErrors();
     statusLine.textContent = "";
     const clientId = newClientId();
-    pendingSend = { content, clientId };
-    socket.send(JSON.stringify({ type: "message.send", content, client_id: clientId, model: modelSelect.value }));
+    const frame = { type: "message.send", content, client_id: clientId, model: modelSelect.value };
+    if (editedId) {
+      Object.assign(frame, { type: "message.edit", message_id: editedId });
+      pendingEdit = { id: editedId, content, clientId };
+    } else pendingSend = { content, clientId };
+    socket.send(JSON.stringify(frame));
     return true;
   }
 
@@ -537,8 +643,8 @@
   let lastCatchUp = 0;
   let catchingUp = false;
 
-  async function catchUp() {
-    if (catchingUp || Date.now() - lastCatchUp < 1000) return;
+  async function catchUp(now = false) {
+    if (catchingUp || (!now && Date.now() - lastCatchUp < 1000)) return;
     catchingUp = true;
     lastCatchUp = Date.now();
     try {
@@ -561,15 +667,25 @@
     switch (data.type) {
       case "message.created":
         if (pendingSend && data.message.client_id === pendingSend.clientId) pendingSend = null;
+        if (pendingEdit && data.message.client_id === pendingEdit.clientId) pendingEdit = null;
         removeSendErrors();
+        // An edit: the new message replaces, on screen, the one edited and what followed it.
+        if ("parent_id" in data.message && !messages.has(data.message.id)) {
+          const last = [...messages.values()].pop();
+          const parent = data.message.parent_id || null;
+          if ((last ? last.data.id : null) !== parent) branched = truncateAfter(parent) || branched;
+        }
         render(data.message);
         break;
       case "generation.started": {
         if (replacing && messages.has(replacing)) {
           messages.get(replacing).el.remove();
           messages.delete(replacing);
+          branched = true;
         }
         replacing = null;
+        // A regenerated answer follows its question: what came after the question leaves the screen.
+        if (data.parent_id && !messages.has(data.message_id)) branched = truncateAfter(data.parent_id) || branched;
         streamingId = data.message_id;
         const entry = messages.get(data.message_id) ||
           render({ id: data.message_id, role: "assistant", content: "", status: "streaming", model_slug: data.model });
@@ -615,6 +731,16 @@
         statusLine.textContent = "";
         window.Parley.refreshConversations();
         window.Parley.refreshUsage();
+        if (branched) {
+          branched = false;
+          catchUp(true); // the new version's "‹ n / m ›"
+        }
+        break;
+      }
+      case "branch.switched": {
+        // Another page (or this one) picked a branch: show it, unless it is the one shown already.
+        const last = [...messages.values()].pop();
+        if (!last || last.data.id !== data.leaf_id) catchUp(true);
         break;
       }
       case "error":
@@ -623,6 +749,8 @@
         if (!data.message_id) {
           restoreUnsent();
           sendError(data.detail || "Something went wrong.");
+          if (pendingEdit && messages.has(pendingEdit.id)) startEdit(messages.get(pendingEdit.id), pendingEdit.content);
+          pendingEdit = null;
         }
         break;
       default:

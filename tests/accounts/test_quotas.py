@@ -151,7 +151,9 @@ def test_over_quota_a_regenerate_is_refused_and_the_answer_kept(user, conversati
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "quota_exceeded"
     answer = Message.objects.get(pk=turn.assistant_message.pk)
-    assert answer.superseded_by is None and answer.content == "Hi!"
+    assert answer.content == "Hi!"
+    conversation.refresh_from_db()
+    assert conversation.active_leaf_id == answer.pk  # still the answer shown: no branch was made
     assert conversation.messages.count() == 2
 
 

@@ -186,22 +186,24 @@ def test_regenerate_gives_a_new_answer_without_the_old_one_in_the_history(api, u
     assert new["usage"]["prompt_tokens"] == old["usage"]["prompt_tokens"]
 
     assert [m["id"] for m in api.get(base).json()] == [sent["user_message"]["id"], new["id"]]
-    assert Message.objects.get(pk=old["id"]).superseded_by_id is not None
+    # The old answer is kept, as the other version of the answer to the same question.
+    assert Message.objects.get(pk=old["id"]).parent_id == Message.objects.get(pk=new["id"]).parent_id
+    assert api.get(base).json()[1]["sibling_ids"] == [old["id"], new["id"]]
     history = model_messages(conversation=conversation)
     assert [m["role"] for m in history] == [Role.USER, Role.ASSISTANT]
     assert history[1]["content"] == new["content"]
 
-    # The new answer is now the last one and can itself be regenerated; the old one cannot.
-    again = api.post(f"{base}{old['id']}/regenerate/", {"params": {"max_tokens": 8}}, format="json")
+    # A question is not an answer: it is edited, not regenerated.
+    again = api.post(f"{base}{sent['user_message']['id']}/regenerate/", {}, format="json")
     assert again.status_code == 400
     assert again.json()["error"]["code"] == "not_regenerable"
 
 
-def test_only_the_last_answer_can_be_regenerated(api, conversation):
+def test_only_answers_can_be_regenerated(api, conversation):
     first = answered(conversation, "One?")
     second = answered(conversation, "Two?")
     base = f"/api/v1/conversations/{conversation.pk}/messages/"
-    for message in (first.assistant_message, second.user_message):
+    for message in (first.user_message, second.user_message):
         response = api.post(f"{base}{message.pk}/regenerate/", {}, format="json")
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "not_regenerable"

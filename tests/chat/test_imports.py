@@ -17,6 +17,7 @@ from accounts.models import AuditEvent
 from chat.models import Conversation, ImportJob, Message, MessageStatus, Role
 from chat.services import conversation_create, import_job_create, import_job_run
 from conftest import make_user
+from tests.factories import message_add
 
 pytestmark = pytest.mark.django_db
 
@@ -111,15 +112,11 @@ def test_chatgpt_zip_as_emailed_is_read_and_importing_it_again_duplicates_nothin
 
 def test_parley_export_round_trips(user, local_model, eager_celery, django_capture_on_commit_callbacks):
     original = conversation_create(owner=user, title="Trip to Lyon")
-    Message.objects.create(conversation=original, role=Role.USER, content="Where should I eat in Lyon?")
-    Message.objects.create(
-        conversation=original, role=Role.ASSISTANT, status=MessageStatus.ERROR, error="model crashed"
-    )
-    Message.objects.create(
-        conversation=original, role=Role.ASSISTANT, content="Try a **bouchon**.", model_slug="smollm2-135m"
-    )
+    message_add(conversation=original, role=Role.USER, content="Where should I eat in Lyon?")
+    message_add(conversation=original, role=Role.ASSISTANT, status=MessageStatus.ERROR, error="model crashed")
+    message_add(conversation=original, role=Role.ASSISTANT, content="Try a **bouchon**.", model_slug="smollm2-135m")
     other = conversation_create(owner=make_user("mallory"), title="Not alice's")
-    Message.objects.create(conversation=other, role=Role.USER, content="secret")
+    message_add(conversation=other, role=Role.USER, content="secret")
 
     response = api(user).get("/api/v1/conversations/export/")
     assert response.status_code == 200
@@ -317,7 +314,7 @@ def test_a_10000_message_conversation_is_skipped_with_the_default_cap(user):
 
 def test_the_conversation_page_exports_that_conversation_alone(user, local_model):
     mine = conversation_create(owner=user, title="This one")
-    Message.objects.create(conversation=mine, role=Role.USER, content="Hello")
+    message_add(conversation=mine, role=Role.USER, content="Hello")
     conversation_create(owner=user, title="Another")
     client = Client()
     client.force_login(user)

@@ -9,9 +9,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent
-from chat.models import Conversation, Message, MessageStatus, Role, SharedConversation
+from chat.models import Conversation, MessageStatus, Role, SharedConversation
 from chat.services import conversation_create, conversation_delete, share_create
 from conftest import make_user
+from tests.factories import message_add
 
 pytestmark = pytest.mark.django_db
 
@@ -22,11 +23,9 @@ XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=1</script>'
 def chat(user):
     """alice's conversation: a question, a failed answer, then a finished answer."""
     conversation = conversation_create(owner=user, title="Trip to Lyon")
-    Message.objects.create(conversation=conversation, role=Role.USER, content="Where should I eat in Lyon?")
-    Message.objects.create(
-        conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.ERROR, error="model crashed"
-    )
-    Message.objects.create(
+    message_add(conversation=conversation, role=Role.USER, content="Where should I eat in Lyon?")
+    message_add(conversation=conversation, role=Role.ASSISTANT, status=MessageStatus.ERROR, error="model crashed")
+    message_add(
         conversation=conversation,
         role=Role.ASSISTANT,
         content="Try a **bouchon** in the old town.",
@@ -103,7 +102,7 @@ def test_the_shared_page_is_a_snapshot_that_later_changes_do_not_touch(user, cha
     first = browser(user).get(share.get_absolute_url()).content.decode()
 
     # The conversation goes on, is renamed, loses a message, and is finally deleted.
-    Message.objects.create(conversation=chat, role=Role.USER, content="And a museum?")
+    message_add(conversation=chat, role=Role.USER, content="And a museum?")
     chat.messages.filter(content__startswith="Try a").update(content="edited away")
     chat.title = "Renamed"
     chat.save(update_fields=["title"])
@@ -167,8 +166,8 @@ def test_share_public_on_shows_the_snapshot_without_login_and_never_lets_it_be_i
 def test_html_in_a_shared_message_reaches_the_page_only_as_escaped_data(user, settings):
     settings.SHARE_PUBLIC = True
     conversation = conversation_create(owner=user, title=XSS)
-    Message.objects.create(conversation=conversation, role=Role.USER, content=XSS)
-    Message.objects.create(conversation=conversation, role=Role.ASSISTANT, content=XSS)
+    message_add(conversation=conversation, role=Role.USER, content=XSS)
+    message_add(conversation=conversation, role=Role.ASSISTANT, content=XSS)
     page = browser().get(share_create(conversation=conversation).get_absolute_url()).content.decode()
     assert "<script>window.__xss" not in page and "<img src=x" not in page
     # The messages are JSON data for static/js/shared.js, which renders them with the chat's sanitiser.
@@ -202,7 +201,7 @@ def test_continue_copies_the_snapshot_into_a_new_conversation_of_the_visitor(use
 def test_the_shared_page_lists_the_owners_links_and_revokes_one(user, chat):
     share = share_create(conversation=chat)
     bobs = conversation_create(owner=make_user("bob"), title="Bob's")
-    Message.objects.create(conversation=bobs, role=Role.USER, content="x")
+    message_add(conversation=bobs, role=Role.USER, content="x")
     other_share = share_create(conversation=bobs)
 
     alice = browser(user)

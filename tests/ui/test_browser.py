@@ -14,6 +14,7 @@ from django.conf import settings
 from chat.models import Conversation, Feedback, Message, MessageStatus, Role
 from chat.services import conversation_create
 from inference.models import ModelConfig, Provider
+from tests.factories import message_add
 from tests.servers import ScriptedServer
 
 from .conftest import log_in
@@ -183,12 +184,10 @@ def test_xss_payloads_run_nothing_as_user_text_or_model_output(browser_page, liv
     # Rows written directly: the corpus is fixture data. A stored, finished answer is exactly what the
     # history path renders, whichever model produced it.
     for payload in [*PAYLOADS, *EXTERNAL_IMAGES]:
-        Message.objects.create(conversation=conversation, role=Role.USER, content=payload)
-        Message.objects.create(
-            conversation=conversation, role=Role.ASSISTANT, content=payload, status=MessageStatus.COMPLETE
-        )
+        message_add(conversation=conversation, role=Role.USER, content=payload)
+        message_add(conversation=conversation, role=Role.ASSISTANT, content=payload, status=MessageStatus.COMPLETE)
     # Citations and recorded steps are text too, whatever a document's title says.
-    Message.objects.create(
+    message_add(
         conversation=conversation,
         role=Role.ASSISTANT,
         content="See the sources.",

@@ -10,9 +10,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from chat.models import Message, MessageStatus, Role
+from chat.models import MessageStatus, Role
 from chat.services import conversation_create
 from conftest import make_user
+from tests.factories import message_add
 
 from .conftest import log_in
 
@@ -46,8 +47,8 @@ def test_the_chat_ui_admin_and_api_docs_pass_the_csp(watched_page, live_server_u
     page = watched_page
     operator = make_user("operator", is_staff=True, is_superuser=True)
     conversation = conversation_create(owner=user, title="Policy")
-    Message.objects.create(conversation=conversation, role=Role.USER, content="Show code")
-    Message.objects.create(
+    message_add(conversation=conversation, role=Role.USER, content="Show code")
+    message_add(
         conversation=conversation,
         role=Role.ASSISTANT,
         content="**Sure**:\n\n```python\nprint('hi')\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |",

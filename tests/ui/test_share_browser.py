@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from chat.models import Message, MessageStatus, Role
+from chat.models import MessageStatus, Role
 from chat.services import conversation_create
+from tests.factories import message_add
 from tests.servers import stop_process
 
 from .conftest import daphne_env, log_in, open_page, start_daphne
@@ -34,14 +35,14 @@ def test_a_share_link_made_on_the_conversation_page_opens_logged_out(
     chromium, browser_page, live_server_url, user, local_model
 ):
     conversation = conversation_create(owner=user, title="Trip to Lyon")
-    Message.objects.create(conversation=conversation, role=Role.USER, content="Where should I eat in Lyon?")
-    Message.objects.create(
+    message_add(conversation=conversation, role=Role.USER, content="Where should I eat in Lyon?")
+    message_add(
         conversation=conversation,
         role=Role.ASSISTANT,
         content="Try a **bouchon** in the old town.\n\n" + "\n\n".join(PAYLOADS),
         status=MessageStatus.COMPLETE,
     )
-    Message.objects.create(conversation=conversation, role=Role.USER, content="\n".join(PAYLOADS))
+    message_add(conversation=conversation, role=Role.USER, content="\n".join(PAYLOADS))
 
     owner = browser_page
     log_in(owner, live_server_url, user)
