@@ -82,6 +82,9 @@ PARLEY_ENV = {
     # ASGI; its connections are what each request's threads borrow.
     "QUOTA_DAILY_TOKENS": "0",  # unlimited
     "EMBEDDING_PRELOAD": "false",
+    # The benches talk to their own upstream: loading and warming the bundled llama.cpp model would
+    # take CPU from the process measured (its warm-up generation runs in the first seconds).
+    "MODEL_PRELOAD": "false",
 }
 
 

@@ -1,7 +1,10 @@
 """Measure the relay's capacity curve: concurrent WebSocket chats through 1 and through 2 Daphne processes.
 
 Run with ``make bench``, or ``python -m core.launcher run -- python bench/load.py --ks 10,50,100``
-(embedded PostgreSQL and Valkey are started for it). Loopback only; it stops by itself.
+(embedded PostgreSQL and Valkey are started for it). Loopback only; it stops by itself. The whole
+curve of issue 19 (K up to 200, memory over 1,000 turns) is
+``python -m core.launcher run -- python bench/load.py --ks 10,50,100,200 --memory-turns 1000``:
+about 4 minutes more than the default on an idle 2-core machine (the 1,000 short turns take ~2-3).
 
 Processes started: the upstream (``bench/upstream.py``, canned chunks ``--pace-ms`` apart, default
 50 ms = 20 tokens/s per stream) and Parley under Daphne (``config.asgi:application``) with
@@ -24,10 +27,12 @@ open, each sends one ``message.send`` for an answer of ``--max-tokens`` chunks (
   sees ~50 ms gaps when nothing is late);
 - tokens/s per process: the tokens received (characters received, at the canned text's characters
   per chunk) through that process / the round's wall time (first send to last token event);
-- CPU s per process: Daphne's user + system CPU seconds during the round;
-- stored complete, characters lost (token offsets past the text received) and the channel-layer
-  messages the processes dropped (``parley_channel_layer_dropped_total`` from their /metrics): why
-  a stream whose turn finished never saw its ``generation.completed``.
+- CPU s per process: Daphne's user + system CPU seconds during the round; CPU ms per token: their
+  sum / the tokens delivered (the turns run inline, so it holds their setup, generation and relay);
+- stored complete, characters lost (token offsets past the text received, or a final answer longer
+  than the text received) and the channel-layer messages the processes dropped for sockets that fell
+  behind (``parley_channel_layer_dropped_total`` from their /metrics); such a socket still gets its
+  ``generation.completed``, from the stored answer (``chat.consumers``).
 
 Then, per process count, the largest K where p95 gap <= 100 ms and every stream completed, and
 the ratio 2 processes' largest K / 1's (a lower bound when 1 process passed the largest K tried).
@@ -166,6 +171,7 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
         sum(sum(s.chars) for s, p in zip(streams, where, strict=True) if p == i) / chars_per_token / wall
         for i in range(len(ports))
     ]
+    tokens_per_s_sum = sum(tokens_per_s)
     done: list[Stream] = [s for s in streams if s.completed]
     gap_p95 = percentile([s.max_gap_ms for s in done if s.max_gap_ms is not None], 95)
     return {
@@ -176,6 +182,8 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
         "max_gap_p95_ms": rounded(gap_p95),
         "tokens_per_s_per_process": [rounded(t) for t in tokens_per_s],
         "cpu_s_per_process": [rounded(c, 2) for c in cpu],
+        # Daphne's CPU per token delivered (turns run inline: generation, relay and the turns' setup).
+        "cpu_ms_per_token": rounded(sum(cpu) * 1000 / max(tokens_per_s_sum * wall, 1e-9), 2),
         "errors": sorted({s.error for s in streams if s.error}),
         "lost_chars": sum(s.lost_chars for s in streams),
         "channel_layer_dropped": int(drops),
@@ -347,13 +355,17 @@ def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_us
         f"({1000 / args.pace_ms:.0f} tokens/s each); gap limit {GAP_LIMIT_MS:g} ms; "
         f"{os.cpu_count()} CPUs, Daphne pinned: {cpus_used}"
     )
-    print(f"{'procs':>5}{'K':>6}{'complete':>10}{'gap p95 ms':>12}{'tokens/s per proc':>22}{'CPU s per proc':>18}  ok")
+    print(
+        f"{'procs':>5}{'K':>6}{'complete':>10}{'gap p95 ms':>12}{'tokens/s per proc':>22}{'CPU s per proc':>18}"
+        f"{'CPU ms/token':>14}  ok"
+    )
     for r in rounds:
         tps = "/".join(fmt(t) for t in r["tokens_per_s_per_process"])
         cpu = "/".join(fmt(c, ".1f") for c in r["cpu_s_per_process"])
         complete = f"{r['completed']}/{r['k']}"
         print(
             f"{r['processes']:>5}{r['k']:>6}{complete:>10}{fmt(r['max_gap_p95_ms']):>12}{tps:>22}{cpu:>18}"
+            f"{fmt(r['cpu_ms_per_token'], '.2f'):>14}"
             f"  {'yes' if r['ok'] else 'no'}  stored {r['stored_complete']}, lost chars {r['lost_chars']}, "
             f"dropped {r['channel_layer_dropped']}{'  errors: ' + ', '.join(r['errors']) if r['errors'] else ''}"
         )
