@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from channels_redis.pubsub import RedisPubSubChannelLayer as BasePubSubChannelLayer
 from channels_redis.pubsub import RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from . import prometheus
@@ -88,7 +90,7 @@ class _Shard(RedisSingleShardConnection):
                 if self._pubsub and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
                     if down:
-                        down = False
+                        down = self.channel_layer.down = False
                         logger.warning("Channel layer subscription is back")
                         self.channel_layer.broadcast({"type": RESUMED})
                     self._receive_message(message)
@@ -98,7 +100,7 @@ class _Shard(RedisSingleShardConnection):
                 raise
             except CHANNEL_LAYER_ERRORS as exc:
                 if not down:
-                    down = True
+                    down = self.channel_layer.down = True
                     logger.warning("Channel layer subscription failed (%s)", type(exc).__name__)
                     self.channel_layer.broadcast({"type": UNAVAILABLE, "error": type(exc).__name__})
                 await asyncio.sleep(RETRY_SECONDS)
@@ -111,11 +113,29 @@ class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args, capacity: int = DEFAULT_CAPACITY, **kwargs):
         super().__init__(*args, **kwargs)
         self.capacity = capacity
+        # The subscription is failing (Redis down): joins fail at once rather than after redis-py's
+        # retries, so a socket opened meanwhile is refused cleanly within a second or two.
+        self.down = False
         self._shards = [_Shard(shard.host, self) for shard in self._shards]
 
     async def _subscribe_to_channel(self, channel: str) -> None:
         self.channels[channel] = _ChannelQueue(self.capacity)
         await self._get_shard(channel).subscribe(channel)
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
+        try:
+            if self.down:
+                raise RedisConnectionError("The channel layer's subscription is down.")
+            await self._subscribe_to_channel(channel)
+        except CHANNEL_LAYER_ERRORS as exc:
+            # Redis is down: Channels makes a consumer's channel before the consumer runs, and a raise
+            # here would answer the handshake with an HTTP 500. The consumer starts, fails to join its
+            # groups and closes cleanly (core.websocket). Only a direct send() to this channel would
+            # miss it, and Parley sends only to groups.
+            logger.warning("Channel %s not subscribed: the channel layer is unavailable (%s)", channel, exc)
+            self.channels[channel] = _ChannelQueue(self.capacity)
+        return channel
 
     def broadcast(self, message: dict) -> None:
         """Put ``message`` in every channel of this process (outage notices)."""
@@ -131,6 +151,8 @@ class _LoopLayer(RedisPubSubLoopLayer):
         return await super().receive(channel)
 
     async def group_add(self, group: str, channel: str) -> None:
+        if self.down:
+            raise RedisConnectionError("The channel layer's subscription is down.")
         if channel not in self.channels:  # named by the caller, not made by new_channel()
             await self._subscribe_to_channel(channel)
         await super().group_add(group, channel)
