@@ -82,6 +82,9 @@ PARLEY_ENV = {
     # ASGI; its connections are what each request's threads borrow.
     "QUOTA_DAILY_TOKENS": "0",  # unlimited
     "EMBEDDING_PRELOAD": "false",
+    # The benches talk to their own upstream: loading and warming the bundled llama.cpp model would
+    # take CPU from the process measured (its warm-up generation runs in the first seconds).
+    "MODEL_PRELOAD": "false",
 }
 
 
@@ -198,10 +201,12 @@ async def direct_streams(url: str, *, body: dict, count: int, timeout: float) ->
         return list(await asyncio.gather(*(sse_stream(session, url, body=body, timeout=timeout) for _ in range(count))))
 
 
-async def ws_chat(ws, *, payload: dict, timeout: float) -> Stream:
-    """Send ``payload`` (a ``message.send``) and read events until ``generation.completed`` or ``timeout`` s."""
+async def ws_chat(ws, *, payload: dict | None, timeout: float) -> Stream:
+    """Send ``payload`` (a ``message.send``; None: the events come from elsewhere) and read events until
+    ``generation.completed`` or ``timeout`` s."""
     stream = Stream(started=time.perf_counter())
-    await ws.send_str(json.dumps(payload))
+    if payload is not None:
+        await ws.send_str(json.dumps(payload))
     received = 0  # where the answer's text received so far ends, in characters
     try:
         # One deadline for the whole stream: receive(timeout=...) restarts its timer after each ping

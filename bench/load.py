@@ -1,7 +1,10 @@
 """Measure the relay's capacity curve: concurrent WebSocket chats through 1 and through 2 Daphne processes.
 
 Run with ``make bench``, or ``python -m core.launcher run -- python bench/load.py --ks 10,50,100``
-(embedded PostgreSQL and Valkey are started for it). Loopback only; it stops by itself.
+(embedded PostgreSQL and Valkey are started for it). Loopback only; it stops by itself. The whole
+curve of issue 19 (K up to 200, memory over 1,000 turns) is
+``python -m core.launcher run -- python bench/load.py --ks 10,50,100,200 --memory-turns 1000``:
+about 4 minutes more than the default on an idle 2-core machine (the 1,000 short turns take ~2-3).
 
 Processes started: the upstream (``bench/upstream.py``, canned chunks ``--pace-ms`` apart, default
 50 ms = 20 tokens/s per stream) and Parley under Daphne (``config.asgi:application``) with
@@ -24,10 +27,18 @@ open, each sends one ``message.send`` for an answer of ``--max-tokens`` chunks (
   sees ~50 ms gaps when nothing is late);
 - tokens/s per process: the tokens received (characters received, at the canned text's characters
   per chunk) through that process / the round's wall time (first send to last token event);
-- CPU s per process: Daphne's user + system CPU seconds during the round;
-- stored complete, characters lost (token offsets past the text received) and the channel-layer
-  messages the processes dropped (``parley_channel_layer_dropped_total`` from their /metrics): why
-  a stream whose turn finished never saw its ``generation.completed``.
+- CPU s per process: Daphne's user + system CPU seconds during the round; CPU ms per token: their
+  sum / the tokens delivered (the turns run inline, so it holds their setup, generation and relay);
+- stored complete, characters lost (token offsets past the text received, or a final answer longer
+  than the text received) and the channel-layer messages the processes dropped for sockets that fell
+  behind (``parley_channel_layer_dropped_total`` from their /metrics); such a socket still gets its
+  ``generation.completed``, from the stored answer (``chat.consumers``).
+
+With ``--relay-only`` no turn runs: once the sockets are open, the bench publishes each
+conversation's answer itself (``generation.started``, the same canned deltas at the same pace,
+``generation.completed``) through ``chat.turns.send_event``, so the Daphne processes only relay, as a
+web process does with ``INFERENCE_EXECUTION=celery`` (its turns run in workers). Comparing the two
+runs splits a process's cost between the turns (setup, generation, storing) and the relay.
 
 Then, per process count, the largest K where p95 gap <= 100 ms and every stream completed, and
 the ratio 2 processes' largest K / 1's (a lower bound when 1 process passed the largest K tried).
@@ -50,6 +61,7 @@ import os
 import secrets
 import sys
 import urllib.request
+import uuid
 from contextlib import ExitStack
 
 import aiohttp
@@ -80,6 +92,7 @@ TARGET_MEMORY_GROWTH = 0.10
 WARM_UP_STREAMS = 10
 MEMORY_BATCH = 10
 WS_CLOSE_TIMEOUT = 10.0
+CONNECTING_AT_ONCE = 25  # WebSocket handshakes in flight at once
 
 
 # --- Parley's side: users, conversations -------------------------------------------------------
@@ -107,26 +120,73 @@ def users_delete() -> None:
 # --- Measuring ---------------------------------------------------------------------------------
 
 
-async def chats(ports: list[int], *, cookies: list[str], conversation_ids: list, payload: dict, timeout: float):
+async def turns_stand_in(conversation_ids: list, *, max_tokens: int, pace_ms: float) -> None:
+    """Publish, for each conversation, the events of one answer as a turn's relay sends them, and no turn.
+
+    ``generation.started``, ``max_tokens`` ``token`` events (the upstream's canned deltas, one every
+    ``pace_ms``, scheduled from the start), ``generation.completed``: through
+    :func:`chat.turns.send_event`, from this process, so the Daphne processes only relay (``--relay-only``).
+    """
+    from chat.turns import send_event
+
+    deltas = canned_deltas(max_tokens)
+
+    async def one(conversation_id) -> None:
+        loop = asyncio.get_running_loop()
+        start, message_id, offset = loop.time(), str(uuid.uuid4()), 0
+        await send_event(conversation_id, {"type": "generation.started", "message_id": message_id, "model": MODEL_SLUG})
+        for number, delta in enumerate(deltas, start=1):
+            await asyncio.sleep(max(0.0, start + number * pace_ms / 1000 - loop.time()))
+            await send_event(
+                conversation_id, {"type": "token", "message_id": message_id, "delta": delta, "offset": offset}
+            )
+            offset += len(delta)
+        message = {"id": message_id, "content": "".join(deltas), "status": "complete"}
+        await send_event(conversation_id, {"type": "generation.completed", "message": message})
+
+    await asyncio.gather(*(one(conversation_id) for conversation_id in conversation_ids))
+
+
+async def chats(
+    ports: list[int],
+    *,
+    cookies: list[str],
+    conversation_ids: list,
+    payload: dict | None,
+    timeout: float,
+    stand_in: dict | None = None,
+):
     """One WebSocket chat per conversation, client i on ``ports[i % len(ports)]``; all sockets open first.
 
-    Returns (streams, the process index of each stream).
+    With ``stand_in`` (:func:`turns_stand_in`'s keyword arguments) no message is sent: this process
+    publishes the answers' events itself. Returns (streams, the process index of each stream).
     """
     where = [i % len(ports) for i in range(len(cookies))]
+    # Twisted listens with a backlog of 50: more handshakes at once than that get connections reset.
+    handshakes = asyncio.Semaphore(CONNECTING_AT_ONCE)
+
+    async def connect(session, port: int, cookie: str, conversation_id):
+        async with handshakes:
+            return await session.ws_connect(
+                f"ws://127.0.0.1:{port}/ws/chat/{conversation_id}/",
+                origin=f"http://127.0.0.1:{port}",
+                headers={"Cookie": cookie},
+            )
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with asyncio.timeout(timeout):
             sockets = await asyncio.gather(
                 *(
-                    session.ws_connect(
-                        f"ws://127.0.0.1:{ports[p]}/ws/chat/{conversation_id}/",
-                        origin=f"http://127.0.0.1:{ports[p]}",
-                        headers={"Cookie": cookie},
-                    )
+                    connect(session, ports[p], cookie, conversation_id)
                     for p, cookie, conversation_id in zip(where, cookies, conversation_ids, strict=True)
                 )
             )
         try:
-            streams = await asyncio.gather(*(ws_chat(ws, payload=payload, timeout=timeout) for ws in sockets))
+            reading = asyncio.gather(*(ws_chat(ws, payload=payload, timeout=timeout) for ws in sockets))
+            if stand_in is not None:
+                await asyncio.sleep(0.2)  # every socket is reading before the first event
+                await turns_stand_in(conversation_ids, **stand_in)
+            streams = await reading
         finally:
             try:
                 async with asyncio.timeout(WS_CLOSE_TIMEOUT):
@@ -136,7 +196,9 @@ async def chats(ports: list[int], *, cookies: list[str], conversation_ids: list,
     return list(streams), where
 
 
-def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout: float) -> dict:
+def round_run(
+    ports, servers, users, *, config, k: int, max_tokens: int, timeout: float, relay_only: bool = False, pace_ms=50.0
+) -> dict:
     """Run K concurrent chats over ``ports``; return the round's figures (see the module's docstring)."""
     from chat.services import conversation_create
 
@@ -151,12 +213,13 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
             ports,
             cookies=[u["cookie"] for u in chatters],
             conversation_ids=conversation_ids,
-            payload=payload,
+            payload=None if relay_only else payload,
             timeout=timeout,
+            stand_in={"max_tokens": max_tokens, "pace_ms": pace_ms} if relay_only else None,
         )
     )
     cpu = [cpu_seconds(s) - before for s, before in zip(servers, cpu, strict=True)]
-    stored_complete = turns_settle(conversation_ids, timeout=timeout)
+    stored_complete = None if relay_only else turns_settle(conversation_ids, timeout=timeout)
     drops = dropped(ports) - drops
     chars_per_token = len("".join(canned_deltas(max_tokens))) / max_tokens
     started = min(s.started for s in streams)
@@ -166,6 +229,7 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
         sum(sum(s.chars) for s, p in zip(streams, where, strict=True) if p == i) / chars_per_token / wall
         for i in range(len(ports))
     ]
+    tokens_per_s_sum = sum(tokens_per_s)
     done: list[Stream] = [s for s in streams if s.completed]
     gap_p95 = percentile([s.max_gap_ms for s in done if s.max_gap_ms is not None], 95)
     return {
@@ -176,6 +240,8 @@ def round_run(ports, servers, users, *, config, k: int, max_tokens: int, timeout
         "max_gap_p95_ms": rounded(gap_p95),
         "tokens_per_s_per_process": [rounded(t) for t in tokens_per_s],
         "cpu_s_per_process": [rounded(c, 2) for c in cpu],
+        # Daphne's CPU per token delivered (turns run inline: generation, relay and the turns' setup).
+        "cpu_ms_per_token": rounded(sum(cpu) * 1000 / max(tokens_per_s_sum * wall, 1e-9), 2),
         "errors": sorted({s.error for s in streams if s.error}),
         "lost_chars": sum(s.lost_chars for s in streams),
         "channel_layer_dropped": int(drops),
@@ -269,6 +335,11 @@ def main() -> None:
     parser.add_argument("--pace-ms", type=float, default=50.0, help="upstream ms between chunks (default 50)")
     parser.add_argument("--stream-timeout", type=float, default=60.0, help="s a round's streams may take (default 60)")
     parser.add_argument("--memory-turns", type=int, default=300, help="turns of the memory run (default 300; 0 skips)")
+    parser.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="no turns: the bench publishes each answer's events itself, so Daphne only relays them",
+    )
     parser.add_argument("--memory-max-tokens", type=int, default=10, help="chunks per memory-run answer (default 10)")
     args = parser.parse_args()
     try:
@@ -319,7 +390,7 @@ def main() -> None:
                     for k in ks:
                         result = round_run(
                             ports, servers, users, config=config, k=k, max_tokens=args.max_tokens,
-                            timeout=args.stream_timeout,
+                            timeout=args.stream_timeout, relay_only=args.relay_only, pace_ms=args.pace_ms,
                         )  # fmt: skip
                         rounds.append(result)
                         print(
@@ -344,16 +415,22 @@ def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_us
     """Print the table, the targets, and the summary as JSON on the last line."""
     print(
         f"\nWebSocket chats of {args.max_tokens} chunks at {args.pace_ms:g} ms "
-        f"({1000 / args.pace_ms:.0f} tokens/s each); gap limit {GAP_LIMIT_MS:g} ms; "
+        f"({1000 / args.pace_ms:.0f} tokens/s each), "
+        f"{'relay only (the bench publishes the events)' if args.relay_only else 'turns inline'}; "
+        f"gap limit {GAP_LIMIT_MS:g} ms; "
         f"{os.cpu_count()} CPUs, Daphne pinned: {cpus_used}"
     )
-    print(f"{'procs':>5}{'K':>6}{'complete':>10}{'gap p95 ms':>12}{'tokens/s per proc':>22}{'CPU s per proc':>18}  ok")
+    print(
+        f"{'procs':>5}{'K':>6}{'complete':>10}{'gap p95 ms':>12}{'tokens/s per proc':>22}{'CPU s per proc':>18}"
+        f"{'CPU ms/token':>14}  ok"
+    )
     for r in rounds:
         tps = "/".join(fmt(t) for t in r["tokens_per_s_per_process"])
         cpu = "/".join(fmt(c, ".1f") for c in r["cpu_s_per_process"])
         complete = f"{r['completed']}/{r['k']}"
         print(
             f"{r['processes']:>5}{r['k']:>6}{complete:>10}{fmt(r['max_gap_p95_ms']):>12}{tps:>22}{cpu:>18}"
+            f"{fmt(r['cpu_ms_per_token'], '.2f'):>14}"
             f"  {'yes' if r['ok'] else 'no'}  stored {r['stored_complete']}, lost chars {r['lost_chars']}, "
             f"dropped {r['channel_layer_dropped']}{'  errors: ' + ', '.join(r['errors']) if r['errors'] else ''}"
         )
@@ -383,6 +460,7 @@ def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_us
         "ks": ks,
         "max_tokens": args.max_tokens,
         "pace_ms": args.pace_ms,
+        "relay_only": args.relay_only,
         "gap_limit_ms": GAP_LIMIT_MS,
         "pinned_cpus": {str(k): v for k, v in cpus_used.items()},
         "rounds": rounds,

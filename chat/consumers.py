@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -17,7 +18,8 @@ from core.log import websocket_message_begin
 from core.websocket import JsonWebsocketConsumer
 
 from . import services, turns
-from .selectors import conversation_get, message_get
+from .models import MessageStatus
+from .selectors import answers_get, conversation_get, generations_unfinished, message_get
 from .serializers import MessageOutputSerializer
 
 logger = logging.getLogger(__name__)
@@ -25,13 +27,31 @@ logger = logging.getLogger(__name__)
 # Close codes (RFC 6455 leaves 4000-4999 to applications).
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+# Seconds between looks at the stored answers a socket that missed events waits for the end of.
+CATCH_UP_POLL_SECONDS = 1.0
+UNFINISHED = (MessageStatus.PENDING, MessageStatus.STREAMING)
+
+
+def _unfinished_ids(conversation) -> set[str]:
+    return {str(pk) for pk in generations_unfinished(conversation=conversation).values_list("pk", flat=True)}
 
 
 class ChatConsumer(JsonWebsocketConsumer):
     """Relay a conversation's events to its owner and take their messages and stops.
 
     Only the owner may connect: anyone else is refused during the handshake.
+
+    Every answer whose stream this socket relays ends here with its ``generation.completed``, even
+    when the channel layer lost events on the way (this socket fell ``capacity`` events behind, or
+    Redis went away and came back): the layer says so (``channel_layer.lagged`` /
+    ``channel_layer.resumed``), and the socket then reads the stored answers it was waiting for,
+    and sends the end of each once it is stored (:meth:`catch_up`). Missed ``token`` text is
+    recovered by the client from the stored answer, by the events' ``offset``.
     """
+
+    streaming: set[str]  # answers this socket relayed events of, whose end it has not sent
+    ended: set[str]  # answers whose generation.completed this socket sent
+    catching_up: asyncio.Task | None = None
 
     async def connect(self) -> None:
         user = self.scope["user"]
@@ -51,6 +71,7 @@ class ChatConsumer(JsonWebsocketConsumer):
         # socket over the cap costs no channel-layer work and a client that sees it open is counted.
         if not await self.presence_open(user):
             return
+        self.streaming, self.ended = set(), set()
         self.group = turns.conversation_group(self.conversation.pk)
         # The user's group: a "session.close" sent there closes every socket of theirs
         # (JsonWebsocketConsumer.session_close).
@@ -62,6 +83,8 @@ class ChatConsumer(JsonWebsocketConsumer):
         self.counted = True
 
     async def disconnect(self, code: int) -> None:
+        if self.catching_up is not None:
+            self.catching_up.cancel()
         if getattr(self, "counted", False):
             prometheus.ws_connection_closed()
             self.counted = False
@@ -168,4 +191,55 @@ class ChatConsumer(JsonWebsocketConsumer):
 
     async def chat_event(self, message: dict) -> None:
         """Relay one event of the conversation's group to this socket."""
-        await self.send_json(message["event"])
+        event = message["event"]
+        kind = event.get("type")
+        if kind == "generation.completed":
+            answer_id = str(event["message"]["id"])
+            if answer_id in self.ended:
+                return  # already sent from the stored answer (catch_up)
+            self.streaming.discard(answer_id)
+            self.ended.add(answer_id)
+        elif kind in ("generation.started", "token") and event["message_id"] not in self.ended:
+            self.streaming.add(event["message_id"])
+        await self.send_json(event)
+
+    async def channel_layer_lagged(self, message: dict) -> None:
+        """Events for this socket were dropped (it fell ``capacity`` behind): make sure every answer still ends."""
+        logger.info("WebSocket fell behind: %s channel-layer events dropped", message.get("dropped"))
+        self.catch_up()
+
+    async def channel_layer_resumed(self, message: dict) -> None:
+        """Redis is back after an outage: events sent meanwhile are lost, so catch up as after a lag."""
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Start (unless running) the task that sends the end of each answer this socket may have missed it of."""
+        if self.catching_up is None or self.catching_up.done():
+            self.catching_up = asyncio.create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        # The answers whose end may have been lost: those this socket saw streaming, and any other
+        # unfinished one of the conversation (its generation.started may have been lost too).
+        read = database_sync_to_async(answers_get, thread_sensitive=False)
+        unfinished = await database_sync_to_async(_unfinished_ids, thread_sensitive=False)(self.conversation)
+        waiting = (self.streaming | unfinished) - self.ended
+        while waiting:
+            try:
+                answers = await read(conversation=self.conversation, message_ids=waiting)
+            except Exception as exc:  # the database is away: look again at the next poll
+                logger.warning("Could not read the answers to catch up on (%s)", type(exc).__name__)
+                answers = None
+            if answers is not None:
+                found = {str(answer.pk) for answer in answers}
+                waiting &= found  # a deleted answer has nothing to end
+                for answer in answers:
+                    answer_id = str(answer.pk)
+                    if answer.status in UNFINISHED or answer_id in self.ended:
+                        continue
+                    self.ended.add(answer_id)
+                    self.streaming.discard(answer_id)
+                    for event in turns.end_events(answer):
+                        await self.send_json(event)
+                waiting -= self.ended
+            if waiting:
+                await asyncio.sleep(CATCH_UP_POLL_SECONDS)

@@ -180,6 +180,11 @@ def generations_unfinished(*, conversation: Conversation) -> QuerySet[Message]:
     ).order_by("-created_at")
 
 
+def answers_get(*, conversation: Conversation, message_ids) -> list[Message]:
+    """Return the assistant messages of ``conversation`` among ``message_ids`` (an iterable of ids)."""
+    return list(conversation.messages.filter(role=Role.ASSISTANT, pk__in=list(message_ids)))
+
+
 def generation_running(*, message: Message, owner_id: int) -> bool:
     """Return whether the unfinished answer ``message`` (of ``owner_id``'s conversation) is still being generated.
 

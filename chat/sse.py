@@ -28,7 +28,6 @@ from core.schema import AutoSchema
 from inference.sse import MEDIA_TYPE, sse_frame
 
 from . import turns
-from .serializers import MessageOutputSerializer
 from .services import Turn
 
 logger = logging.getLogger(__name__)
@@ -116,19 +115,7 @@ def _final_events(task: asyncio.Task) -> list[dict]:
     if exc is not None:
         logger.error("Turn failed outside its own error handling", exc_info=exc)
         return [{"type": "error", "code": "server_error", "detail": "The answer could not be generated."}]
-    message = task.result()
-    events = []
-    if message.metadata.get("error_code"):
-        events.append(
-            {
-                "type": "error",
-                "code": message.metadata["error_code"],
-                "detail": message.error,
-                "message_id": str(message.pk),
-            }
-        )
-    events.append({"type": "generation.completed", "message": MessageOutputSerializer(message).data})
-    return events
+    return turns.end_events(task.result())
 
 
 async def turn_events(turn: Turn, *, announce: dict | None = None) -> AsyncIterator[bytes]:

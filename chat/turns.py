@@ -74,6 +74,24 @@ def branch_switched_event(*, leaf: Message, message: Message) -> dict:
     return {"type": "branch.switched", "message_id": str(message.pk), "leaf_id": str(leaf.pk)}
 
 
+def end_events(message: Message) -> list[dict]:
+    """Return the events that end the stream of the stored answer ``message``, as its turn sent them.
+
+    Its ``error`` (when it failed: ``metadata["error_code"]``, with ``retry_after`` in seconds when
+    stored), then its ``generation.completed``. For clients that missed them (SSE with Redis down, a
+    socket that fell behind).
+    """
+    events = []
+    if message.metadata.get("error_code"):
+        error = {"type": "error", "code": message.metadata["error_code"], "detail": message.error}
+        error["message_id"] = str(message.pk)
+        if message.metadata.get("retry_after") is not None:
+            error["retry_after"] = message.metadata["retry_after"]
+        events.append(error)
+    events.append({"type": "generation.completed", "message": MessageOutputSerializer(message).data})
+    return events
+
+
 async def generation_stop(conversation_id) -> None:
     """Ask whichever process is generating in this conversation to stop; its partial text is kept."""
     await get_channel_layer().group_send(control_group(conversation_id), {"type": "generation.stop"})

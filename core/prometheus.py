@@ -11,7 +11,8 @@ Metric names are stable (dashboards and alerts depend on them)::
     parley_cache_requests_total{layer,result}          cache lookups, result "hit" | "miss"
     parley_ws_connections                              gauge: open chat WebSockets
     parley_channel_layer_dropped_total{where}          channel-layer messages dropped for a full channel,
-                                                       where "group_send" | "receive_buffer"
+                                                       where "receive_buffer" (a channel more than
+                                                       CHANNEL_LAYER_CAPACITY behind in its process)
     parley_celery_tasks_total{task,state}              Celery tasks, state "sent" | "started" |
                                                        "success" | "failure" | "retry" | "revoked"
 
@@ -75,7 +76,7 @@ CHANNEL_LAYER_DROPPED = Counter(
 
 
 def channel_layer_dropped(*, where: str, count: int = 1) -> None:
-    """Count ``count`` channel-layer messages dropped at ``where`` (``group_send`` | ``receive_buffer``)."""
+    """Count ``count`` channel-layer messages dropped at ``where`` (``receive_buffer``)."""
     _safely("channel_layer_dropped", lambda: CHANNEL_LAYER_DROPPED.labels(where=where).inc(count))
 
 

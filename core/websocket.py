@@ -123,6 +123,14 @@ class JsonWebsocketConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("WebSocket's channel layer is unavailable (%s)", message.get("error"))
             await self.send_error("service_unavailable", SERVICE_UNAVAILABLE_DETAIL)
 
+    async def channel_layer_resumed(self, message: dict) -> None:
+        """Redis is back after an outage (core.channel_layer); what was sent meanwhile is lost. Subclasses
+        that relay a stream catch up here."""
+
+    async def channel_layer_lagged(self, message: dict) -> None:
+        """The channel layer dropped ``message["dropped"]`` events for this socket (it fell ``capacity``
+        behind; core.channel_layer). Subclasses that relay a stream catch up here."""
+
     async def accept(self, subprotocol=None, headers=None) -> None:
         await super().accept(subprotocol, headers)
         self.accepted = True

@@ -205,23 +205,23 @@ CACHES = {
     "semantic": redis_cache(CACHE_REDIS_URL, f"{REDIS_KEY_PREFIX}:semantic", CACHE_SEMANTIC_TTL),
 }
 
-# Redis connections of the channel layer per Daphne process, and seconds a join, leave or event
-# waits for a free one before failing (core.channel_layer).
+# Redis connections of the channel layer per Daphne process (Pub/Sub needs two per event loop: one
+# subscribed, one publishing), and seconds a join, leave or event waits for a free one before failing.
 CHANNEL_LAYER_MAX_CONNECTIONS = env.int("CHANNEL_LAYER_MAX_CONNECTIONS", default=100)
 CHANNEL_LAYER_POOL_TIMEOUT = env.float("CHANNEL_LAYER_POOL_TIMEOUT", default=10.0)
 
 CHANNEL_LAYERS = {
     "default": {
-        # channels-redis, counting the messages it drops for full channels (core.channel_layer).
+        # channels-redis's Redis Pub/Sub layer, with bounded channels, drops counted and Redis outages
+        # told to the consumers (core.channel_layer).
         "BACKEND": "core.channel_layer.RedisChannelLayer",
         "CONFIG": {
-            # Messages a channel holds before new ones are dropped (channels-redis defaults to 100):
-            # a socket of a busy turn gets a token batch every 50 ms, so 1,000 is ~50 s of lag.
+            # Events one channel (a socket, an SSE stream) holds in its process while it is not read;
+            # past that the oldest is dropped, counted, and the socket catches up from the stored
+            # answer. A socket of a busy turn gets a token batch every 50 ms: 1,000 is ~50 s of lag.
             "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=1000),
-            # Seconds an undelivered message is kept (channels-redis's default).
-            "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=60),
-            # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis's
-            # 5 s blocking pop: give the read more time than the pop, or idle receives fail.
+            # redis-py 8 reads with a 5 s socket timeout by default; the subscribed connection waits
+            # longer than that between events of a quiet process.
             "hosts": [
                 {
                     "address": REDIS_URL,

@@ -5,7 +5,7 @@ import json
 from io import StringIO
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -80,13 +80,14 @@ def test_the_admin_retries_a_failed_ingestion_and_logs_it(user, other_user):
 
 
 def test_ingestion_reports_progress_to_the_owners_group(user):
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(documents_group(user.pk), channel)
     document = document_create(owner=user, data=("Lighthouse facts. " * 400).encode(), filename="l.txt", ingest=False)
-    document_ingest(document_id=document.pk)
 
-    async def drain():
+    # One event loop for the listener throughout, as a socket's: a Pub/Sub subscription lives with its loop.
+    async def ingest_while_listening():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(documents_group(user.pk), channel)
+        await sync_to_async(document_ingest)(document_id=document.pk)
         events = []
         while True:
             try:
@@ -95,7 +96,7 @@ def test_ingestion_reports_progress_to_the_owners_group(user):
                 return events
             events.append(message["event"])
 
-    events = async_to_sync(drain)()
+    events = async_to_sync(ingest_while_listening)()
     assert [e["stage"] for e in events][0] == "extract"
     assert events[-1] == {**events[-1], "stage": "done", "status": "ready", "document_id": str(document.pk)}
     embeds = [e for e in events if e["stage"] == "embed"]

@@ -1,7 +1,9 @@
 """Conversations over REST: list, search, pagination, rename, archive, delete, regenerate, stop, feedback."""
 
+import asyncio
+
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from rest_framework.test import APIClient
 
@@ -150,16 +152,22 @@ def test_stop_with_nothing_running_is_a_409(api, conversation):
 
 def test_stop_asks_the_generating_process_to_stop(api, conversation):
     message_send(conversation=conversation, content="Hello?")  # a generation in progress
-    layer = get_channel_layer()
-    channel = "test.stop.listener"
-    async_to_sync(layer.group_add)(control_group(conversation.pk), channel)
-    try:
-        response = api.post(f"/api/v1/conversations/{conversation.pk}/stop/")
-        assert response.status_code == 202
-        assert response.json() == {"stopping": True}
-        assert async_to_sync(layer.receive)(channel) == {"type": "generation.stop"}
-    finally:
-        async_to_sync(layer.group_discard)(control_group(conversation.pk), channel)
+
+    # One event loop for the listener throughout, as a turn's: a Pub/Sub subscription lives with its loop.
+    async def stop_while_listening():
+        layer = get_channel_layer()
+        channel = "test.stop.listener"
+        await layer.group_add(control_group(conversation.pk), channel)
+        try:
+            response = await sync_to_async(api.post)(f"/api/v1/conversations/{conversation.pk}/stop/")
+            return response, await asyncio.wait_for(layer.receive(channel), 10)
+        finally:
+            await layer.group_discard(control_group(conversation.pk), channel)
+
+    response, received = async_to_sync(stop_while_listening)()
+    assert response.status_code == 202
+    assert response.json() == {"stopping": True}
+    assert received == {"type": "generation.stop"}
 
 
 # Regenerate

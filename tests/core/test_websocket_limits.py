@@ -11,9 +11,9 @@ import time
 import uuid
 
 import pytest
+import redis.asyncio
 import websockets
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 
 from chat.services import conversation_create
 from chat.turns import send_event
@@ -107,7 +107,7 @@ def uncapped_small_pool(settings, own_presence_keys):
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_flood_larger_than_the_redis_pool_waits_and_leaves_no_socket_counted(
-    uncapped_small_pool, daphne_url, local_model
+    uncapped_small_pool, daphne_url, local_model, settings
 ):
     alice = await database_sync_to_async(make_user)("alice")
     conversation = await database_sync_to_async(conversation_create)(owner=alice)
@@ -120,10 +120,15 @@ async def test_a_flood_larger_than_the_redis_pool_waits_and_leaves_no_socket_cou
 
     await asyncio.gather(*(socket.close() for socket in sockets))
     assert await count_settles(0) == 0
-    # The server left every group too (no stale members): disconnect leaves them after the count.
-    layer = get_channel_layer()
-    group_key = layer._group_key(f"conversation.{conversation.pk}")
+    # The server left every group too (no stale members): disconnect leaves them after the count,
+    # and a process unsubscribes from a group (Redis Pub/Sub) once its last socket there has left.
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    group_channel = f"{config['prefix']}__group__conversation.{conversation.pk}"
+    client = redis.asyncio.Redis.from_url(config["hosts"][0]["address"])
     deadline = time.monotonic() + 10
-    while (members := await layer.connection(0).zcard(group_key)) and time.monotonic() < deadline:
+    while (subscribers := dict(await client.pubsub_numsub(group_channel))[group_channel.encode()]) and (
+        time.monotonic() < deadline
+    ):
         await asyncio.sleep(0.1)
-    assert members == 0
+    await client.aclose()
+    assert subscribers == 0

