@@ -4,8 +4,10 @@ Editing a question or regenerating an answer adds a sibling; switching picks the
 nothing is ever overwritten or lost.
 """
 
+import asyncio
+
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
@@ -164,14 +166,20 @@ def test_the_list_is_the_active_path_with_versions_and_the_tree_has_every_branch
 def test_activate_switches_the_branch_and_tells_the_open_pages(api, conversation):
     first = finish(message_send(conversation=conversation, content="Capital of France?"), "Paris.")
     finish(message_edit(conversation=conversation, message=first.user_message, content="Capital of Italy?"), "Rome.")
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(conversation_group(conversation.pk), channel)
-    try:
-        response = api.post(f"/api/v1/conversations/{conversation.pk}/messages/{first.user_message.pk}/activate/")
-        event = async_to_sync(layer.receive)(channel)
-    finally:
-        async_to_sync(layer.group_discard)(conversation_group(conversation.pk), channel)
+
+    # One event loop for the listener throughout, as a page's: a Pub/Sub subscription lives with its loop.
+    async def activate_while_listening():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(conversation_group(conversation.pk), channel)
+        try:
+            url = f"/api/v1/conversations/{conversation.pk}/messages/{first.user_message.pk}/activate/"
+            response = await sync_to_async(api.post)(url)
+            return response, await asyncio.wait_for(layer.receive(channel), 10)
+        finally:
+            await layer.group_discard(conversation_group(conversation.pk), channel)
+
+    response, event = async_to_sync(activate_while_listening)()
 
     assert response.status_code == 200
     assert [m["content"] for m in response.json()] == ["Capital of France?", "Paris."]
