@@ -14,6 +14,7 @@ from core import prometheus
 from core.errors import ParleyError
 from core.log import websocket_message_begin
 from core.websocket import JsonWebsocketConsumer
+from inference.images import data_url_decode
 
 from . import services, turns
 from .selectors import conversation_get
@@ -117,6 +118,10 @@ class ChatConsumer(JsonWebsocketConsumer):
         if not isinstance(use_cache, bool):
             await self.send_error("invalid", "cache must be true or false.")
             return
+        attachments, images = content.get("attachments") or [], content.get("images") or []
+        if not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in (attachments, images)):
+            await self.send_error("invalid", "attachments (image ids) and images (data URLs) must be lists of strings.")
+            return
         try:
             turn = await database_sync_to_async(services.message_send, thread_sensitive=False)(
                 conversation=self.conversation,
@@ -125,6 +130,8 @@ class ChatConsumer(JsonWebsocketConsumer):
                 model_slug=content.get("model") or None,
                 params=content.get("params"),
                 cache=use_cache,
+                attachments=attachments,
+                images=[(data_url_decode(url), "") for url in images],
             )
         except ParleyError as exc:  # includes InferenceError (no model), too_many_generations, quota_exceeded
             await self.send_parley_error(exc)

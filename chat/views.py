@@ -103,7 +103,10 @@ async def home(request):
         # Counted like a message sent over the chat WebSocket: the UI's messages share RATE_LIMIT_WS.
         await sync_to_async(websocket_message_throttle)(user=user)
         turn = await sync_to_async(services.conversation_start)(
-            owner=user, content=form.cleaned_data["content"], model_slug=form.cleaned_data["model"] or None
+            owner=user,
+            content=form.cleaned_data["content"],
+            model_slug=form.cleaned_data["model"] or None,
+            attachments=request.POST.getlist("attachments"),  # image ids the composer uploaded
         )
     except ParleyError as exc:
         return await sync_to_async(_home_page)(request, content=content, model_slug=model_slug, error=exc)
@@ -118,7 +121,9 @@ def conversation_detail(request, conversation_id):
     """The chat page of one of the user's conversations (404 for anyone else's)."""
     conversation = conversation_get(user=request.user, conversation_id=conversation_id)
     services.conversation_orphans_finalize(conversation=conversation)  # never show Stop for a dead answer
-    messages = MessageOutputSerializer(message_list(conversation=conversation), many=True).data
+    messages = MessageOutputSerializer(
+        message_list(conversation=conversation).prefetch_related("attachments"), many=True
+    ).data
     return render(
         request,
         "chat/conversation.html",
