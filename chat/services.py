@@ -568,7 +568,7 @@ def message_send(
             content=content,
             client_id=client_id,
             model=model,
-            params=generation,
+            generation=generation,
             cache=cache,
             attachment_ids=attachment_ids + stored,
             images=count,
@@ -584,13 +584,12 @@ def _message_store(
     content: str,
     client_id: str,
     model: ModelConfig,
-    params: GenerationParams,
+    generation: GenerationParams,
     cache: bool,
     attachment_ids: list[str],
     images: int,
 ) -> Turn:
     """Admit the turn and store its messages: the second half of :func:`message_send`, after its checks."""
-    generation = params
     with _admitted(
         conversation=conversation, model=model, params=generation, content=content, images=images
     ) as admission:
@@ -663,7 +662,8 @@ def conversation_start(
     The conversation never exists without its message: it is created and the message and its
     ``streaming`` answer stored (see :func:`message_send`) in one transaction, so an error stores
     nothing. The model is ``model_slug``, else the default; it becomes the conversation's model,
-    and the title comes from the message. Run the turn with :func:`chat.turns.turn_start`. Raise
+    and the title comes from the message; ``attachments`` are image ids, as for :func:`message_send`.
+    Run the turn with :func:`chat.turns.turn_start`. Raise
     what :func:`message_send` raises (``empty_message`` 400, ``message_too_long`` 413,
     ``model_unavailable``, ``invalid_params``, ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` 429).
     """
@@ -703,7 +703,8 @@ def message_regenerate(
     history (its feedback stays). ``cache`` is off by default: asking again means wanting a fresh
     generation, not the cached copy of the answer being replaced. Run the returned turn with
     :func:`chat.turns.turn_run`. Raise :class:`ParleyError`: ``generation_in_progress`` (409),
-    ``not_regenerable`` (400) when ``message`` is not the last answer, and those of model and params
+    ``not_regenerable`` (400) when ``message`` is not the last answer, ``model_not_vision_capable``
+    (400) for a model that refuses the conversation's images, and those of model and params
     (see :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (429)
     before anything changes.
     """
