@@ -82,6 +82,13 @@ def gemma_gguf(tmp_path_factory):
 
 
 @pytest.fixture
+def media_root(settings, tmp_path):
+    """Uploads of the test go to a folder of its own (FileSystemStorage follows the setting)."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
 def eager_celery():
     """Run queued Celery tasks inline, as a worker would (not the worker itself: see tests/agents/test_worker)."""
     from config.celery import app

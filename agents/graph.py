@@ -33,7 +33,7 @@ from inference.cache import layer as cache_layer
 from inference.embeddings import embed_text
 from inference.models import ModelConfig, Provider
 from inference.pipeline import Generation, first_question
-from inference.providers import GenerationParams, InferenceError
+from inference.providers import GenerationParams, InferenceError, content_text
 from inference.selectors import model_config_get
 from inference.services import orchestrate, provider_for
 
@@ -163,7 +163,7 @@ async def tool_calls_native(
 
 
 def _question(state: TurnState) -> str:
-    return state["messages"][-1]["content"] if state.get("messages") else ""
+    return content_text(state["messages"][-1]["content"]) if state.get("messages") else ""
 
 
 async def classify_intent(state: TurnState, config) -> dict:
@@ -463,7 +463,7 @@ async def orchestrate_request(state: TurnState, config) -> dict:
             timeout=model.orchestrator.ttft_timeout,
         )
     except TimeoutError:
-        raw = messages[-1]["content"]
+        raw = content_text(messages[-1]["content"])
         metadata = {"model": model.orchestrator.slug, "raw_prompt": raw, "prompt": raw, "status": "timeout"}
         metadata["ms"] = round((time.perf_counter() - started) * 1000)
     return {"messages": messages, "orchestrator": metadata}

@@ -6,6 +6,7 @@ import json
 from django.contrib import admin
 from django.db.models import Count, Exists, OuterRef, Subquery
 from django.http import HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -44,6 +45,26 @@ def tool_calls_html(message: Message, *, limit: int | None = TOOL_RESULT_ADMIN_C
     return format_html("<ol class='tool-calls'>{}</ol>", items)
 
 
+def images_html(message: Message) -> str:
+    """Return the message's images as linked thumbnails (served to staff by the attachment API), or "–"."""
+    attachments = list(message.attachments.all())
+    if not attachments:
+        return "–"
+    items = format_html_join(
+        " ",
+        '<a href="{}" target="_blank" rel="noopener"><img src="{}" alt="{}" height="64" loading="lazy"></a>',
+        (
+            (
+                reverse("api_attachment_content", args=[a.pk]),
+                reverse("api_attachment_thumbnail", args=[a.pk]),
+                f"Image {a.width}x{a.height}",
+            )
+            for a in attachments
+        ),
+    )
+    return format_html("<span class='message-images'>{}</span>", items)
+
+
 class MessageInline(admin.TabularInline):
     model = Message
     fields = [
@@ -51,6 +72,7 @@ class MessageInline(admin.TabularInline):
         "role",
         "status",
         "content",
+        "images",
         "model_slug",
         "prompt_tokens",
         "completion_tokens",
@@ -73,9 +95,16 @@ class MessageInline(admin.TabularInline):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("attachments")
+
     @admin.display(description="tool calls")
     def tool_calls(self, message: Message) -> str:
         return tool_calls_html(message)
+
+    @admin.display(description="images")
+    def images(self, message: Message) -> str:
+        return images_html(message)
 
 
 def _last_message_status():
@@ -250,7 +279,7 @@ class MessageAdmin(AuditedAdmin, admin.ModelAdmin):
     ]
     list_filter = ["status", "role", "cached", "model_slug", "created_at"]
     search_fields = ["content", "error", "conversation__title", "conversation__owner__username"]
-    readonly_fields = [f.name for f in Message._meta.fields] + ["tool_calls"]
+    readonly_fields = [f.name for f in Message._meta.fields] + ["images", "tool_calls"]
     list_select_related = ["conversation", "conversation__owner"]
     date_hierarchy = "created_at"
 
@@ -268,6 +297,10 @@ class MessageAdmin(AuditedAdmin, admin.ModelAdmin):
     @admin.display(description="tool calls")
     def tool_calls(self, message: Message) -> str:
         return tool_calls_html(message, limit=None)
+
+    @admin.display(description="images")
+    def images(self, message: Message) -> str:
+        return images_html(message)
 
 
 @admin.register(Feedback)

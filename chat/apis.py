@@ -7,7 +7,14 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.http import FileResponse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from redis.exceptions import RedisError
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
@@ -17,6 +24,7 @@ from rest_framework.views import APIView
 
 from core.errors import ParleyError
 from core.schema import ErrorSerializer
+from inference.images import ImageTooLarge, data_url_decode
 from inference.providers import ModelBusy, ModelUnavailable
 from inference.providers.llama_cpp import BUSY_RETRY_AFTER
 from inference.sse import event_stream_response
@@ -24,6 +32,7 @@ from inference.sse import event_stream_response
 from . import services, sse, turns
 from .models import PromptVisibility, Rating
 from .selectors import (
+    attachment_get,
     conversation_export_list,
     conversation_get,
     conversation_list,
@@ -40,6 +49,7 @@ from .selectors import (
     share_list,
 )
 from .serializers import (
+    AttachmentOutputSerializer,
     ConversationOutputSerializer,
     CustomInstructionsOutputSerializer,
     FeedbackOutputSerializer,
@@ -244,12 +254,113 @@ MESSAGE_SEND_RESULT = inline_serializer(
 )
 
 
+@extend_schema_field(OpenApiTypes.STR)
+class ImageInputField(serializers.Field):
+    """An image sent with a request: an uploaded file (multipart) or a base64 data URL (JSON).
+
+    Returns ``(bytes, file name)``. A file over ``IMAGE_MAX_BYTES`` is refused (413) before it is read.
+    """
+
+    default_error_messages = {"invalid": "Must be an image file (multipart) or a data URL: data:image/png;base64,..."}
+
+    def to_internal_value(self, data) -> tuple[bytes, str]:
+        if isinstance(data, str):
+            return data_url_decode(data), ""
+        if hasattr(data, "read") and hasattr(data, "size"):
+            if data.size > settings.IMAGE_MAX_BYTES:
+                raise ImageTooLarge(
+                    f"The image is {data.size:,} bytes; the limit is {settings.IMAGE_MAX_BYTES:,} (IMAGE_MAX_BYTES)."
+                )
+            return data.read(), data.name or ""
+        self.fail("invalid")
+
+    def to_representation(self, value):
+        return None
+
+
+class AttachmentListApi(APIView):
+    """``POST`` (multipart ``file``, or JSON ``{"url": "data:image/png;base64,..."}``): upload an image to
+    attach to a message; 201 with it. Send its ``id`` in the ``attachments`` of a message (REST or the
+    WebSocket's ``message.send``). PNG, JPEG, WebP and GIF, told by their bytes; EXIF and other
+    metadata are stripped before the image is stored.
+    """
+
+    class InputSerializer(serializers.Serializer):
+        file = ImageInputField(required=False, help_text="The image (multipart).")
+        url = ImageInputField(required=False, help_text="Or the image as a base64 data URL (JSON).")
+
+        def validate(self, data):
+            if ("file" in data) == ("url" in data):
+                raise serializers.ValidationError("Send either file or url.")
+            return data
+
+    @extend_schema(
+        summary="Upload an image to attach to a message",
+        request={"multipart/form-data": InputSerializer, "application/json": InputSerializer},
+        responses={
+            201: AttachmentOutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="Not a readable image (`invalid_image`)."),
+            413: OpenApiResponse(
+                ErrorSerializer,
+                description="Over `IMAGE_MAX_BYTES` (`image_too_large`) or `IMAGE_MAX_PIXELS` "
+                "(`image_too_many_pixels`).",
+            ),
+            415: OpenApiResponse(ErrorSerializer, description="Not PNG, JPEG, WebP or GIF (`unsupported_image_type`)."),
+        },
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        blob, name = serializer.validated_data.get("file") or serializer.validated_data["url"]
+        attachment = services.attachment_create(owner=request.user, data=blob, filename=name)
+        return Response(AttachmentOutputSerializer(attachment).data, status=status.HTTP_201_CREATED)
+
+
+class AttachmentContentApi(APIView):
+    """``GET``: the image itself (its stored bytes and type), to its owner and to staff who may view
+    messages; a 404 for anyone else, as for a missing one."""
+
+    thumbnail = False
+
+    @extend_schema(
+        summary="Get an attached image",
+        responses={(200, "image/*"): OpenApiResponse(description="The image."), 404: ErrorSerializer},
+    )
+    def get(self, request, attachment_id):
+        attachment = attachment_get(user=request.user, attachment_id=attachment_id)
+        stored = attachment.thumbnail if self.thumbnail else attachment.file
+        try:
+            file = stored.open("rb")
+        except (FileNotFoundError, OSError):
+            raise ParleyError("The image's file is missing from storage.", code="not_found", status_code=404) from None
+        response = FileResponse(file, content_type="image/webp" if self.thumbnail else attachment.content_type)
+        # Never changes (a new image gets a new id); only for this browser, not shared caches.
+        response["Cache-Control"] = "private, max-age=86400, immutable"
+        response["Content-Disposition"] = "inline"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+class AttachmentThumbnailApi(AttachmentContentApi):
+    """``GET``: a WebP thumbnail of the image (longest side 256 px); who may see it as for the image."""
+
+    thumbnail = True
+
+    @extend_schema(
+        summary="Get an attached image's thumbnail",
+        responses={(200, "image/webp"): OpenApiResponse(description="The thumbnail."), 404: ErrorSerializer},
+    )
+    def get(self, request, attachment_id):
+        return super().get(request, attachment_id)
+
+
 class MessageListApi(sse.EventStreamMixin, APIView):
     """``GET``: a conversation's active path (the branch shown), oldest first, each message with its
     ``parent_id`` and its versions (``sibling_ids``, ``sibling_index``, ``sibling_count``).
 
-    ``POST {"content", "model"?, "params"?: {"temperature", "max_tokens"}, "client_id"?, "cache"?}``: send a
-    message and wait for the whole answer; returns ``{"user_message", "assistant_message"}`` (201).
+    ``POST {"content", "model"?, "params"?: {"temperature", "max_tokens"}, "client_id"?, "cache"?,
+    "attachments"?: [image ids], "images"?: [data URLs]}`` (JSON, or multipart with ``images`` files):
+    send a message and wait for the whole answer; returns ``{"user_message", "assistant_message"}`` (201).
     With ``Accept: text/event-stream``: 200 and the WebSocket protocol's events as they happen
     (chat.sse), from ``message.created`` to ``generation.completed``. The answer also streams to the
     conversation's open WebSockets.
@@ -264,6 +375,12 @@ class MessageListApi(sse.EventStreamMixin, APIView):
         params = serializers.DictField(required=False)
         client_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
         cache = serializers.BooleanField(required=False, default=True)
+        attachments = serializers.ListField(
+            child=serializers.UUIDField(), required=False, help_text="Ids of images uploaded to /attachments/."
+        )
+        images = serializers.ListField(
+            child=ImageInputField(), required=False, help_text="Images: files (multipart) or base64 data URLs."
+        )
 
     @extend_schema(
         summary="List a conversation's messages (the branch shown)",
@@ -293,7 +410,9 @@ class MessageListApi(sse.EventStreamMixin, APIView):
             (201, "application/json"): MESSAGE_SEND_RESULT,
             (200, sse.MEDIA_TYPE): SEND_STREAM_RESPONSE,
             409: GENERATION_IN_PROGRESS,
-            413: OpenApiResponse(ErrorSerializer, description="The message is too long (`message_too_long`)."),
+            413: OpenApiResponse(
+                ErrorSerializer, description="The message is too long (`message_too_long`), or an image too large."
+            ),
             503: OpenApiResponse(
                 ErrorSerializer, description="The model is busy (`model_busy`, with `Retry-After`) or unavailable."
             ),
@@ -325,6 +444,8 @@ class MessageListApi(sse.EventStreamMixin, APIView):
             model_slug=data.get("model") or None,
             params=data.get("params"),
             cache=data["cache"],
+            attachments=data.get("attachments"),
+            images=data.get("images"),
         )
         return _turn_response(self, request, turn)
 

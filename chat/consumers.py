@@ -16,6 +16,7 @@ from core import prometheus
 from core.errors import ParleyError
 from core.log import websocket_message_begin
 from core.websocket import JsonWebsocketConsumer
+from inference.images import data_url_decode
 
 from . import services, turns
 from .models import MessageStatus
@@ -144,15 +145,21 @@ class ChatConsumer(JsonWebsocketConsumer):
         if not isinstance(use_cache, bool):
             await self.send_error("invalid", "cache must be true or false.")
             return
-        fields = {
-            "conversation": self.conversation,
-            "content": text,
-            "client_id": str(content.get("client_id") or ""),
-            "model_slug": content.get("model") or None,
-            "params": content.get("params"),
-            "cache": use_cache,
-        }
+        attachments, images = content.get("attachments") or [], content.get("images") or []
+        if not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in (attachments, images)):
+            await self.send_error("invalid", "attachments (image ids) and images (data URLs) must be lists of strings.")
+            return
         try:
+            fields = {
+                "conversation": self.conversation,
+                "content": text,
+                "client_id": str(content.get("client_id") or ""),
+                "model_slug": content.get("model") or None,
+                "params": content.get("params"),
+                "cache": use_cache,
+                "attachments": attachments,
+                "images": [(data_url_decode(url), "") for url in images],
+            }
             if content.get("type") == "message.edit":
                 fields["message"] = await self.message_of(content)
                 turn = await database_sync_to_async(services.message_edit, thread_sensitive=False)(**fields)

@@ -1,5 +1,6 @@
 import re
 import uuid
+from pathlib import PurePath
 
 from django.conf import settings
 from django.db import models
@@ -117,6 +118,52 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+
+def attachment_upload_to(attachment: "Attachment", filename: str) -> str:
+    """Store images under a generated name in the private prefix: ``private/attachments/<owner id>/<uuid><suffix>``.
+
+    Nothing under ``private/`` is served directly (``MEDIA_URL`` is not routed); images are read
+    through :class:`chat.apis.AttachmentContentApi`, which checks who asks.
+    """
+    suffix = PurePath(filename).suffix.lower()[:10]
+    return f"private/attachments/{attachment.owner_id}/{uuid.uuid4().hex}{suffix}"
+
+
+class Attachment(models.Model):
+    """An image attached to a user's message. Written only through chat.services.
+
+    Uploaded first (``message`` empty) and attached when the message is sent, or created with the
+    message. ``file`` is the clean image (:func:`inference.images.image_clean`: type from its bytes,
+    EXIF and other metadata stripped); ``thumbnail`` a small WebP of it. Both live in
+    ``STORAGES["default"]`` under a private prefix and are read only through the API.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, null=True, blank=True, related_name="attachments")
+    file = models.FileField(upload_to=attachment_upload_to, max_length=255)
+    thumbnail = models.FileField(upload_to=attachment_upload_to, max_length=255)
+    content_type = models.CharField(max_length=32, help_text="Sniffed from the bytes: image/png, jpeg, webp or gif.")
+    width = models.PositiveIntegerField(help_text="Pixels.")
+    height = models.PositiveIntegerField(help_text="Pixels.")
+    size_bytes = models.PositiveIntegerField()
+    sha256 = models.CharField("SHA-256", max_length=64)
+    filename = models.CharField("original file name", max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["owner", "message"], name="chat_attachment_owner_message")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(content_type__in=["image/png", "image/jpeg", "image/webp", "image/gif"]),
+                name="chat_attachment_image_type",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.filename or f"{self.content_type} {self.width}x{self.height}"
 
 
 class Rating(models.TextChoices):

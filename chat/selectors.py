@@ -1,5 +1,6 @@
 """Reads for conversations and messages."""
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -11,8 +12,10 @@ from django.utils import timezone
 
 from accounts.models import UsageRecord, User
 from accounts.quotas import generation_live
+from inference.images import image_part
 
 from .models import (
+    Attachment,
     Conversation,
     CustomInstructions,
     ImportJob,
@@ -23,6 +26,8 @@ from .models import (
     Role,
     SharedConversation,
 )
+
+logger = logging.getLogger(__name__)
 
 # A message still "streaming" after this long was orphaned by a process that died mid-generation,
 # when its lease cannot be read (Redis down) or at `manage.py finalize_orphans` without --all.
@@ -132,8 +137,9 @@ def message_siblings_attach(*, conversation: Conversation, messages: list[Messag
 
 
 def message_path(*, conversation: Conversation) -> list[Message]:
-    """Return the active path (:func:`message_list`), each message with its ``sibling_ids``. Two queries."""
-    return message_siblings_attach(conversation=conversation, messages=list(message_list(conversation=conversation)))
+    """Return the active path (:func:`message_list`), with ``sibling_ids`` and images. Three queries."""
+    messages = list(message_list(conversation=conversation).prefetch_related("attachments"))
+    return message_siblings_attach(conversation=conversation, messages=messages)
 
 
 def message_tree_nodes(*, conversation: Conversation) -> tuple[list[Message], list]:
@@ -141,7 +147,7 @@ def message_tree_nodes(*, conversation: Conversation) -> tuple[list[Message], li
 
     ``([Message], [id, ...])``: all branches oldest first; the path root first. Two queries.
     """
-    messages = list(message_tree(conversation=conversation))
+    messages = list(message_tree(conversation=conversation).prefetch_related("attachments"))
     children: dict = {}
     for message in messages:
         children.setdefault(message.parent_id, []).append(message.pk)
@@ -212,22 +218,63 @@ def generation_active(*, conversation: Conversation) -> Message | None:
     return None
 
 
-def model_messages(
-    *, conversation: Conversation, system_prompt: str = "", leaf: Message | None = None
-) -> list[dict[str, str]]:
+def model_messages(*, conversation: Conversation, system_prompt: str = "", leaf: Message | None = None) -> list[dict]:
     """Return the conversation as chat messages for a model: ``[{"role", "content"}]``, oldest first.
 
     Only the active path (or the path ending at ``leaf``; see :func:`message_list`): other
     branches never reach the model. Includes the system prompt (when given), user messages and
     finished assistant answers (complete, or the partial text of a cancelled one); leaves out
-    failed answers and the one being generated.
+    failed answers and the one being generated. A user message with images has OpenAI's list
+    content, its text then each image as a data URL read from storage
+    (:func:`attachment_content_parts`): every turn sends every image of its branch.
     """
     messages = [{"role": Role.SYSTEM.value, "content": system_prompt}] if system_prompt else []
-    rows = message_list(conversation=conversation, leaf=leaf).filter(
-        role__in=[Role.USER, Role.ASSISTANT], status__in=[MessageStatus.COMPLETE, MessageStatus.CANCELLED]
+    rows = (
+        message_list(conversation=conversation, leaf=leaf)
+        .filter(role__in=[Role.USER, Role.ASSISTANT], status__in=[MessageStatus.COMPLETE, MessageStatus.CANCELLED])
+        .prefetch_related("attachments")
     )
-    messages += [{"role": m.role, "content": m.content} for m in rows if m.content]
+    for m in rows:
+        images = list(m.attachments.all())
+        if images:
+            text = [{"type": "text", "text": m.content}] if m.content else []
+            messages.append({"role": m.role, "content": text + attachment_content_parts(attachments=images)})
+        elif m.content:
+            messages.append({"role": m.role, "content": m.content})
     return messages
+
+
+def attachment_content_parts(*, attachments: list[Attachment]) -> list[dict]:
+    """Return OpenAI ``image_url`` parts (data URLs) of ``attachments``, read from storage.
+
+    An image whose file is missing from storage becomes a text part saying so (and is logged), so
+    the model and the user are told rather than the image vanishing.
+    """
+    parts = []
+    for attachment in attachments:
+        try:
+            with attachment.file.open("rb") as file:
+                data = file.read()
+        except (FileNotFoundError, OSError):
+            logger.error("The image %s of message %s is missing from storage", attachment.pk, attachment.message_id)
+            parts.append({"type": "text", "text": "[image unavailable: its file is missing from storage]"})
+            continue
+        parts.append(image_part(data=data, content_type=attachment.content_type))
+    return parts
+
+
+def attachment_get(*, user: User, attachment_id) -> Attachment:
+    """Return image ``attachment_id`` if ``user`` may see it: its owner, or staff allowed to view messages.
+
+    Raise ``Http404`` otherwise (another user's image is not told apart from a missing one).
+    """
+    attachment = Attachment.objects.filter(pk=attachment_id).first()
+    allowed = attachment is not None and (
+        attachment.owner_id == user.pk or (user.is_staff and user.has_perm("chat.view_message"))
+    )
+    if not allowed:
+        raise Http404("No such image.")
+    return attachment
 
 
 def active_user_count(*, since) -> int:

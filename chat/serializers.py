@@ -1,8 +1,50 @@
 """Output shapes shared by the REST API and the WebSocket events (one shape for both)."""
 
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .models import Conversation, CustomInstructions, Feedback, ImportJob, Message, Prompt, SharedConversation
+from .models import (
+    Attachment,
+    Conversation,
+    CustomInstructions,
+    Feedback,
+    ImportJob,
+    Message,
+    Prompt,
+    Role,
+    SharedConversation,
+)
+
+
+class AttachmentOutputSerializer(serializers.ModelSerializer):
+    """An image of a message: ``url`` (the image) and ``thumbnail_url`` are paths under ``/api/v1/``,
+    readable by its owner (session, JWT or API key) and by staff."""
+
+    message = serializers.UUIDField(source="message_id", read_only=True, allow_null=True)
+    url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Attachment
+        fields = [
+            "id",
+            "message",
+            "content_type",
+            "width",
+            "height",
+            "size_bytes",
+            "filename",
+            "url",
+            "thumbnail_url",
+            "created_at",
+        ]
+
+    def get_url(self, attachment: Attachment) -> str:
+        return reverse("api_attachment_content", args=[attachment.pk])
+
+    def get_thumbnail_url(self, attachment: Attachment) -> str:
+        return reverse("api_attachment_thumbnail", args=[attachment.pk])
 
 
 class MessageOutputSerializer(serializers.ModelSerializer):
@@ -14,6 +56,7 @@ class MessageOutputSerializer(serializers.ModelSerializer):
         read_only=True, allow_null=True, help_text="The message this one follows; null for a first message."
     )
     usage = serializers.SerializerMethodField()
+    attachments = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
@@ -23,6 +66,7 @@ class MessageOutputSerializer(serializers.ModelSerializer):
             "parent_id",
             "role",
             "content",
+            "attachments",
             "status",
             "client_id",
             "model_slug",
@@ -38,6 +82,13 @@ class MessageOutputSerializer(serializers.ModelSerializer):
             "created_at",
             "finished_at",
         ]
+
+    @extend_schema_field(AttachmentOutputSerializer(many=True))
+    def get_attachments(self, message: Message) -> list[dict]:
+        # Only user messages hold images: an answer costs no query (answers are serialized on the event loop).
+        if message.role != Role.USER:
+            return []
+        return AttachmentOutputSerializer(message.attachments.all(), many=True).data
 
     def get_usage(self, message: Message) -> dict | None:
         if message.prompt_tokens is None and message.completion_tokens is None:

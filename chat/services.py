@@ -18,8 +18,11 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Func, IntegerField, JSONField, QuerySet, Sum, Value
+from django.db.models import F, Func, IntegerField, JSONField, QuerySet, Sum, Value, prefetch_related_objects
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -34,10 +37,11 @@ from accounts.services import audit_record
 from core.errors import ParleyError
 from core.events import event_emit
 from core.queue import task_enqueue_on_commit
+from inference.images import image_clean, image_thumbnail, vision_check
 from inference.models import ModelConfig
-from inference.providers import GenerationParams
+from inference.providers import IMAGE_PROMPT_TOKENS, GenerationParams
 from inference.selectors import model_config_get
-from inference.services import cost_estimate, generation_params
+from inference.services import CHARS_PER_TOKEN, cost_estimate, generation_params
 
 from .exports import (
     conversation_export_data,
@@ -54,6 +58,7 @@ from .imports import (
     export_parse,
 )
 from .models import (
+    Attachment,
     Conversation,
     CustomInstructions,
     Feedback,
@@ -116,7 +121,70 @@ def conversation_delete(*, conversation: Conversation) -> None:
     with transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)
+        files = [
+            name
+            for pair in Attachment.objects.filter(message__conversation=locked).values_list("file", "thumbnail")
+            for name in pair
+        ]
         locked.delete()
+        transaction.on_commit(lambda: _files_delete(files))
+
+
+def _files_delete(names: list[str]) -> None:
+    """Delete stored files (attachments' images) by name; a file already gone is not an error."""
+    for name in names:
+        try:
+            if name:
+                default_storage.delete(name)
+        except Exception:  # a storage hiccup leaves a file behind, never fails the caller
+            logger.warning("Could not delete the stored file %s", name, exc_info=True)
+
+
+def attachment_create(*, owner: User, data: bytes, filename: str = "") -> Attachment:
+    """Store ``data`` as an image of ``owner``'s, not yet attached to a message; return it.
+
+    The image is cleaned first (:func:`inference.images.image_clean`: its type read from its bytes,
+    its EXIF and other metadata stripped) and stored with a WebP thumbnail in ``STORAGES["default"]``
+    under ``private/attachments/``; ``filename`` (the client's name) is only recorded. Raise
+    :class:`ParleyError`: 400 ``invalid_image``, 413 ``image_too_large`` / ``image_too_many_pixels``,
+    415 ``unsupported_image_type``. Attach it by passing its id to :func:`message_send`.
+    """
+    image = image_clean(data=data)
+    thumbnail = image_thumbnail(data=image.data)
+    attachment = Attachment(
+        owner=owner,
+        content_type=image.content_type,
+        width=image.width,
+        height=image.height,
+        size_bytes=len(image.data),
+        sha256=image.sha256,
+        filename=(filename or "")[-255:],
+    )
+    attachment.file.save(f"image{image.extension}", ContentFile(image.data), save=False)
+    attachment.thumbnail.save("thumbnail.webp", ContentFile(thumbnail), save=False)
+    try:
+        attachment.save()
+    except BaseException:
+        _files_delete([attachment.file.name, attachment.thumbnail.name])
+        raise
+    return attachment
+
+
+def attachments_discard(*, owner: User, ids: list) -> int:
+    """Delete ``owner``'s images ``ids`` that were never sent (no message), with their files; return how many.
+
+    For an interface that stored images for a message that was then refused: they are not left behind.
+    """
+    rows = Attachment.objects.filter(pk__in=ids, owner=owner, message__isnull=True)
+    files = [name for pair in rows.values_list("file", "thumbnail") for name in pair]
+    deleted, _ = rows.delete()
+    transaction.on_commit(lambda: _files_delete(files))
+    return deleted
+
+
+def _conversation_images(conversation: Conversation) -> int:
+    """Return how many images the messages of the shown branch hold (each turn sends them all to the model)."""
+    return Attachment.objects.filter(message__in=message_list(conversation=conversation)).count()
 
 
 EXPORT_FORMATS = {"json": conversations_export_json, "markdown": conversations_export_markdown}
@@ -393,14 +461,15 @@ def _turn_model(
     return model, generation_params(model=model, overrides=params)
 
 
-def message_validate(*, content: str) -> str:
+def message_validate(*, content: str, images: int = 0) -> str:
     """Return ``content`` stripped of surrounding whitespace.
 
-    Raise :class:`ParleyError` ``empty_message`` (400) when nothing is left, or ``message_too_long``
-    (413) when it is longer than ``CHAT_MAX_MESSAGE_CHARS`` characters (default 32,000).
+    Raise :class:`ParleyError` ``empty_message`` (400) when nothing is left and no image comes with
+    it (``images``), or ``message_too_long`` (413) when it is longer than ``CHAT_MAX_MESSAGE_CHARS``
+    characters (default 32,000).
     """
     content = (content or "").strip()
-    if not content:
+    if not content and not images:
         raise ParleyError("The message is empty.", code="empty_message")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(content) > limit:
@@ -428,12 +497,13 @@ class Turn:
 
 @contextmanager
 def _admitted(
-    *, conversation: Conversation, model: ModelConfig, params: GenerationParams, content: str = ""
+    *, conversation: Conversation, model: ModelConfig, params: GenerationParams, content: str = "", images: int = 0
 ) -> Iterator[Admission]:
     """Admit a generation for the conversation's owner (slot, quota and budget reservations) and yield it.
 
     The budgets reserve the turn's maximum cost: the conversation so far plus ``content`` (the new
-    message) and the system prompt as its prompt, ``max_tokens`` as its answer
+    message) and the system prompt as its prompt, with ``images`` (of the whole conversation) at
+    :data:`~inference.providers.IMAGE_PROMPT_TOKENS` each, ``max_tokens`` as its answer
     (:func:`inference.services.cost_estimate`).
 
     Its ``generation_id`` is the new assistant message's id; the turn finishes it
@@ -446,6 +516,7 @@ def _admitted(
     if model.price_input_per_mtok or model.price_output_per_mtok:
         history = Message.objects.filter(conversation_id=conversation.pk).aggregate(chars=Sum(Length("content")))
         prompt_chars = (history["chars"] or 0) + len(content) + len(model.system_prompt or "")
+        prompt_chars += images * IMAGE_PROMPT_TOKENS * CHARS_PER_TOKEN
         reserve_cost = cost_estimate(model=model, prompt_chars=prompt_chars, max_tokens=params.max_tokens)
     admission = Admission.admit(
         user=owner,
@@ -469,18 +540,28 @@ def message_send(
     model_slug: str | None = None,
     params: dict | None = None,
     cache: bool = True,
+    attachments: list | None = None,
+    images: list[tuple[bytes, str]] | None = None,
 ) -> Turn:
     """Store the user's message and a ``streaming`` assistant placeholder, in one transaction.
 
     Runs before any model work, so nothing the user typed is lost if generation fails. The message
     follows the conversation's active leaf (a send never starts a branch), and the placeholder
     becomes the new active leaf. The model is ``model_slug``, else the conversation's, else the
-    default. Raise :class:`ParleyError`: ``empty_message`` / ``message_too_long`` (see
-    :func:`message_validate`), ``generation_in_progress`` (409) when an answer is still being
-    generated in this conversation, ``model_unavailable`` when no enabled model matches,
-    ``invalid_params`` for bad ``params`` (see :func:`inference.services.generation_params`), and
-    before storing anything, 429 ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded``
-    (see :class:`accounts.metering.Admission`). The generation slot taken here is freed by
+    default. ``attachments`` are ids of images the owner uploaded (:func:`attachment_create`) and
+    has not attached yet; ``images`` are more, as ``(bytes, file name)``, stored here (after every
+    check that needs no image, and removed again if the message is refused). They become the
+    message's, and go to the model with it on this turn and every later one. Raise
+    :class:`ParleyError`: the image errors of :func:`attachment_create`, ``empty_message`` /
+    ``message_too_long`` (see :func:`message_validate`; a message with images may have no text),
+    ``too_many_images`` (400, over ``IMAGE_MAX_PER_MESSAGE``), ``invalid_attachment`` (400: not the
+    owner's, already sent, or unknown), ``model_not_vision_capable`` (400) when the model cannot
+    read the images of the message or of the conversation so far and refuses them (its
+    ``text_only_images``), ``generation_in_progress`` (409) when an answer is still being generated
+    in this conversation, ``model_unavailable`` when no enabled model matches, ``invalid_params``
+    for bad ``params`` (see :func:`inference.services.generation_params`), and before storing
+    anything, 429 ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (see
+    :class:`accounts.metering.Admission`). The generation slot taken here is freed by
     :func:`message_finalize`.
     """
     return _question_turn(
@@ -490,6 +571,8 @@ def message_send(
         model_slug=model_slug,
         params=params,
         cache=cache,
+        attachments=attachments,
+        images=images,
     )
 
 
@@ -502,15 +585,18 @@ def message_edit(
     model_slug: str | None = None,
     params: dict | None = None,
     cache: bool = True,
+    attachments: list | None = None,
+    images: list[tuple[bytes, str]] | None = None,
 ) -> Turn:
     """Ask the user's ``message`` again with ``content``: a new question beside it, and its answer's turn.
 
     The edited message and everything after it are kept, on their own branch: the new question is
     a sibling of ``message`` (same parent), and the new ``streaming`` answer under it becomes the
-    active leaf. Stored as :func:`message_send` stores, in one transaction before any model work;
-    run the returned turn with :func:`chat.turns.turn_start` or :func:`chat.turns.turn_execute`.
-    Raise :class:`ParleyError` ``not_editable`` (400) when ``message`` is not a user message, and
-    what :func:`message_send` raises.
+    active leaf. Stored as :func:`message_send` stores (``attachments`` and ``images`` as there: the
+    edited message's own images stay with it), in one transaction before any model work; run the
+    returned turn with :func:`chat.turns.turn_start` or :func:`chat.turns.turn_execute`. Raise
+    :class:`ParleyError` ``not_editable`` (400) when ``message`` is not a user message, and what
+    :func:`message_send` raises.
     """
     if message.role != Role.USER:
         raise ParleyError("Only your own messages can be edited; regenerate an answer instead.", code="not_editable")
@@ -521,6 +607,8 @@ def message_edit(
         model_slug=model_slug,
         params=params,
         cache=cache,
+        attachments=attachments,
+        images=images,
         edited=message,
     )
 
@@ -533,15 +621,60 @@ def _question_turn(
     model_slug: str | None,
     params: dict | None,
     cache: bool,
+    attachments: list | None,
+    images: list[tuple[bytes, str]] | None,
     edited: Message | None = None,
 ) -> Turn:
     """Store a question and its ``streaming`` answer (see :func:`message_send`); return the turn.
 
     The question follows the active leaf, or, when it replaces ``edited``, ``edited``'s parent.
     """
-    content = message_validate(content=content)
+    attachment_ids = list(dict.fromkeys(str(pk) for pk in attachments or ()))
+    if len(attachment_ids) + len(images or ()) > settings.IMAGE_MAX_PER_MESSAGE:
+        raise ParleyError(
+            f"A message may hold {settings.IMAGE_MAX_PER_MESSAGE} images at most (IMAGE_MAX_PER_MESSAGE).",
+            code="too_many_images",
+        )
+    content = message_validate(content=content, images=len(attachment_ids) + len(images or ()))
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
-    with _admitted(conversation=conversation, model=model, params=generation, content=content) as admission:
+    count = len(attachment_ids) + len(images or ()) + _conversation_images(conversation)
+    vision_check(config=model, images=count)
+    stored = []
+    try:
+        for data, filename in images or ():
+            stored.append(str(attachment_create(owner=conversation.owner, data=data, filename=filename).pk))
+        return _message_store(
+            conversation=conversation,
+            content=content,
+            client_id=client_id,
+            model=model,
+            generation=generation,
+            cache=cache,
+            attachment_ids=attachment_ids + stored,
+            images=count,
+            edited=edited,
+        )
+    except BaseException:
+        attachments_discard(owner=conversation.owner, ids=stored)
+        raise
+
+
+def _message_store(
+    *,
+    conversation: Conversation,
+    content: str,
+    client_id: str,
+    model: ModelConfig,
+    generation: GenerationParams,
+    cache: bool,
+    attachment_ids: list[str],
+    images: int,
+    edited: Message | None,
+) -> Turn:
+    """Admit the turn and store its messages: the second half of :func:`_question_turn`, after its checks."""
+    with _admitted(
+        conversation=conversation, model=model, params=generation, content=content, images=images
+    ) as admission:
         with transaction.atomic():
             # Lock the conversation so two sends cannot both pass the in-progress check.
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
@@ -553,6 +686,8 @@ def _question_turn(
                 client_id=client_id[:64],
                 parent_id=edited.parent_id if edited is not None else locked.active_leaf_id,
             )
+            if attachment_ids:
+                _attach(message=user_message, owner_id=locked.owner_id, ids=attachment_ids)
             assistant_message = Message.objects.create(
                 id=admission.generation_id,
                 conversation=locked,
@@ -564,7 +699,7 @@ def _question_turn(
             locked.active_leaf = assistant_message
             update_fields = ["updated_at", "active_leaf"]
             if not locked.title:
-                locked.title = " ".join(content.split())[:TITLE_LENGTH]
+                locked.title = " ".join(content.split())[:TITLE_LENGTH] or "Image"
                 update_fields.append("title")
             if locked.model_id != model.pk:
                 locked.model = model
@@ -572,6 +707,7 @@ def _question_turn(
             locked.save(update_fields=update_fields)
     conversation.title, conversation.model = locked.title, locked.model
     conversation.active_leaf_id = locked.active_leaf_id
+    prefetch_related_objects([user_message], "attachments")  # serialized on the event loop: no query there
     return Turn(
         user_message=user_message,
         assistant_message=assistant_message,
@@ -601,6 +737,24 @@ def conversation_switch_branch(*, conversation: Conversation, message: Message) 
     return leaf
 
 
+def _attach(*, message: Message, owner_id: int, ids: list[str]) -> None:
+    """Attach the owner's unattached images ``ids`` to ``message``; raise ``invalid_attachment`` (400) otherwise.
+
+    Call inside the transaction that stores ``message``: the rows are locked, so one image cannot
+    join two messages sent at once.
+    """
+    try:
+        rows = list(Attachment.objects.select_for_update().filter(pk__in=ids, owner_id=owner_id, message__isnull=True))
+    except ValidationError:  # not UUIDs
+        rows = []
+    if len(rows) != len(ids):
+        raise ParleyError(
+            "An attachment is unknown, not yours, or already sent with another message; upload it again.",
+            code="invalid_attachment",
+        )
+    Attachment.objects.filter(pk__in=[row.pk for row in rows]).update(message=message)
+
+
 def conversation_start(
     *,
     owner: User,
@@ -609,13 +763,15 @@ def conversation_start(
     model_slug: str | None = None,
     params: dict | None = None,
     cache: bool = True,
+    attachments: list | None = None,
 ) -> Turn:
     """Create a conversation of ``owner`` with ``content`` as its first message; return that message's turn.
 
     The conversation never exists without its message: it is created and the message and its
     ``streaming`` answer stored (see :func:`message_send`) in one transaction, so an error stores
     nothing. The model is ``model_slug``, else the default; it becomes the conversation's model,
-    and the title comes from the message. Run the turn with :func:`chat.turns.turn_start`. Raise
+    and the title comes from the message; ``attachments`` are image ids, as for :func:`message_send`.
+    Run the turn with :func:`chat.turns.turn_start`. Raise
     what :func:`message_send` raises (``empty_message`` 400, ``message_too_long`` 413,
     ``model_unavailable``, ``invalid_params``, ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` 429).
     """
@@ -630,6 +786,7 @@ def conversation_start(
                 model_slug=model_slug,
                 params=params,
                 cache=cache,
+                attachments=attachments,
             )
     except BaseException:
         if turn is not None:  # the commit failed: nothing is stored, so free the generation slot now
@@ -655,11 +812,13 @@ def message_regenerate(
     ``cache`` is off by default: asking again means wanting a fresh generation, not the cached copy
     of the answer being replaced. Run the returned turn with :func:`chat.turns.turn_run`. Raise
     :class:`ParleyError`: ``generation_in_progress`` (409), ``not_regenerable`` (400) when
-    ``message`` is not an answer to a question, and those of model and params (see
+    ``message`` is not an answer to a question, ``model_not_vision_capable`` (400) for a model that
+    refuses the conversation's images, and those of model and params (see
     :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (429)
     before anything changes.
     """
     model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
+    vision_check(config=model, images=_conversation_images(conversation))
     with _admitted(conversation=conversation, model=model, params=generation) as admission, transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)

@@ -31,6 +31,13 @@ api_urlpatterns = [
     path("conversations/<uuid:conversation_id>/", apis.ConversationDetailApi.as_view(), name="api_conversation"),
     path("conversations/<uuid:conversation_id>/stop/", apis.ConversationStopApi.as_view(), name="api_stop"),
     path("conversations/<uuid:conversation_id>/shares/", apis.ConversationShareApi.as_view(), name="api_share"),
+    path("attachments/", apis.AttachmentListApi.as_view(), name="api_attachments"),
+    path("attachments/<uuid:attachment_id>/", apis.AttachmentContentApi.as_view(), name="api_attachment_content"),
+    path(
+        "attachments/<uuid:attachment_id>/thumbnail/",
+        apis.AttachmentThumbnailApi.as_view(),
+        name="api_attachment_thumbnail",
+    ),
     path("prompts/", apis.PromptListApi.as_view(), name="api_prompts"),
     path("prompts/<uuid:prompt_id>/", apis.PromptDetailApi.as_view(), name="api_prompt"),
     path("me/instructions/", apis.CustomInstructionsApi.as_view(), name="api_custom_instructions"),

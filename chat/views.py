@@ -103,7 +103,10 @@ async def home(request):
         # Counted like a message sent over the chat WebSocket: the UI's messages share RATE_LIMIT_WS.
         await sync_to_async(websocket_message_throttle)(user=user)
         turn = await sync_to_async(services.conversation_start)(
-            owner=user, content=form.cleaned_data["content"], model_slug=form.cleaned_data["model"] or None
+            owner=user,
+            content=form.cleaned_data["content"],
+            model_slug=form.cleaned_data["model"] or None,
+            attachments=request.POST.getlist("attachments"),  # image ids the composer uploaded
         )
     except ParleyError as exc:
         return await sync_to_async(_home_page)(request, content=content, model_slug=model_slug, error=exc)

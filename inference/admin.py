@@ -99,6 +99,21 @@ class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
                 "lacks are refused (400 unsupported_parameter).",
             },
         ),
+        (
+            "Images",
+            {
+                "fields": [
+                    "supports_vision",
+                    "image_max_pixels",
+                    "image_max_bytes",
+                    "text_only_images",
+                    "vision_projector",
+                    "vision_chat_handler",
+                ],
+                "description": 'Images in chat and /v1 (README, "Images in chat"). A llama.cpp vision model '
+                "needs its projector (mmproj) file.",
+            },
+        ),
         ("Limits", {"fields": ["connect_timeout", "ttft_timeout", "idle_timeout", "max_retries", "max_queue"]}),
         ("Pricing and orchestration", {"fields": ["price_input_per_mtok", "price_output_per_mtok", "orchestrator"]}),
         (

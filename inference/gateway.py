@@ -46,9 +46,11 @@ from core.errors import ParleyError, database_unavailable, payload_too_large
 from core.parsers import JSONParser
 
 from .embeddings import embed_texts
+from .images import ImageInvalid, ImageTooLarge, ImageTypeUnsupported, ImageUrlRefused, image_from_url, image_part
+from .images import vision_check as images_vision_check
 from .models import ModelConfig
 from .pipeline import Generation
-from .providers import Chunk, GenerationParams, ModelUnavailable, Usage
+from .providers import Chunk, GenerationParams, ModelUnavailable, Usage, content_images, image_count, prompt_chars
 from .selectors import model_config_get, model_config_list
 from .server_tools import ServerLabelInvalid, ServerTool, ServerToolLoop, ServerToolsUnavailable, server_tools_resolve
 from .services import MILLION, cost_estimate, generation_params
@@ -216,7 +218,7 @@ def _model_get(slug: str) -> ModelConfig:
 @extend_schema(exclude=True)
 class ModelListGateway(GatewayApi):
     """``GET /v1/models``: the enabled models, as OpenAI model objects (``id`` is the slug), with Parley's
-    ``capabilities``: ``{"tools", "response_format", "logprobs"}`` booleans (what a request may ask for)."""
+    ``capabilities``: ``{"vision", "tools", "response_format", "logprobs"}`` booleans (what a request may ask for)."""
 
     def get(self, request):
         data = [
@@ -226,6 +228,7 @@ class ModelListGateway(GatewayApi):
                 "created": int(config.created_at.timestamp()),
                 "owned_by": "parley",
                 "capabilities": {
+                    "vision": config.supports_vision,
                     "tools": config.supports_tools,
                     "response_format": config.supports_response_format,
                     "logprobs": config.supports_logprobs,
@@ -239,17 +242,38 @@ class ModelListGateway(GatewayApi):
 # --- Chat completions -------------------------------------------------------------------------
 
 
+def _content_part_valid(part) -> bool:
+    """Return whether ``part`` is a text part or an ``{"type": "image_url", "image_url": {"url", "detail"?}}`` one."""
+    if not isinstance(part, dict):
+        return False
+    if part.get("type") == "text":
+        return isinstance(part.get("text"), str)
+    image = part.get("image_url")
+    return (
+        part.get("type") == "image_url"
+        and isinstance(image, dict)
+        and isinstance(image.get("url"), str)
+        and image.get("detail", "auto") in ("auto", "low", "high")
+    )
+
+
 class _ContentField(serializers.Field):
-    """A message's ``content``: a string, or a list of ``{"type": "text", "text"}`` parts (joined)."""
+    """A message's ``content``: a string, or a list of text parts (joined into a string) and
+    ``image_url`` parts (kept as a list: see :func:`_images_clean`)."""
 
-    default_error_messages = {"invalid": "Must be a string or a list of text content parts."}
+    default_error_messages = {"invalid": "Must be a string or a list of text and image_url content parts."}
 
-    def to_internal_value(self, data) -> str:
+    def to_internal_value(self, data) -> str | list[dict]:
         if isinstance(data, str):
             return data
-        if isinstance(data, list) and all(
-            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in data
-        ):
+        if isinstance(data, list) and all(_content_part_valid(part) for part in data):
+            if any(part["type"] == "image_url" for part in data):
+                return [
+                    {"type": "text", "text": p["text"]}
+                    if p["type"] == "text"
+                    else {"type": "image_url", "image_url": {"url": p["image_url"]["url"]}}
+                    for p in data
+                ]
             return "".join(part["text"] for part in data)
         self.fail("invalid")
 
@@ -435,6 +459,8 @@ class ChatCompletionInput(serializers.Serializer):
                 raise serializers.ValidationError(
                     {"content": "Required (null only in an assistant message with tool_calls)."}
                 )
+            if isinstance(data.get("content"), list) and role != "user":
+                raise serializers.ValidationError({"content": "Only user messages may hold images."})
             return data
 
     class StreamOptionsSerializer(serializers.Serializer):
@@ -562,6 +588,32 @@ def _message(message: dict) -> dict:
     return result
 
 
+def _images_clean(messages: list[dict], config: ModelConfig) -> None:
+    """Replace each ``image_url`` part of ``messages`` (Parley's shape, in place) by its clean image.
+
+    A data URL is decoded; an http(s) URL fetched when ``IMAGE_URL_FETCH`` allows it (public
+    addresses only, size and time limits: :func:`inference.images.image_fetch`). Each is checked and
+    cleaned (:func:`inference.images.image_clean`: type from its bytes, caps, EXIF stripped). First,
+    a model that refuses images answers 400 ``model_not_vision_capable``, before anything is fetched.
+    Errors name the part: ``messages[i].content[j]``.
+    """
+    images_vision_check(config=config, images=image_count(messages))
+    for number, message in enumerate(messages):
+        if not content_images(message["content"]):
+            continue
+        for index, part in enumerate(message["content"]):
+            if part["type"] != "image_url":
+                continue
+            param = f"messages[{number}].content[{index}].image_url"
+            try:
+                image = image_from_url(part["image_url"]["url"])
+            except (ImageInvalid, ImageTypeUnsupported, ImageTooLarge, ImageUrlRefused) as exc:
+                raise OpenAIError(
+                    f"{param}: {exc.detail}", status_code=exc.status_code, param=param, code=exc.code
+                ) from exc
+            message["content"][index] = image_part(data=image.data, content_type=image.content_type)
+
+
 def _chat_admit(request) -> _Call:
     """Authenticate, rate-limit, parse, validate and admit one chat completion request: the blocking part.
 
@@ -580,6 +632,7 @@ def _chat_admit(request) -> _Call:
         data = _validated(ChatCompletionInput, JSONParser().parse(io.BytesIO(request.body)))
         config = _model_get(data["model"])
         messages = [_message(m) for m in data["messages"]]
+        _images_clean(messages, config)
         if config.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": config.system_prompt})
         params = _params(config, data)
@@ -614,15 +667,15 @@ def _admission_take(call: _Call) -> None:
     most: its prompt (messages and offered tools' schemas, characters) and ``max_tokens`` at the
     model's prices (:func:`inference.services.cost_estimate`).
     """
-    prompt_chars = sum(len(m["content"]) + len(str(m.get("tool_calls") or "")) for m in call.messages)
-    prompt_chars += len(str(call.params.tools or ""))
+    chars = prompt_chars(call.messages) + sum(len(str(m.get("tool_calls") or "")) for m in call.messages)
+    chars += len(str(call.params.tools or ""))
     try:
         call.admission = Admission.admit(
             user=call.user,
             generation_id=call.completion_id,
             reserve_tokens=call.params.max_tokens,
             source=UsageSource.GATEWAY,
-            reserve_cost=cost_estimate(model=call.config, prompt_chars=prompt_chars, max_tokens=call.params.max_tokens),
+            reserve_cost=cost_estimate(model=call.config, prompt_chars=chars, max_tokens=call.params.max_tokens),
             api_key=call.api_key,
         )
     except Exception as exc:
@@ -818,7 +871,9 @@ async def _chunk_events(call: _Call, generation: Generation, batches, first: lis
 class ChatCompletionGateway(View):
     """``POST /v1/chat/completions``: one answer from an enabled model, whole or as server-sent events.
 
-    Takes OpenAI's ``model``, ``messages`` (roles system/developer/user/assistant/tool, text content;
+    Takes OpenAI's ``model``, ``messages`` (roles system/developer/user/assistant/tool, text content,
+    and ``image_url`` parts in user messages for a vision model: base64 data URLs, or http(s) URLs
+    when ``IMAGE_URL_FETCH`` is on; see :func:`_images_clean`;
     assistant ``tool_calls``, tool ``tool_call_id``), ``stream``, ``stream_options.include_usage``,
     ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` (0 to 2), ``stop``, ``n`` (1 only),
     ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``response_format`` (text, json_object,

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -20,6 +21,11 @@ class CachePolicy(models.TextChoices):
     DETERMINISTIC = "deterministic", "Only deterministic requests (temperature 0)"
     ALWAYS = "always", "Every request (answers repeat even at temperature > 0)"
     NEVER = "never", "Never"
+
+
+class TextOnlyImages(models.TextChoices):
+    REFUSE = "refuse", "Refuse the request (400 model_not_vision_capable)"
+    OMIT = "omit", "Answer without the images, told where each was omitted"
 
 
 class ModelConfig(models.Model):
@@ -132,6 +138,47 @@ class ModelConfig(models.Model):
         default=False,
         help_text="logprobs and top_logprobs, passed through to a server that returns them (not on llama.cpp).",
     )
+    # Images (inference.images): what this model does with images in a request.
+    supports_vision = models.BooleanField(
+        "supports vision",
+        default=False,
+        help_text="Reads images (OpenAI image_url content parts). A llama.cpp model needs its vision projector.",
+    )
+    image_max_pixels = models.PositiveIntegerField(
+        "image size cap (px, longest side)",
+        default=2048,
+        validators=[MinValueValidator(64)],
+        help_text="Longer images are resized to this longest side, aspect ratio kept; smaller ones are sent "
+        "as they are.",
+    )
+    image_max_bytes = models.PositiveIntegerField(
+        "image byte cap",
+        default=5 * 1024 * 1024,
+        validators=[MinValueValidator(1024)],
+        help_text="Bytes of one image as sent; a larger one is re-encoded as JPEG, and refused if still larger.",
+    )
+    text_only_images = models.CharField(
+        "images sent to a text-only model",
+        max_length=8,
+        choices=TextOnlyImages.choices,
+        default=TextOnlyImages.REFUSE,
+        help_text="When the model does not support vision: refuse, or answer with a note where each image was.",
+    )
+    vision_projector = models.CharField(
+        "vision projector (mmproj)",
+        max_length=512,
+        blank=True,
+        help_text="llama.cpp only: the GGUF's mmproj file (path or package:<package>/<file>), for a vision model.",
+    )
+    vision_chat_handler = models.CharField(
+        "vision chat handler",
+        max_length=32,
+        blank=True,
+        default="mtmd",
+        help_text="llama.cpp only: llama-cpp-python's chat handler for the projector: mtmd (llama.cpp's libmtmd "
+        "with the GGUF's own chat template: most models), or llava-1-5, llava-1-6, moondream2, nanollava, "
+        "llama-3-vision-alpha, minicpm-v-2.6, qwen2.5-vl.",
+    )
     # Routing (inference.routing): which deployment serves a request, and what serves it when none can.
     routing_strategy = models.CharField(
         max_length=16, choices=RoutingStrategy.choices, default=RoutingStrategy.LEAST_BUSY
@@ -167,6 +214,12 @@ class ModelConfig(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+    def clean(self) -> None:
+        if self.supports_vision and self.provider == Provider.LLAMA_CPP and not self.vision_projector:
+            raise ValidationError(
+                {"vision_projector": "A llama.cpp model that supports vision needs its projector (mmproj) file."}
+            )
 
 
 class Deployment(models.Model):

@@ -39,8 +39,18 @@ from django.conf import settings
 
 from .cache import CacheLayer, answer_entry, canonical_key, replay_deltas, semantic_lookup, semantic_store
 from .cache import layer as cache_layer
+from .images import messages_for_model
 from .models import ModelConfig
-from .providers import Chunk, GenerationParams, ModelTimeout, ToolCallAssembler, Usage, tool_call_deltas
+from .providers import (
+    Chunk,
+    GenerationParams,
+    ModelTimeout,
+    ToolCallAssembler,
+    Usage,
+    content_text,
+    image_count,
+    tool_call_deltas,
+)
 from .routing import Router, renew_while_running, slot_release
 from .services import (
     cache_allowed,
@@ -390,12 +400,17 @@ class Generation:
         # whole generation, which may go on with the next deployment; set too by the generation's stop.
         cancel = _LinkedEvent(self.cancel)
         producer: asyncio.Task | None = None
+        messages = self.messages
+        if image_count(messages):
+            # Each model (the requested one, or a fallback) reads the images at its own caps, or
+            # without them (a note in their place) when it cannot see them; decoding is not for the loop.
+            messages = await asyncio.to_thread(messages_for_model, config=config, messages=messages)
         astream = getattr(provider, "astream", None)
         if astream is not None:
 
             async def produce_async() -> None:
                 try:
-                    async for chunk in astream(self.messages, self.params, cancel):
+                    async for chunk in astream(messages, self.params, cancel):
                         feed.put(chunk)
                 except Exception as exc:  # handed to the consumer, which raises it with the text so far
                     feed.put(exc)
@@ -407,7 +422,7 @@ class Generation:
 
             def produce_blocking() -> None:
                 try:
-                    for chunk in provider.stream(self.messages, self.params, cancel):
+                    for chunk in provider.stream(messages, self.params, cancel):
                         feed.put_threadsafe(chunk)
                 except BaseException as exc:
                     feed.put_threadsafe(exc)
@@ -535,8 +550,11 @@ def first_question(messages: list[dict[str, str]]) -> str | None:
 
     Only such questions may be matched in the semantic layer: an answer that depends on earlier turns
     or on context the agent workflow added (passages, tool results) is not the answer to the question alone.
+    Nor is a question about an image: its text alone would match a question about another image.
     """
+    if image_count(messages):
+        return None
     turns = [m for m in messages if m["role"] != "system"]
     if any(m["role"] == "system" for m in messages[1:]):
         return None
-    return turns[0]["content"] if len(turns) == 1 and turns[0]["role"] == "user" else None
+    return content_text(turns[0]["content"]) if len(turns) == 1 and turns[0]["role"] == "user" else None

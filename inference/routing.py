@@ -46,6 +46,7 @@ from django.conf import settings
 from accounts.limits_store import limits_key, run, run_script
 from core.events import event_emit
 
+from .images import accepts_images
 from .models import Deployment, ModelConfig, RoutingStrategy
 from .providers import (
     ContextLengthExceeded,
@@ -54,6 +55,8 @@ from .providers import (
     ModelTimeout,
     ModelUnavailable,
     UpstreamRateLimited,
+    image_count,
+    prompt_chars,
 )
 from .providers.openai_compatible import CHARS_PER_TOKEN  # a prompt's tokens, estimated before any tokenizer
 
@@ -87,8 +90,9 @@ def model_deployments(config: ModelConfig) -> list[Deployment]:
 
 
 def prompt_tokens_estimate(messages: list[dict[str, str]]) -> int:
-    """Return an estimate of the prompt tokens of ``messages``: characters / :data:`CHARS_PER_TOKEN`, rounded up."""
-    return math.ceil(sum(len(m.get("content") or "") for m in messages) / CHARS_PER_TOKEN)
+    """Return an estimate of the prompt tokens of ``messages``: characters / :data:`CHARS_PER_TOKEN`, rounded up,
+    each image counted as :data:`inference.images.IMAGE_PROMPT_TOKENS`."""
+    return math.ceil(prompt_chars(messages) / CHARS_PER_TOKEN)
 
 
 def _key(deployment: Deployment, *parts) -> str:
@@ -508,6 +512,7 @@ class Router:
     def __init__(self, *, config: ModelConfig, messages: list[dict[str, str]]):
         self.config = config
         self.tokens = prompt_tokens_estimate(messages)
+        self.images = image_count(messages)
         self.groups: list[tuple[ModelConfig, list[Deployment]]] = []
         self.tried: list[dict] = []
         self.skipped: dict[str, str] = {}  # deployment label -> why it was not tried
@@ -547,6 +552,8 @@ class Router:
             is_primary = self._group == 0
             if config.context_window < self.min_context:
                 continue
+            if self.images and not is_primary and not accepts_images(config):
+                continue  # a fallback that would refuse the images cannot serve this request
             if is_primary and self.tokens > config.context_window and self._fits_a_fallback():
                 self._problem("context_window")
                 self.min_context = self.tokens

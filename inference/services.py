@@ -14,7 +14,7 @@ from core.errors import ParleyError
 from . import cache
 from .cache import canonical_key
 from .models import CachePolicy, Deployment, ModelConfig, Provider
-from .providers import GenerationParams, ModelUnavailable
+from .providers import GenerationParams, ModelUnavailable, content_text, image_count
 from .providers import Provider as BaseProvider
 from .providers.llama_cpp import LlamaCppProvider, manager
 from .providers.openai_compatible import OpenAICompatibleProvider
@@ -51,6 +51,8 @@ def provider_for(
             stop=config.stop,
             max_queue=config.max_queue,
             queue_timeout=config.ttft_timeout,
+            projector=config.vision_projector if config.supports_vision else "",
+            chat_handler=config.vision_chat_handler,
         )
     if source.provider == Provider.OPENAI_COMPATIBLE:
         # The config stores the *name* of the variable that holds the key, never the key.
@@ -154,10 +156,10 @@ def orchestrate(*, executor: ModelConfig, messages: list[dict[str, str]]) -> tup
     ``{"model", "status": "ok"|"failed"|"empty", "raw_prompt", "prompt", "ms", "error"?}``.
     """
     orchestrator = executor.orchestrator
-    raw = messages[-1]["content"]
+    raw = content_text(messages[-1]["content"])
     metadata = {"model": orchestrator.slug, "raw_prompt": raw, "prompt": raw}
     context = [m for m in messages[:-1] if m["role"] != "system"][-ORCHESTRATOR_CONTEXT_MESSAGES:]
-    transcript = "\n".join(f"{m['role']}: {m['content']}" for m in context)
+    transcript = "\n".join(f"{m['role']}: {content_text(m['content'])}" for m in context)
     request = f"Conversation so far:\n{transcript}\n\nLatest request:\n{raw}" if transcript else raw
     started = time.perf_counter()
     try:
@@ -171,7 +173,12 @@ def orchestrate(*, executor: ModelConfig, messages: list[dict[str, str]]) -> tup
         rewritten = completion.text.strip()
         metadata.update(status="ok" if rewritten else "empty", prompt=rewritten or raw)
     metadata["ms"] = round((time.perf_counter() - started) * 1000)
-    return [*messages[:-1], {**messages[-1], "content": metadata["prompt"]}], metadata
+    content = messages[-1]["content"]
+    if not isinstance(content, str):  # the rewritten text, with the request's images kept after it
+        content = [{"type": "text", "text": metadata["prompt"]}, *(p for p in content if p.get("type") != "text")]
+    else:
+        content = metadata["prompt"]
+    return [*messages[:-1], {**messages[-1], "content": content}], metadata
 
 
 def model_is_loaded(*, config: ModelConfig) -> bool | None:
@@ -285,11 +292,14 @@ def llm_cache_key(
 ) -> str:
     """Return the ``llm`` layer key of a request: SHA-256 of its model fingerprint, messages and owner.
 
-    ``owner_id`` is :func:`cache_owner`'s answer: a user's id, or None for the shared pool.
+    ``owner_id`` is :func:`cache_owner`'s answer: a user's id, or None for the shared pool. Images
+    are in ``messages`` as data URLs, so their bytes are in the key (two images never share an
+    answer), with the model's image caps (what it is sent of them).
     """
-    return canonical_key(
-        {"model": model_fingerprint(config=config, params=params), "messages": messages, "owner": owner_id}
-    )
+    payload = {"model": model_fingerprint(config=config, params=params), "messages": messages, "owner": owner_id}
+    if image_count(messages):  # only then: the keys of text requests stay as they were
+        payload["images"] = {"max_pixels": config.image_max_pixels, "max_bytes": config.image_max_bytes}
+    return canonical_key(payload)
 
 
 def cache_flush(*, names: list[str]) -> dict[str, int]:

@@ -289,6 +289,46 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
+class FileServer:
+    """A plain HTTP server on loopback that serves ``files`` (``{path: (content type, bytes)}``) and
+    answers ``redirects`` (``{path: location}``) with a 302; anything else is a 404. ``base_url`` is
+    ``http://127.0.0.1:<port>``; ``requests`` lists the paths asked for."""
+
+    def __init__(self, files: dict[str, tuple[str, bytes]], redirects: dict[str, str] | None = None):
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                server.requests.append(self.path)
+                if self.path in (redirects or {}):
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.end_headers()
+                    return
+                content_type, body = files.get(self.path, ("text/plain", None))
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> FileServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # Celery workers on the test database and broker.
 
 

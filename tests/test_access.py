@@ -21,16 +21,16 @@ from rest_framework.test import APIClient
 from accounts.services import api_key_create
 from agents.services import document_create, memory_exchange_store
 from chat.models import MessageStatus, Role
-from chat.services import conversation_create, import_job_create, prompt_create, share_create
+from chat.services import attachment_create, conversation_create, import_job_create, prompt_create, share_create
 from conftest import make_user
-from tests.factories import message_add
+from tests.factories import message_add, png_bytes
 
 pytestmark = pytest.mark.django_db
 
 PUBLIC = {"/api/v1/auth/token/", "/api/v1/auth/token/refresh/"}
 STAFF_ONLY = re.compile(r"^/api/v1/(admin|cache)/")
 OWNED = re.compile(
-    r"\{(conversation_id|message_id|document_id|api_key_id|memory_id|share_id|prompt_id|import_job_id)\}"
+    r"\{(conversation_id|message_id|document_id|api_key_id|memory_id|share_id|prompt_id|import_job_id|attachment_id)\}"
 )
 
 
@@ -45,7 +45,7 @@ def operations() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def world(local_model):
+def world(local_model, media_root):
     owner, other = make_user("owner"), make_user("other")
     staff = make_user("staff", is_staff=True)
     conversation = conversation_create(owner=owner, title="Mine")
@@ -66,6 +66,7 @@ def world(local_model):
         "share_id": share_create(conversation=conversation).pk,
         "prompt_id": prompt_create(owner=owner, title="Mine", text="Say {{x}}").pk,
         "import_job_id": import_job_create(owner=owner, data=b"[]", filename="c.json", enqueue=False).pk,
+        "attachment_id": attachment_create(owner=owner, data=png_bytes()).pk,
         "layer": "intent",
     }
     return {"owner": owner, "other": other, "staff": staff}, ids

@@ -397,6 +397,19 @@ TURN_WAIT_SECONDS = env.int("TURN_WAIT_SECONDS", default=600)
 
 # Chat
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=32_000)
+# Images in chat and /v1 (README, "Images in chat"; each model's own caps are in its config).
+IMAGE_MAX_BYTES = env.int("IMAGE_MAX_BYTES", default=10 * 1024 * 1024)  # one image as sent or uploaded, bytes
+# Width x height of one image, read from its header before decoding: a decompression bomb is refused.
+IMAGE_MAX_PIXELS = env.int("IMAGE_MAX_PIXELS", default=50_000_000)
+IMAGE_MAX_PER_MESSAGE = env.int("IMAGE_MAX_PER_MESSAGE", default=8)
+# /v1 image_url parts with http(s) URLs: fetched only when on; public addresses only, unless in the networks below.
+IMAGE_URL_FETCH = env.bool("IMAGE_URL_FETCH", default=False)
+IMAGE_URL_FETCH_TIMEOUT = env.float("IMAGE_URL_FETCH_TIMEOUT", default=10.0)  # seconds for the whole download
+# CIDRs that may be fetched although private (e.g. an internal image host): "10.0.0.0/8,192.168.1.0/24".
+IMAGE_URL_FETCH_ALLOWED_NETWORKS = env.list("IMAGE_URL_FETCH_ALLOWED_NETWORKS", default=[])
+# A request body read into memory (JSON, form fields; files spool to disk): room for a base64 image
+# of IMAGE_MAX_BYTES in a /v1 request or a message (base64 is 4/3 of the bytes). Django's default is 2.5 MiB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=16 * 1024 * 1024)
 # Token batching on the channel layer: a batch is sent when its first delta is this old...
 CHAT_TOKEN_BATCH_MS = env.int("CHAT_TOKEN_BATCH_MS", default=50)
 # ...or when it holds this many deltas, whichever comes first.

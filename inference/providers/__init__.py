@@ -1,6 +1,7 @@
 """Providers: the ways Parley runs a model. See base.Provider for the interface."""
 
 from .base import (
+    IMAGE_PROMPT_TOKENS,
     Chunk,
     Completion,
     ContextLengthExceeded,
@@ -14,10 +15,15 @@ from .base import (
     UnsupportedParameter,
     UpstreamRateLimited,
     Usage,
+    content_images,
+    content_text,
+    image_count,
+    prompt_chars,
     tool_call_deltas,
 )
 
 __all__ = [
+    "IMAGE_PROMPT_TOKENS",
     "Chunk",
     "Completion",
     "ContextLengthExceeded",
@@ -31,5 +37,9 @@ __all__ = [
     "UnsupportedParameter",
     "UpstreamRateLimited",
     "Usage",
+    "content_images",
+    "content_text",
+    "image_count",
+    "prompt_chars",
     "tool_call_deltas",
 ]

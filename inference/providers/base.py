@@ -7,6 +7,10 @@ shape, reduced to what models read::
     {"role": "assistant", "content": str | None, "tool_calls"?: [ToolCall, ...]}
     {"role": "tool", "tool_call_id": str, "content": str}
 
+A user message with images has OpenAI's list content instead of a string: ``[{"type": "text",
+"text": str}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}, ...]``
+(:mod:`inference.images`); :func:`content_text` reads the text of either.
+
 where a ``ToolCall`` is ``{"id": str, "type": "function", "function": {"name": str, "arguments": str}}``
 (``arguments``: a JSON object as a string, as the model wrote it). Chat turns send only the first and
 plain assistant messages; ``/v1/chat/completions`` may send all of them.
@@ -25,6 +29,35 @@ from typing import Any
 from rest_framework import status
 
 from core.errors import ParleyError
+
+# Prompt tokens one image is estimated at before a model counts them (routing, budget reservations):
+# OpenAI's high-detail count for a 1024 x 1024 image, 85 + 4 tiles x 170.
+IMAGE_PROMPT_TOKENS = 765
+
+
+def content_text(content) -> str:
+    """Return the text of a message's content: a string, or its text parts joined with newlines."""
+    if isinstance(content, str) or content is None:
+        return content or ""
+    return "\n".join(part.get("text") or "" for part in content if part.get("type") == "text")
+
+
+def content_images(content) -> list[dict]:
+    """Return the ``image_url`` parts of a message's content (none for string content)."""
+    if isinstance(content, str) or content is None:
+        return []
+    return [part for part in content if part.get("type") == "image_url"]
+
+
+def image_count(messages: list[dict]) -> int:
+    """Return how many images ``messages`` hold."""
+    return sum(len(content_images(m.get("content"))) for m in messages)
+
+
+def prompt_chars(messages: list[dict]) -> int:
+    """Return the characters of ``messages``' text, each image counted as the characters of
+    :data:`IMAGE_PROMPT_TOKENS` at 4 a token: what estimates of prompt tokens start from."""
+    return sum(len(content_text(m.get("content"))) for m in messages) + image_count(messages) * IMAGE_PROMPT_TOKENS * 4
 
 
 class InferenceError(ParleyError):

@@ -17,6 +17,10 @@ model, however small, to the shape asked for:
   may be that call or text (text may not start with ``{``). A call is returned as one tool call
   (``finish_reason`` ``tool_calls``); a model here makes at most one call per answer. ``"none"``:
   no tools offered. Earlier assistant ``tool_calls`` and ``tool`` results go into the prompt as text.
+- Images (OpenAI ``image_url`` parts) need a vision model: the GGUF with its projector (``mmproj``)
+  loaded through one of llama-cpp-python's multimodal chat handlers (:data:`VISION_CHAT_HANDLERS`),
+  which formats the prompt and embeds the images itself (``create_chat_completion``); such a
+  request takes neither tools nor a response format. A model without a projector refuses images.
 - ``seed`` and ``top_p`` are llama.cpp's own; ``logprobs`` is refused (``unsupported_parameter``):
   llama-cpp-python computes them only for a model loaded with ``logits_all``, which costs memory per
   token of context for every request.
@@ -49,6 +53,8 @@ from .base import (
     Provider,
     UnsupportedParameter,
     Usage,
+    content_text,
+    image_count,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,6 +62,17 @@ logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "package:"
 REPEAT_PENALTY = 1.1
 BUSY_RETRY_AFTER = 5  # seconds a client is told to wait when a model's queue is full
+# ModelConfig.vision_chat_handler -> llama-cpp-python's handler class (llama_cpp.llama_chat_format).
+VISION_CHAT_HANDLERS = {
+    "mtmd": "MTMDChatHandler",  # llama.cpp's libmtmd, with the GGUF's own chat template
+    "llava-1-5": "Llava15ChatHandler",
+    "llava-1-6": "Llava16ChatHandler",
+    "moondream2": "MoondreamChatHandler",
+    "nanollava": "NanoLlavaChatHandler",
+    "llama-3-vision-alpha": "Llama3VisionAlphaChatHandler",
+    "minicpm-v-2.6": "MiniCPMv26ChatHandler",
+    "qwen2.5-vl": "Qwen25VLChatHandler",
+}
 
 
 def resolve_model_path(model: str) -> Path:
@@ -101,6 +118,8 @@ class ModelKey:
     n_ctx: int
     n_threads: int = 0  # 0: llama.cpp chooses
     n_gpu_layers: int = 0  # -1: all layers
+    projector: str = ""  # a vision model's mmproj file ("" for text only)
+    chat_handler: str = ""  # a key of VISION_CHAT_HANDLERS, with a projector
 
 
 @dataclass
@@ -225,13 +244,26 @@ class ModelManager:
 
         name = Path(key.path).name
         started = time.perf_counter()
+        extra = {}
         try:
+            if key.projector:
+                from llama_cpp import llama_chat_format
+
+                handler = VISION_CHAT_HANDLERS.get(key.chat_handler)
+                if handler is None or not hasattr(llama_chat_format, handler):
+                    raise ModelUnavailable(
+                        f"Unknown vision chat handler {key.chat_handler!r}; one of {', '.join(VISION_CHAT_HANDLERS)}."
+                    )
+                extra["chat_handler"] = getattr(llama_chat_format, handler)(
+                    clip_model_path=key.projector, verbose=False
+                )
             llama = Llama(
                 model_path=key.path,
                 n_ctx=key.n_ctx,
                 n_threads=key.n_threads or None,
                 n_gpu_layers=key.n_gpu_layers,
                 verbose=False,
+                **extra,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelUnavailable(f"Could not load {name}: {exc}") from exc
@@ -361,7 +393,7 @@ def _template_message(message: dict, *, tool_role: bool) -> dict:
     """Return ``message`` as a chat template reads it (``{"role", "content": str}``): an assistant's
     tool calls written after its text as the JSON it answered with; a tool result as a ``tool``
     message, or a user one for a template without that role."""
-    content = message.get("content") or ""
+    content = content_text(message.get("content"))
     if message.get("tool_calls"):
         calls = []
         for call in message["tool_calls"]:
@@ -399,7 +431,9 @@ class LlamaCppProvider(Provider):
 
     ``model`` is a path or ``package:<package>/<file>``; ``n_ctx`` is the context window in tokens;
     ``stop`` extra stop strings; ``max_queue`` and ``queue_timeout`` (seconds) bound the wait for a
-    model that is busy with other generations.
+    model that is busy with other generations. ``projector`` (a path or ``package:...``) is a vision
+    model's mmproj file, read by ``chat_handler`` (a key of :data:`VISION_CHAT_HANDLERS`); raise
+    :class:`ModelUnavailable` when the model or projector file is missing.
     """
 
     def __init__(
@@ -412,9 +446,18 @@ class LlamaCppProvider(Provider):
         stop: list[str] | None = None,
         max_queue: int = 8,
         queue_timeout: float = 60.0,
+        projector: str = "",
+        chat_handler: str = "mtmd",
     ):
         self.path = resolve_model_path(model)
-        self.key = ModelKey(str(self.path), n_ctx, n_threads, n_gpu_layers)
+        if projector:  # one load serves text and images: the model is loaded with its projector
+            try:
+                projector = str(resolve_model_path(projector))
+            except ModelUnavailable as exc:
+                raise ModelUnavailable(f"The vision projector (mmproj) cannot be found: {exc.detail}") from exc
+        self.key = ModelKey(
+            str(self.path), n_ctx, n_threads, n_gpu_layers, projector, (chat_handler or "mtmd") if projector else ""
+        )
         self.n_ctx = n_ctx
         self.stop = stop or []
         self.max_queue = max_queue
@@ -463,6 +506,9 @@ class LlamaCppProvider(Provider):
     ) -> Iterator[Chunk]:
         from llama_cpp import LlamaGrammar, LogitsProcessorList
 
+        if image_count(messages):
+            yield from self._stream_vision(messages, params, cancel)
+            return
         loaded = manager.get(self.key)
         template = getattr(loaded.formatter, "template", None)
         plan = plan_request(messages, params, tool_role=template is None or "tool" in template)
@@ -523,3 +569,64 @@ class LlamaCppProvider(Provider):
             elif held:  # not a whole call (cut off by max_tokens, or stopped): the text as it is
                 yield Chunk(delta="".join(held))
         yield Chunk(finish_reason=finish_reason, usage=Usage(prompt_tokens=len(tokens), completion_tokens=sampled))
+
+    def _stream_vision(
+        self, messages: list[dict], params: GenerationParams, cancel: threading.Event | None
+    ) -> Iterator[Chunk]:
+        """Stream an answer to messages with images through the model's multimodal chat handler.
+
+        The handler formats the prompt with the images embedded (so the history is not trimmed to
+        the context window here: llama.cpp raises when it does not fit, a ``context_length_exceeded``).
+        """
+        from llama_cpp import LogitsProcessorList
+
+        for param in ("tools", "response_format", "logprobs"):
+            if getattr(params, param):
+                raise UnsupportedParameter(
+                    f"{param}: a local model answering about images takes no {param}.", param=param
+                )
+        if not self.key.projector:
+            raise ModelUnavailable(
+                f"{self.path.name} has no vision projector (mmproj) configured, so it cannot read images: set "
+                "the model's vision projector, or turn its vision support off."
+            )
+        loaded = manager.get(self.key)
+        extra = {"seed": params.seed} if params.seed is not None else {}
+        if params.top_p is not None:
+            extra["top_p"] = params.top_p
+        sampled = 0
+
+        def count_samples(input_ids, scores):
+            nonlocal sampled
+            sampled += 1
+            return scores
+
+        finish_reason = "length"
+        with manager.admit(loaded, max_queue=self.max_queue, wait_seconds=self.queue_timeout):
+            try:
+                stream = loaded.llama.create_chat_completion(
+                    messages=messages,
+                    max_tokens=params.max_tokens,
+                    temperature=params.temperature,
+                    repeat_penalty=REPEAT_PENALTY,
+                    stop=self.stop + params.stop,
+                    stream=True,
+                    logits_processor=LogitsProcessorList([count_samples]),
+                    **extra,
+                )
+                for part in stream:
+                    choice = part["choices"][0]
+                    text = (choice.get("delta") or {}).get("content") or ""
+                    if text:
+                        yield Chunk(delta=text)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+                    if cancel is not None and cancel.is_set():
+                        finish_reason = "cancelled"
+                        break
+            except ValueError as exc:  # llama-cpp-python: "Requested tokens (...) exceed context window of ..."
+                if "context window" in str(exc):
+                    raise ContextLengthExceeded(str(exc)) from exc
+                raise
+            prompt_tokens = max(0, loaded.llama.n_tokens - sampled)
+        yield Chunk(finish_reason=finish_reason, usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=sampled))

@@ -33,6 +33,7 @@ from .base import (
     Provider,
     UpstreamRateLimited,
     Usage,
+    prompt_chars,
 )
 
 logger = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ def estimate_usage(messages: list[dict[str, str]], *, completion_chunks: int) ->
     """Estimate usage for a server that reports none.
 
     OpenAI-compatible servers stream one token per chunk, so completion tokens are the content chunks
-    counted; prompt tokens are estimated at ``CHARS_PER_TOKEN`` characters per token.
+    counted; prompt tokens are estimated at ``CHARS_PER_TOKEN`` characters per token (an image as
+    ``IMAGE_PROMPT_TOKENS``).
     """
-    characters = sum(len(m.get("content") or "") for m in messages)
-    return Usage(prompt_tokens=max(1, characters // CHARS_PER_TOKEN), completion_tokens=completion_chunks)
+    return Usage(prompt_tokens=max(1, prompt_chars(messages) // CHARS_PER_TOKEN), completion_tokens=completion_chunks)

@@ -17,7 +17,7 @@
   "use strict";
 
   const { api } = window.Parley;
-  const { form, prompt, modelSelect, draftKey } = window.ParleyComposer;
+  const { form, prompt, modelSelect, draftKey, attachmentIds, clearAttachments } = window.ParleyComposer;
   const chat = document.getElementById("main");
   const list = document.getElementById("messages");
   const sendButton = document.getElementById("send");
@@ -62,6 +62,9 @@
     steps.className = "steps";
     steps.hidden = true;
     steps.setAttribute("aria-label", "Steps");
+    const images = document.createElement("div");
+    images.className = "images";
+    images.hidden = true;
     const body = document.createElement("div");
     body.className = "content";
     const citations = document.createElement("div");
@@ -84,7 +87,7 @@
     versions.className = "versions";
     versions.hidden = true;
     footer.append(versions, actions, meta);
-    el.append(steps, body, citations, toolCalls, error, footer);
+    el.append(steps, images, body, citations, toolCalls, error, footer);
     const entry = { data: message, el, raw: "", steps: [] };
     messages.set(message.id, entry);
     actions.append(button("Copy", "copy", () => copy(entry.raw, actions.firstChild), "copy"));
@@ -247,6 +250,25 @@
     box.hidden = false;
   }
 
+  /** Show a user message's images as thumbnails, each a link to the image (once: images never change). */
+  function renderImages(entry, attachments) {
+    const box = entry.el.querySelector(".images");
+    if (!Array.isArray(attachments) || !attachments.length || box.childElementCount) return;
+    for (const attachment of attachments) {
+      const link = document.createElement("a");
+      link.href = attachment.url;
+      link.target = "_blank";
+      link.rel = "noopener";
+      const img = document.createElement("img");
+      img.src = attachment.thumbnail_url;
+      img.alt = "Attached image";
+      img.loading = "lazy";
+      link.append(img);
+      box.append(link);
+    }
+    box.hidden = false;
+  }
+
   /** Create or update the bubble of ``message`` (the API's message shape). */
   function render(message) {
     const entry = messages.get(message.id) || create(message);
@@ -255,6 +277,7 @@
     if (!keepLocal) entry.raw = message.content || "";
     entry.el.dataset.status = message.status;
     paintNow(entry);
+    renderImages(entry, message.attachments);
     if (message.role === "assistant") {
       // History: the steps the agent workflow recorded (`agents_used`), when the live list is gone.
       const stored = message.metadata && (message.metadata.steps || message.metadata.agents_used);
@@ -509,7 +532,10 @@
     if (editedId) {
       Object.assign(frame, { type: "message.edit", message_id: editedId });
       pendingEdit = { id: editedId, content, clientId };
-    } else pendingSend = { content, clientId };
+    } else {
+      pendingSend = { content, clientId };
+      frame.attachments = attachmentIds();
+    }
     socket.send(JSON.stringify(frame));
     return true;
   }
@@ -666,7 +692,10 @@
   function handle(data) {
     switch (data.type) {
       case "message.created":
-        if (pendingSend && data.message.client_id === pendingSend.clientId) pendingSend = null;
+        if (pendingSend && data.message.client_id === pendingSend.clientId) {
+          pendingSend = null;
+          clearAttachments(); // stored with the message; a refused one keeps them for a retry
+        }
         if (pendingEdit && data.message.client_id === pendingEdit.clientId) pendingEdit = null;
         removeSendErrors();
         // An edit: the new message replaces, on screen, the one edited and what followed it.
@@ -763,7 +792,7 @@
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const content = prompt.value;
-    if (!content.trim()) return; // composer.js says so
+    if (!content.trim() && !attachmentIds().length) return; // composer.js says so
     if (streamingId) {
       statusLine.textContent = "An answer is still being generated: stop it (Esc) or wait.";
       return;

@@ -17,10 +17,9 @@ from tests.servers import free_port, stop_process
 
 
 @pytest.fixture(autouse=True)
-def media_root(settings, tmp_path):
-    """Uploads of each test go to a folder of its own (FileSystemStorage follows the setting)."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
+def _own_media_root(media_root):
+    """Every knowledge-base test stores its uploads in a folder of its own (the root conftest's media_root)."""
+    return media_root
 
 
 def make_pdf(*lines: str) -> bytes:
