@@ -560,6 +560,9 @@ RATE_LIMIT_HEALTH = env("RATE_LIMIT_HEALTH", default="60/min")
 HEALTH_CELERY_TIMEOUT = env.float("HEALTH_CELERY_TIMEOUT", default=1.0)
 # Whether readiness fails without a Celery worker: by default only when turns run in Celery.
 HEALTH_CELERY_REQUIRED = env.bool("HEALTH_CELERY_REQUIRED", default=INFERENCE_EXECUTION == "celery")
+# Seconds a web process given SIGTERM (python -m config.web) lets its running turns and requests
+# finish before it ends the turns left with their partial text and exits (README, "Stopping").
+WEB_STOP_GRACE_SECONDS = env.float("WEB_STOP_GRACE_SECONDS", default=25.0)
 
 # OpenAPI (drf-spectacular): /api/schema/, /api/docs/, /api/redoc/
 SPECTACULAR_SETTINGS = {
