@@ -29,7 +29,7 @@ from .memory import memory_after_turn
 from .models import Message, MessageStatus
 from .selectors import custom_instructions_prompt, model_messages
 from .serializers import MessageOutputSerializer
-from .services import Turn, message_finalize, message_partial_save
+from .services import INTERRUPTED, Turn, message_finalize, message_partial_save
 from .tasks import turn_run_task, turn_taken
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,10 @@ PARTIAL_SAVE_SECONDS = 1.0  # how often a streaming answer's text so far is stor
 # Strong references to running turns: asyncio keeps only weak ones, and a turn must outlive the
 # socket that started it.
 _running_turns: set[asyncio.Task] = set()
+# The cancel events of the answers this process is generating (any caller: socket, SSE, REST, Celery),
+# by message id; and the ids of those the server stopped (turns_interrupt) rather than a user.
+_generating: dict[str, threading.Event] = {}
+_interrupted: set[str] = set()
 
 
 def conversation_group(conversation_id) -> str:
@@ -342,6 +346,7 @@ async def _turn_run(turn: Turn) -> Message:
     except Exception as exc:  # Redis down: the turn runs, it just cannot be stopped from elsewhere
         logger.warning("Channel layer unavailable (%s); generation.stop will not reach this turn", exc)
     keepalive = asyncio.create_task(turn.admission.keepalive())
+    _generating[message_id] = cancel
     try:
         parent_id = str(message.parent_id) if message.parent_id else None  # the question: clients place it there
         relay.send(
@@ -366,7 +371,9 @@ async def _turn_run(turn: Turn) -> Message:
             else:
                 relay.send(payload)
         outcome = state.get("outcome") or outcome
-        if outcome.finish_reason == "cancelled":
+        if outcome.finish_reason == "cancelled" and message_id in _interrupted:
+            status, error, error_code = MessageStatus.ERROR, INTERRUPTED, "server_stopped"
+        elif outcome.finish_reason == "cancelled":
             status, error = MessageStatus.CANCELLED, STOPPED_BY_USER
     except InferenceError as exc:
         status, error, error_code = MessageStatus.ERROR, exc.detail, exc.code
@@ -375,6 +382,8 @@ async def _turn_run(turn: Turn) -> Message:
         logger.exception("Generation failed for message %s", message.pk)
         status, error, error_code = MessageStatus.ERROR, "The model failed unexpectedly.", "upstream_error"
     finally:
+        _generating.pop(message_id, None)
+        _interrupted.discard(message_id)
         keepalive.cancel()
         if listener is not None:
             listener.cancel()
@@ -462,3 +471,16 @@ async def turns_drain(*, timeout: float) -> int:
     if pending:
         _, pending = await asyncio.wait(pending, timeout=timeout)
     return len(pending)
+
+
+def turns_interrupt() -> int:
+    """Stop every answer this process is generating because the server is stopping; return how many.
+
+    Each ends as a stop does, its partial text kept, but ``error`` with :data:`~chat.services.INTERRUPTED`
+    (code ``server_stopped``) rather than ``cancelled``: the user did not stop it. Call from the
+    event loop the turns run on; they finish on their own afterwards (wait with :func:`turns_drain`).
+    """
+    for message_id, cancel in list(_generating.items()):
+        _interrupted.add(message_id)
+        cancel.set()
+    return len(_generating)

@@ -2,7 +2,7 @@
 
 - ``GET /health/``: liveness. 200 ``{"status": "ok"}`` without touching any dependency: the process
   is up and serving requests.
-- ``GET /health/ready/``: readiness. ``{"status": "ok"|"down", "components": {name: {"status":
+- ``GET /health/ready/``: readiness. ``{"status": "ok"|"down"|"stopping", "components": {name: {"status":
   "ok"|"down", "latency_ms": float, "required": bool, "detail"?: str}}}`` for ``database``,
   ``redis``, ``celery`` and the components the apps register (inference's ``model``,
   :func:`readiness_check_register`); 503 when a required component is down, else 200. ``detail``
@@ -166,10 +166,27 @@ def _anonymous_refusal(request: HttpRequest) -> int | None:
     return None
 
 
+_stopping = threading.Event()
+
+
+def readiness_stop() -> None:
+    """Make ``/health/ready/`` answer 503 ``{"status": "stopping"}`` from now on: this process is shutting down.
+
+    Called by the web process on SIGTERM (:mod:`config.web`), so a load balancer that still probes
+    it over an open connection takes it out of rotation while its running turns finish.
+    """
+    _stopping.set()
+
+
 @never_cache
 @require_safe
 def readiness(request: HttpRequest) -> JsonResponse:
-    """Check each dependency (at most once a second); 200 when every required one is ok, else 503."""
+    """Check each dependency (at most once a second); 200 when every required one is ok, else 503.
+
+    A process that is stopping answers 503 ``{"status": "stopping"}`` at once, without probing.
+    """
+    if _stopping.is_set():
+        return JsonResponse({"status": "stopping", "components": {}}, status=503)
     if not request.user.is_authenticated and (retry_after := _anonymous_refusal(request)) is not None:
         detail = f"Too many readiness probes from your address. Try again in {retry_after} s."
         response = JsonResponse({"error": {"code": "rate_limited", "detail": detail}}, status=429)

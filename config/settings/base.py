@@ -491,6 +491,46 @@ EMBEDDING_PRICE_PER_MTOK = Decimal(env("EMBEDDING_PRICE_PER_MTOK", default="0"))
 # Knowledge base and agents (agents app; README, "Knowledge base, memory and tools")
 MEDIA_URL = "media/"  # uploads are never served directly: documents are read through the API
 MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(PARLEY_DATA_DIR / "media")))
+# Uploaded files go through Django's storage API (default_storage, FileField): local disk under
+# MEDIA_ROOT for one machine; with STORAGE_S3_BUCKET, an S3-compatible bucket (django-storages) that
+# every web and worker machine reads, so none needs a shared disk (README, "Running on several machines").
+STORAGE_S3_BUCKET = env("STORAGE_S3_BUCKET", default="")
+
+
+def s3_storage(bucket: str) -> dict:
+    """Return the ``STORAGES`` entry of ``bucket`` on S3 or an S3-compatible server (MinIO, Ceph, R2, ...).
+
+    Objects are private (``STORAGE_S3_DEFAULT_ACL``, empty for servers without ACLs); a URL of one,
+    were any made, is a pre-signed one that expires (``querystring_auth``), never a public custom
+    domain. Credentials unset: boto3's own chain (``AWS_*`` variables, an instance role).
+    """
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": env("STORAGE_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env("STORAGE_S3_REGION", default="") or None,
+            "access_key": env("STORAGE_S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env("STORAGE_S3_SECRET_ACCESS_KEY", default="") or None,
+            "addressing_style": env("STORAGE_S3_ADDRESSING_STYLE", default="") or None,  # "path" | "virtual"
+            "location": env("STORAGE_S3_PREFIX", default=""),  # a key prefix inside the bucket
+            "default_acl": env("STORAGE_S3_DEFAULT_ACL", default="private") or None,
+            "querystring_auth": True,
+            "querystring_expire": env.int("STORAGE_S3_URL_EXPIRE_SECONDS", default=300),
+            "custom_domain": None,
+            "file_overwrite": False,  # names are generated; never replace an object silently
+        },
+    }
+
+
+STORAGES = {
+    "default": (
+        s3_storage(STORAGE_S3_BUCKET)
+        if STORAGE_S3_BUCKET
+        else {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    ),
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 KB_MAX_UPLOAD_MB = env.int("KB_MAX_UPLOAD_MB", default=10)  # per uploaded document, MiB
 # Budgets per document: characters of extracted text, and passages (each one embedded).
 KB_MAX_DOCUMENT_CHARS = env.int("KB_MAX_DOCUMENT_CHARS", default=1_000_000)  # 0: no limit
@@ -533,6 +573,9 @@ RATE_LIMIT_HEALTH = env("RATE_LIMIT_HEALTH", default="60/min")
 HEALTH_CELERY_TIMEOUT = env.float("HEALTH_CELERY_TIMEOUT", default=1.0)
 # Whether readiness fails without a Celery worker: by default only when turns run in Celery.
 HEALTH_CELERY_REQUIRED = env.bool("HEALTH_CELERY_REQUIRED", default=INFERENCE_EXECUTION == "celery")
+# Seconds a web process given SIGTERM (python -m config.web) lets its running turns and requests
+# finish before it ends the turns left with their partial text and exits (README, "Stopping").
+WEB_STOP_GRACE_SECONDS = env.float("WEB_STOP_GRACE_SECONDS", default=25.0)
 
 # OpenAPI (drf-spectacular): /api/schema/, /api/docs/, /api/redoc/
 SPECTACULAR_SETTINGS = {

@@ -4,7 +4,7 @@ Passes `manage.py check --deploy` with no warnings (tests/test_deploy.py).
 """
 
 from .base import *  # noqa: F403
-from .base import LOGGING, env, log_format
+from .base import LOGGING, STORAGES, env, log_format
 
 DEBUG = False
 SECRET_KEY = env("DJANGO_SECRET_KEY")
@@ -41,7 +41,5 @@ if env.bool("DATABASE_POOL", default=True):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)  # noqa: F405
 
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
-}
+# Uploads: base.py's STORAGES["default"] (MEDIA_ROOT, or the S3 bucket of STORAGE_S3_BUCKET).
+STORAGES["staticfiles"] = {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}

