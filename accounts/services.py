@@ -4,7 +4,7 @@ import ipaddress
 import logging
 import re
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,7 @@ from .models import (
     User,
     api_key_hash,
 )
+from .throttling import parse_rate
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +67,48 @@ def operator_ensure(
 
 
 @transaction.atomic
-def api_key_create(*, user: User, name: str) -> tuple[APIKey, str]:
+def api_key_create(
+    *,
+    user: User,
+    name: str,
+    allowed_models: list[str] | None = None,
+    expires_at: datetime | None = None,
+    rate_limit: str = "",
+) -> tuple[APIKey, str]:
     """Create an API key for ``user`` and return ``(api_key, key)``.
 
     ``key`` is ``pk_`` followed by 32 random bytes, URL-safe base64 (43 characters); it is returned
-    only here and stored only as its SHA-256 (:func:`accounts.models.api_key_hash`).
+    only here and stored only as its SHA-256 (:func:`accounts.models.api_key_hash`). Scopes narrow
+    the key, never widen it: ``allowed_models`` (model slugs; None: every model ``user`` may use;
+    a slug ``user`` may not use gives nothing), ``expires_at`` (aware datetime; None: never),
+    ``rate_limit`` (``"60/min"``; empty: only the user's limit). Raise ``ValueError`` for an
+    ``expires_at`` not in the future or a malformed ``rate_limit``.
     """
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValueError("expires_at must be in the future.")
+    parse_rate(rate_limit)  # raises ValueError
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = APIKey.objects.create(
-        user=user, name=name, prefix=key[:API_KEY_PREFIX_LENGTH], key_hash=api_key_hash(key)
+        user=user,
+        name=name,
+        prefix=key[:API_KEY_PREFIX_LENGTH],
+        key_hash=api_key_hash(key),
+        allowed_models=sorted(set(allowed_models)) if allowed_models is not None else None,
+        expires_at=expires_at,
+        rate_limit=rate_limit,
     )
     # The prefix only: the key itself exists nowhere but in the caller's hands.
     audit_record(
         action="api_key.create",
         target=api_key,
-        changes={"name": name, "prefix": api_key.prefix, "owner": user.username},
+        changes={
+            "name": name,
+            "prefix": api_key.prefix,
+            "owner": user.username,
+            "allowed_models": api_key.allowed_models,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "rate_limit": rate_limit,
+        },
     )
     return api_key, key
 

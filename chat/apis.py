@@ -15,6 +15,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import APIKey
 from core.errors import ParleyError
 from core.schema import ErrorSerializer
 from inference.providers import ModelBusy, ModelUnavailable
@@ -278,6 +279,7 @@ class MessageListApi(sse.EventStreamMixin, APIView):
             model_slug=data.get("model") or None,
             params=data.get("params"),
             cache=data["cache"],
+            api_key=request.auth if isinstance(request.auth, APIKey) else None,
         )
         created = {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data}
         if self.wants_event_stream(request):
@@ -436,6 +438,7 @@ class MessageRegenerateApi(sse.EventStreamMixin, APIView):
             model_slug=data.get("model") or None,
             params=data.get("params"),
             cache=data["cache"],
+            api_key=request.auth if isinstance(request.auth, APIKey) else None,
         )
         if self.wants_event_stream(request):
             return event_stream_response(sse.turn_events(turn))

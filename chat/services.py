@@ -28,7 +28,7 @@ from rest_framework import status
 
 from accounts.budgets import budget_release
 from accounts.metering import Admission
-from accounts.models import UsageSource, User
+from accounts.models import APIKey, UsageSource, User
 from accounts.quotas import generation_release, generations_lapsed
 from accounts.services import audit_record
 from core.errors import ParleyError
@@ -371,12 +371,17 @@ def _check_no_generation(conversation: Conversation) -> None:
 
 
 def _turn_model(
-    *, conversation: Conversation, model_slug: str | None, params: dict | None
+    *, conversation: Conversation, model_slug: str | None, params: dict | None, api_key: APIKey | None = None
 ) -> tuple[ModelConfig, GenerationParams]:
-    """Return the model for a turn (``model_slug``, else the conversation's, else the default) and its params."""
+    """Return the model for a turn (``model_slug``, else the conversation's, else the default) and its params.
+
+    Only a model the conversation's owner may use (:func:`accounts.access.visible_to`), and that
+    ``api_key`` (the key the request came with, if any) allows: another is ``model_unavailable``,
+    as a missing one.
+    """
     if not model_slug and conversation.model_id and conversation.model.is_enabled:
         model_slug = conversation.model.slug
-    model = model_config_get(slug=model_slug)
+    model = model_config_get(slug=model_slug, user=conversation.owner, api_key=api_key)
     return model, generation_params(model=model, overrides=params)
 
 
@@ -456,6 +461,7 @@ def message_send(
     model_slug: str | None = None,
     params: dict | None = None,
     cache: bool = True,
+    api_key: APIKey | None = None,
 ) -> Turn:
     """Store the user's message and a ``streaming`` assistant placeholder, in one transaction.
 
@@ -469,7 +475,7 @@ def message_send(
     generation slot taken here is freed by :func:`message_finalize`.
     """
     content = message_validate(content=content)
-    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
+    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params, api_key=api_key)
     with _admitted(conversation=conversation, model=model, params=generation, content=content) as admission:
         with transaction.atomic():
             # Lock the conversation so two sends cannot both pass the in-progress check.
@@ -548,6 +554,7 @@ def message_regenerate(
     model_slug: str | None = None,
     params: dict | None = None,
     cache: bool = False,
+    api_key: APIKey | None = None,
 ) -> Turn:
     """Start a new answer to the question that ``message`` answered, replacing ``message``.
 
@@ -561,7 +568,7 @@ def message_regenerate(
     (see :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (429)
     before anything changes.
     """
-    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
+    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params, api_key=api_key)
     with _admitted(conversation=conversation, model=model, params=generation) as admission, transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         _check_no_generation(locked)
