@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -353,6 +354,38 @@ def user_sockets_close(*, user_id: int, reason: str = "deactivated") -> None:
         logger.info("Closed the WebSockets of user %s (%s)", user_id, reason)
     except Exception as exc:
         logger.warning("Could not close the WebSockets of user %s (%s)", user_id, type(exc).__name__)
+
+
+@transaction.atomic
+def user_sso_sync(*, user: User, groups: list[str], staff: bool | None = None, provider: str = "") -> dict:
+    """Make ``user``'s groups exactly ``groups`` (names from the identity provider's claim), and their
+    staff flag ``staff`` (None: unchanged); return the changes ``{"groups_added", "groups_removed":
+    [names], "is_staff"?: [old, new]}``.
+
+    Called at every single-sign-on login (:mod:`accounts.sso`), so groups given at the provider are
+    added and groups taken away there are removed, locally assigned ones included: the provider is
+    the source of truth of a single-sign-on user's groups. Missing groups are created (empty of
+    rights: an operator gives them models and tools). A removal closes the user's open WebSockets
+    once committed (the ``m2m_changed`` receiver in :mod:`accounts.signals`), and every path checks
+    the groups at the next request. Superuser status is never given or taken here. One
+    ``user.sso_sync`` audit event when anything changed.
+    """
+    wanted = {name.strip()[:150] for name in groups if isinstance(name, str) and name.strip()}
+    current = {group.name: group for group in user.groups.all()}
+    added = sorted(wanted - current.keys())
+    removed = sorted(current.keys() - wanted)
+    if removed:
+        user.groups.remove(*(current[name] for name in removed))
+    if added:
+        user.groups.add(*(Group.objects.get_or_create(name=name)[0] for name in added))
+    changes: dict = {"groups_added": added, "groups_removed": removed}
+    if staff is not None and user.is_staff != staff:
+        changes["is_staff"] = [user.is_staff, staff]
+        user.is_staff = staff
+        user.save(update_fields=["is_staff"])  # taking it away closes their sockets (accounts.signals)
+    if added or removed or "is_staff" in changes:
+        audit_record(action="user.sso_sync", target=user, changes={**changes, "provider": provider})
+    return changes
 
 
 def usage_prune(*, record_days: int, daily_days: int | None = None) -> tuple[int, int]:
