@@ -45,8 +45,10 @@ $(BASE_STAMP): requirements/pip.txt requirements/base.txt | $(BIN)/python
 	touch $@
 
 # Tests, lint, benchmarks and browser tooling on top of the runtime; re-installed when either lock changes.
-$(DEV_STAMP): requirements/dev.txt $(BASE_STAMP)
+# The single sign-on tests run a real OpenID Connect provider on Node.js: its pinned npm packages too.
+$(DEV_STAMP): requirements/dev.txt $(BASE_STAMP) tests/oidc/package-lock.json
 	$(PIP_INSTALL) -r requirements/dev.txt
+	cd tests/oidc && npm ci --no-audit --no-fund
 	touch $@
 
 install: $(BASE_STAMP)

@@ -199,11 +199,22 @@ class APIKeyAdmin(AuditedAdmin, admin.ModelAdmin):
 
     audit_name = "api_key"
 
-    list_display = ["name", "prefix", "user", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix", "user", "created_at", "last_used_at", "expires_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "name", "user__username"]
     list_select_related = ["user"]
-    fields = ["id", "user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    fields = [
+        "id",
+        "user",
+        "name",
+        "prefix",
+        "allowed_models",
+        "expires_at",
+        "rate_limit",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     readonly_fields = fields
     actions = ["revoke"]
 

@@ -1,6 +1,7 @@
 """Accounts REST API under /api/v1/: JWT tokens, the current user, API keys."""
 
 from django.core.exceptions import ObjectDoesNotExist
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
@@ -18,7 +19,7 @@ from .models import APIKey
 from .permissions import IsNotAPIKey
 from .quotas import quota_status
 from .selectors import api_key_get, api_key_list, usage_today
-from .throttling import LoginRateThrottle
+from .throttling import LoginRateThrottle, parse_rate
 
 # Keys are managed with a login or a JWT, not with an API key (IsNotAPIKey).
 KEY_MANAGEMENT_AUTH = [{"jwtAuth": []}, {"cookieAuth": []}]
@@ -27,6 +28,9 @@ EXAMPLE_KEY = {
     "name": "laptop script",
     "prefix": "pk_Xq3v9Lm2",
     "created_at": "2026-01-05T09:30:00Z",
+    "allowed_models": None,
+    "expires_at": None,
+    "rate_limit": "",
 }
 EXAMPLE_BUDGET = {
     "id": 3,
@@ -214,8 +218,13 @@ class MeApi(APIView):
 
 
 class APIKeyListApi(APIView):
-    """``GET``: the user's active API keys, by prefix (never the key), each with its own money budgets.
-    ``POST {"name"}``: a new key.
+    """``GET``: the user's active API keys, by prefix (never the key), each with its scopes and own money budgets.
+    ``POST {"name", "allowed_models"?, "expires_at"?, "rate_limit"?}``: a new key.
+
+    Scopes only narrow a key: ``allowed_models`` (slugs; omitted or null: every model the user may
+    use; a model the user may not use, now or later, is refused to the key as well), ``expires_at``
+    (after it the key is refused, 401 ``invalid_api_key``), ``rate_limit`` (``"60/min"``, on top of
+    the user's own limit).
 
     The new key is in the ``POST`` response only, once. Managing keys needs a login or a JWT: a
     request authenticated by an API key gets 403 ``api_key_not_allowed``.
@@ -225,8 +234,43 @@ class APIKeyListApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=100)
+        allowed_models = serializers.ListField(
+            child=serializers.SlugField(max_length=64),
+            required=False,
+            allow_null=True,
+            max_length=100,
+            help_text="Model slugs the key may use (of those you may use). Omitted or null: all of yours.",
+        )
+        expires_at = serializers.DateTimeField(
+            required=False, allow_null=True, help_text="When the key stops working. Omitted or null: never."
+        )
+        rate_limit = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=32,
+            help_text='Requests per window for this key, e.g. "60/min" (s, min, hour, day), on top of yours.',
+        )
 
-    class OutputSerializer(serializers.Serializer):
+        def validate_expires_at(self, value):
+            if value is not None and value <= timezone.now():
+                raise serializers.ValidationError("Must be in the future.")
+            return value
+
+        def validate_rate_limit(self, value):
+            try:
+                parse_rate(value)
+            except ValueError:
+                raise serializers.ValidationError('A rate such as "60/min" (per s, min, hour or day).') from None
+            return value
+
+    class ScopesSerializer(serializers.Serializer):
+        allowed_models = serializers.ListField(
+            child=serializers.CharField(), allow_null=True, help_text="null: every model you may use."
+        )
+        expires_at = serializers.DateTimeField(allow_null=True)
+        rate_limit = serializers.CharField(allow_blank=True)
+
+    class OutputSerializer(ScopesSerializer):
         id = serializers.UUIDField()
         name = serializers.CharField()
         prefix = serializers.CharField(help_text="The key's first characters, to recognise it.")
@@ -234,7 +278,7 @@ class APIKeyListApi(APIView):
         last_used_at = serializers.DateTimeField(allow_null=True, help_text="Updated at most once a minute.")
         budgets = BudgetSerializer(many=True, help_text="The key's own budgets (your and your groups' apply too).")
 
-    class CreateOutputSerializer(serializers.Serializer):
+    class CreateOutputSerializer(ScopesSerializer):
         id = serializers.UUIDField()
         name = serializers.CharField()
         prefix = serializers.CharField()
@@ -266,6 +310,9 @@ class APIKeyListApi(APIView):
                 "prefix": key.prefix,
                 "created_at": key.created_at,
                 "last_used_at": key.last_used_at,
+                "allowed_models": key.allowed_models,
+                "expires_at": key.expires_at,
+                "rate_limit": key.rate_limit,
                 "budgets": budget_statuses(user_id=request.user.pk, api_key_id=key.pk, keys_only=True),
             }
             for key in api_key_list(user=request.user)
@@ -298,6 +345,9 @@ class APIKeyListApi(APIView):
                 "prefix": api_key.prefix,
                 "key": key,
                 "created_at": api_key.created_at,
+                "allowed_models": api_key.allowed_models,
+                "expires_at": api_key.expires_at,
+                "rate_limit": api_key.rate_limit,
             }
         ).data
         return Response(data, status=status.HTTP_201_CREATED)

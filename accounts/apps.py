@@ -8,4 +8,5 @@ class AccountsConfig(AppConfig):
     def ready(self) -> None:
         # drf-spectacular finds an extension by subclassing: importing the module registers it.
         # Open WebSockets close when their user's rights change, by any path (accounts.signals).
-        from . import schema, signals  # noqa: F401
+        # Single sign-on syncs a user's groups at every login (accounts.sso's receiver).
+        from . import schema, signals, sso  # noqa: F401

@@ -15,12 +15,13 @@ from .services import api_key_mark_used
 def api_key_check(*, key: str) -> APIKey | None:
     """Return the API key ``key`` (``pk_...``) when it may be used now, marked used, with its user; else None.
 
-    None for an unknown or revoked key, or one whose user is inactive. The one test of a key that
-    every way in takes: DRF's :class:`APIKeyAuthentication` (``/api/v1/``, ``/v1/``) and ``/mcp``.
+    None for an unknown, revoked or expired (``expires_at`` passed) key, or one whose user is
+    inactive. The one test of a key that every way in takes: DRF's :class:`APIKeyAuthentication`
+    (``/api/v1/``, ``/v1/``) and ``/mcp``.
     Blocking (database).
     """
     api_key = api_key_authenticate(key=key)
-    if api_key is None or not api_key.user.is_active:
+    if api_key is None or api_key.is_expired or not api_key.user.is_active:
         return None
     api_key_mark_used(api_key=api_key)
     return api_key
@@ -32,7 +33,7 @@ class APIKeyAuthentication(BaseAuthentication):
     Only tokens starting with ``pk_`` are taken; any other Bearer token (a JWT: three dot-separated
     base64url parts, never starting with ``pk_``) or none at all is left to the next class. On
     success ``request.user`` is the key's user and ``request.auth`` the :class:`~accounts.models.APIKey`.
-    An unknown or revoked key, or one whose user is inactive, raises ``AuthenticationFailed``
+    An unknown, revoked or expired key, or one whose user is inactive, raises ``AuthenticationFailed``
     (401, code ``invalid_api_key``).
     """
 
@@ -51,7 +52,7 @@ class APIKeyAuthentication(BaseAuthentication):
             return None
         api_key = api_key_check(key=token)
         if api_key is None:
-            raise exceptions.AuthenticationFailed("Invalid or revoked API key.", code="invalid_api_key")
+            raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.", code="invalid_api_key")
         return api_key.user, api_key
 
     def authenticate_header(self, request) -> str:

@@ -56,7 +56,10 @@ class APIKey(models.Model):
     """A per-user secret for scripts and apps: ``Authorization: Bearer pk_...`` on /api/v1/ and /v1/.
 
     Only the SHA-256 of the key is stored (:func:`api_key_hash`); the key is shown once, when made.
-    A revoked key (``revoked_at`` set) never authenticates again and is kept for the record.
+    A revoked key (``revoked_at`` set) never authenticates again and is kept for the record, nor
+    does one past ``expires_at``. Scopes only narrow what the owner may do: ``allowed_models`` (null:
+    every model the owner may use; a list of slugs: those of them the owner may still use, so a
+    model the owner loses leaves the key too) and ``rate_limit`` (on top of ``RATE_LIMIT_USER``).
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -67,6 +70,18 @@ class APIKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, help_text="Updated at most once a minute.")
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="The key stops working then. Empty: never.")
+    allowed_models = models.JSONField(
+        null=True,
+        blank=True,
+        default=None,
+        help_text='Model slugs this key may use, e.g. ["gpt-4o"], within what its owner may use. Empty: all of those.',
+    )
+    rate_limit = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text='Requests this key may make, e.g. "60/min" (per s, min, hour, day), on top of the user\'s limit.',
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -81,7 +96,11 @@ class APIKey(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.is_expired
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 class UsageSource(models.TextChoices):

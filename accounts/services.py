@@ -4,10 +4,11 @@ import ipaddress
 import logging
 import re
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -32,6 +33,7 @@ from .models import (
     User,
     api_key_hash,
 )
+from .throttling import parse_rate
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +68,48 @@ def operator_ensure(
 
 
 @transaction.atomic
-def api_key_create(*, user: User, name: str) -> tuple[APIKey, str]:
+def api_key_create(
+    *,
+    user: User,
+    name: str,
+    allowed_models: list[str] | None = None,
+    expires_at: datetime | None = None,
+    rate_limit: str = "",
+) -> tuple[APIKey, str]:
     """Create an API key for ``user`` and return ``(api_key, key)``.
 
     ``key`` is ``pk_`` followed by 32 random bytes, URL-safe base64 (43 characters); it is returned
-    only here and stored only as its SHA-256 (:func:`accounts.models.api_key_hash`).
+    only here and stored only as its SHA-256 (:func:`accounts.models.api_key_hash`). Scopes narrow
+    the key, never widen it: ``allowed_models`` (model slugs; None: every model ``user`` may use;
+    a slug ``user`` may not use gives nothing), ``expires_at`` (aware datetime; None: never),
+    ``rate_limit`` (``"60/min"``; empty: only the user's limit). Raise ``ValueError`` for an
+    ``expires_at`` not in the future or a malformed ``rate_limit``.
     """
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValueError("expires_at must be in the future.")
+    parse_rate(rate_limit)  # raises ValueError
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = APIKey.objects.create(
-        user=user, name=name, prefix=key[:API_KEY_PREFIX_LENGTH], key_hash=api_key_hash(key)
+        user=user,
+        name=name,
+        prefix=key[:API_KEY_PREFIX_LENGTH],
+        key_hash=api_key_hash(key),
+        allowed_models=sorted(set(allowed_models)) if allowed_models is not None else None,
+        expires_at=expires_at,
+        rate_limit=rate_limit,
     )
     # The prefix only: the key itself exists nowhere but in the caller's hands.
     audit_record(
         action="api_key.create",
         target=api_key,
-        changes={"name": name, "prefix": api_key.prefix, "owner": user.username},
+        changes={
+            "name": name,
+            "prefix": api_key.prefix,
+            "owner": user.username,
+            "allowed_models": api_key.allowed_models,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "rate_limit": rate_limit,
+        },
     )
     return api_key, key
 
@@ -325,6 +354,38 @@ def user_sockets_close(*, user_id: int, reason: str = "deactivated") -> None:
         logger.info("Closed the WebSockets of user %s (%s)", user_id, reason)
     except Exception as exc:
         logger.warning("Could not close the WebSockets of user %s (%s)", user_id, type(exc).__name__)
+
+
+@transaction.atomic
+def user_sso_sync(*, user: User, groups: list[str], staff: bool | None = None, provider: str = "") -> dict:
+    """Make ``user``'s groups exactly ``groups`` (names from the identity provider's claim), and their
+    staff flag ``staff`` (None: unchanged); return the changes ``{"groups_added", "groups_removed":
+    [names], "is_staff"?: [old, new]}``.
+
+    Called at every single-sign-on login (:mod:`accounts.sso`), so groups given at the provider are
+    added and groups taken away there are removed, locally assigned ones included: the provider is
+    the source of truth of a single-sign-on user's groups. Missing groups are created (empty of
+    rights: an operator gives them models and tools). A removal closes the user's open WebSockets
+    once committed (the ``m2m_changed`` receiver in :mod:`accounts.signals`), and every path checks
+    the groups at the next request. Superuser status is never given or taken here. One
+    ``user.sso_sync`` audit event when anything changed.
+    """
+    wanted = {name.strip()[:150] for name in groups if isinstance(name, str) and name.strip()}
+    current = {group.name: group for group in user.groups.all()}
+    added = sorted(wanted - current.keys())
+    removed = sorted(current.keys() - wanted)
+    if removed:
+        user.groups.remove(*(current[name] for name in removed))
+    if added:
+        user.groups.add(*(Group.objects.get_or_create(name=name)[0] for name in added))
+    changes: dict = {"groups_added": added, "groups_removed": removed}
+    if staff is not None and user.is_staff != staff:
+        changes["is_staff"] = [user.is_staff, staff]
+        user.is_staff = staff
+        user.save(update_fields=["is_staff"])  # taking it away closes their sockets (accounts.signals)
+    if added or removed or "is_staff" in changes:
+        audit_record(action="user.sso_sync", target=user, changes={**changes, "provider": provider})
+    return changes
 
 
 def usage_prune(*, record_days: int, daily_days: int | None = None) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from rest_framework.throttling import BaseThrottle
 from core.errors import ParleyError
 
 from .limits_store import limits_key, run_script
+from .models import APIKey
 
 # DRF's rate periods, by first letter: "10/s", "600/min", "1000/hour", "10000/day".
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -109,16 +110,35 @@ def rate_hit(*, scope: str, ident: str, rate: str | None) -> RateResult | None:
     )
 
 
-def user_rate_check(*, user_id: int) -> dict[str, str]:
+def _hits(*, user_id, api_key=None) -> list[RateResult]:
+    """Count one request of user ``user_id`` (``RATE_LIMIT_USER``) and of ``api_key`` (its own ``rate_limit``)."""
+    results = [rate_hit(scope="user", ident=user_id, rate=settings.RATE_LIMIT_USER)]
+    if api_key is not None and api_key.rate_limit:
+        results.append(rate_hit(scope="api-key", ident=api_key.pk, rate=api_key.rate_limit))
+    return [result for result in results if result is not None]
+
+
+def _tightest(results: list[RateResult]) -> RateResult:
+    """Return the refused result (the longest wait) if any, else the one with the fewest requests left."""
+    refused = [result for result in results if not result.allowed]
+    if refused:
+        return max(refused, key=lambda result: result.reset)
+    return min(results, key=lambda result: result.remaining)
+
+
+def user_rate_check(*, user_id: int, api_key=None) -> dict[str, str]:
     """Count one request of user ``user_id`` against ``RATE_LIMIT_USER``; return its ``X-RateLimit-*`` headers.
 
+    With ``api_key`` (an :class:`~accounts.models.APIKey` with a ``rate_limit``), the request counts
+    against the key's own limit too, and the headers are those of the tighter of the two windows.
     For the paths that authenticate outside DRF's throttles (the ``/v1`` chat completions view, the
-    MCP server). Raise 429 ``rate_limited`` (with ``Retry-After`` and the same headers) over the limit;
+    MCP server). Raise 429 ``rate_limited`` (with ``Retry-After`` and the same headers) over a limit;
     ``{}`` when there is no limit or Redis is unreachable.
     """
-    limit = rate_hit(scope="user", ident=user_id, rate=settings.RATE_LIMIT_USER)
-    if limit is None:
+    results = _hits(user_id=user_id, api_key=api_key)
+    if not results:
         return {}
+    limit = _tightest(results)
     headers = limit.headers()
     headers.pop("Retry-After", None)  # a 429 sets its own
     if not limit.allowed:
@@ -129,7 +149,8 @@ def user_rate_check(*, user_id: int) -> dict[str, str]:
 
 
 class RequestRateThrottle(BaseThrottle):
-    """Limit each user to ``RATE_LIMIT_USER`` requests and each anonymous client IP to ``RATE_LIMIT_ANON``.
+    """Limit each user to ``RATE_LIMIT_USER`` requests and each anonymous client IP to ``RATE_LIMIT_ANON``;
+    a request made with an API key that has a ``rate_limit`` counts against that too.
 
     The default throttle of every DRF view (``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``), the
     ``/v1/`` gateway included. Sets the ``X-RateLimit-*`` headers on the response, whatever its
@@ -143,7 +164,9 @@ class RequestRateThrottle(BaseThrottle):
     def allow_request(self, request, view) -> bool:
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
-            result = rate_hit(scope="user", ident=user.pk, rate=settings.RATE_LIMIT_USER)
+            auth = getattr(request, "auth", None)
+            results = _hits(user_id=user.pk, api_key=auth if isinstance(auth, APIKey) else None)
+            result = _tightest(results) if results else None
         else:
             result = rate_hit(scope="anon", ident=self.get_ident(request), rate=settings.RATE_LIMIT_ANON)
         if result is None:

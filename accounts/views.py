@@ -16,6 +16,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from .forms import LoginForm
 from .selectors import api_key_list
 from .services import audit_record
+from .sso import sso_providers
 from .throttling import client_ip, signup_attempt
 
 SIGNUP_LOCKOUT_MESSAGE = "Too many sign-ups from your address. Try again in %(seconds)d seconds."
@@ -49,19 +50,32 @@ def lockout_status(view):
 
 
 class LoginView(auth_views.LoginView):
-    """Django's login view, throttled (:class:`accounts.forms.LoginForm`); links to sign-up when it is on."""
+    """Django's login view, throttled (:class:`accounts.forms.LoginForm`), with a "Sign in with <name>"
+    button per single-sign-on provider; the password form only while ``LOCAL_LOGIN_ENABLED``, and
+    a link to sign-up when that is on."""
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
     authentication_form = LoginForm
 
     def get_context_data(self, **kwargs):
-        return super().get_context_data(signup_enabled=settings.SIGNUP_ENABLED, **kwargs)
+        return super().get_context_data(
+            signup_enabled=signup_open(),
+            local_login_enabled=settings.LOCAL_LOGIN_ENABLED,
+            sso_providers=sso_providers(),
+            **kwargs,
+        )
+
+
+def signup_open() -> bool:
+    """Return whether ``/signup/`` takes new accounts: ``SIGNUP_ENABLED``, and local passwords on."""
+    return settings.SIGNUP_ENABLED and settings.LOCAL_LOGIN_ENABLED
 
 
 @sensitive_post_parameters("password1", "password2")
 def signup(request):
-    """Create an account and sign in. 404 when ``SIGNUP_ENABLED`` is off (the operator creates accounts).
+    """Create an account and sign in. 404 when ``SIGNUP_ENABLED`` is off (the operator creates accounts),
+    or ``LOCAL_LOGIN_ENABLED`` is (accounts come from single sign-on).
 
     With ``SIGNUP_APPROVAL`` the account is created inactive and a page says it awaits an operator's
     approval (ticking Active in the admin); it cannot log in until then.
@@ -69,7 +83,7 @@ def signup(request):
     Submissions are limited per client IP (``RATE_LIMIT_SIGNUP``): over it the form is shown again
     with :data:`SIGNUP_LOCKOUT_MESSAGE`, status 429 and ``Retry-After`` (seconds).
     """
-    if not settings.SIGNUP_ENABLED:
+    if not signup_open():
         raise Http404("Sign-up is switched off on this server.")
     if request.user.is_authenticated:
         return redirect(settings.LOGIN_REDIRECT_URL)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404
 from pgvector.django import CosineDistance
 
+from accounts.access import visible_to
 from accounts.models import User
 from inference.embeddings import embed_text
 
@@ -167,16 +167,12 @@ def kb_stats(*, user=None) -> dict:
 
 
 def mcp_servers_for_user(*, user_id: int) -> list[McpServer]:
-    """Return the enabled MCP servers ``user_id`` may use: those with no groups, or one of the user's groups.
+    """Return the enabled MCP servers ``user_id`` may use (:func:`accounts.access.visible_to`): those with
+    no groups, or one of the user's groups.
 
     An inactive or unknown user gets none. Ordered by slug.
     """
-    if not User.objects.filter(pk=user_id, is_active=True).exists():
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
         return []
-    groups = Group.objects.filter(user__pk=user_id)
-    return list(
-        McpServer.objects.filter(enabled=True)
-        .filter(Q(groups__isnull=True) | Q(groups__in=groups))
-        .distinct()
-        .order_by("slug")
-    )
+    return list(visible_to(McpServer.objects.filter(enabled=True), user=user).order_by("slug"))

@@ -22,6 +22,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import APIKey
 from core.errors import ParleyError
 from core.schema import ErrorSerializer
 from inference.images import ImageTooLarge, data_url_decode
@@ -446,6 +447,7 @@ class MessageListApi(sse.EventStreamMixin, APIView):
             cache=data["cache"],
             attachments=data.get("attachments"),
             images=data.get("images"),
+            api_key=request.auth if isinstance(request.auth, APIKey) else None,
         )
         return _turn_response(self, request, turn)
 
@@ -558,6 +560,7 @@ class MessageEditApi(sse.EventStreamMixin, APIView):
             model_slug=data.get("model") or None,
             params=data.get("params"),
             cache=data["cache"],
+            api_key=request.auth if isinstance(request.auth, APIKey) else None,
         )
         return _turn_response(self, request, turn)
 
@@ -728,6 +731,7 @@ class MessageRegenerateApi(sse.EventStreamMixin, APIView):
             model_slug=data.get("model") or None,
             params=data.get("params"),
             cache=data["cache"],
+            api_key=request.auth if isinstance(request.auth, APIKey) else None,
         )
         if self.wants_event_stream(request):
             return event_stream_response(sse.turn_events(turn))

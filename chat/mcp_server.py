@@ -217,8 +217,8 @@ def mcp_admit(*, token: str | None) -> tuple[User, dict[str, str]]:
         )
     api_key = api_key_check(key=token)  # None for a token that is not a pk_ key (a JWT) too
     if api_key is None:
-        raise ParleyError("Invalid or revoked API key.", code="invalid_api_key", status_code=401)
-    return api_key.user, user_rate_check(user_id=api_key.user.pk)
+        raise ParleyError("Invalid, revoked or expired API key.", code="invalid_api_key", status_code=401)
+    return api_key.user, user_rate_check(user_id=api_key.user.pk, api_key=api_key)
 
 
 _amcp_admit = database_sync_to_async(mcp_admit, thread_sensitive=False)

@@ -31,7 +31,7 @@ from rest_framework import status
 
 from accounts.budgets import budget_release
 from accounts.metering import Admission
-from accounts.models import UsageSource, User
+from accounts.models import APIKey, UsageSource, User
 from accounts.quotas import generation_release, generations_lapsed
 from accounts.services import audit_record
 from core.errors import ParleyError
@@ -452,12 +452,17 @@ def _check_no_generation(conversation: Conversation) -> None:
 
 
 def _turn_model(
-    *, conversation: Conversation, model_slug: str | None, params: dict | None
+    *, conversation: Conversation, model_slug: str | None, params: dict | None, api_key: APIKey | None = None
 ) -> tuple[ModelConfig, GenerationParams]:
-    """Return the model for a turn (``model_slug``, else the conversation's, else the default) and its params."""
+    """Return the model for a turn (``model_slug``, else the conversation's, else the default) and its params.
+
+    Only a model the conversation's owner may use (:func:`accounts.access.visible_to`), and that
+    ``api_key`` (the key the request came with, if any) allows: another is ``model_unavailable``,
+    as a missing one.
+    """
     if not model_slug and conversation.model_id and conversation.model.is_enabled:
         model_slug = conversation.model.slug
-    model = model_config_get(slug=model_slug)
+    model = model_config_get(slug=model_slug, user=conversation.owner, api_key=api_key)
     return model, generation_params(model=model, overrides=params)
 
 
@@ -542,6 +547,7 @@ def message_send(
     cache: bool = True,
     attachments: list | None = None,
     images: list[tuple[bytes, str]] | None = None,
+    api_key: APIKey | None = None,
 ) -> Turn:
     """Store the user's message and a ``streaming`` assistant placeholder, in one transaction.
 
@@ -573,6 +579,7 @@ def message_send(
         cache=cache,
         attachments=attachments,
         images=images,
+        api_key=api_key,
     )
 
 
@@ -587,6 +594,7 @@ def message_edit(
     cache: bool = True,
     attachments: list | None = None,
     images: list[tuple[bytes, str]] | None = None,
+    api_key: APIKey | None = None,
 ) -> Turn:
     """Ask the user's ``message`` again with ``content``: a new question beside it, and its answer's turn.
 
@@ -609,6 +617,7 @@ def message_edit(
         cache=cache,
         attachments=attachments,
         images=images,
+        api_key=api_key,
         edited=message,
     )
 
@@ -623,6 +632,7 @@ def _question_turn(
     cache: bool,
     attachments: list | None,
     images: list[tuple[bytes, str]] | None,
+    api_key: APIKey | None = None,
     edited: Message | None = None,
 ) -> Turn:
     """Store a question and its ``streaming`` answer (see :func:`message_send`); return the turn.
@@ -636,7 +646,7 @@ def _question_turn(
             code="too_many_images",
         )
     content = message_validate(content=content, images=len(attachment_ids) + len(images or ()))
-    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
+    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params, api_key=api_key)
     count = len(attachment_ids) + len(images or ()) + _conversation_images(conversation)
     vision_check(config=model, images=count)
     stored = []
@@ -802,6 +812,7 @@ def message_regenerate(
     model_slug: str | None = None,
     params: dict | None = None,
     cache: bool = False,
+    api_key: APIKey | None = None,
 ) -> Turn:
     """Start a new answer to the question that ``message`` answered, beside ``message``.
 
@@ -817,7 +828,7 @@ def message_regenerate(
     :func:`message_send`), ``too_many_generations`` / ``quota_exceeded`` / ``budget_exceeded`` (429)
     before anything changes.
     """
-    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params)
+    model, generation = _turn_model(conversation=conversation, model_slug=model_slug, params=params, api_key=api_key)
     vision_check(config=model, images=_conversation_images(conversation))
     with _admitted(conversation=conversation, model=model, params=generation) as admission, transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)

@@ -50,10 +50,10 @@ from .selectors import (
 from .serializers import MessageNodeOutputSerializer
 
 
-def _default_model_slug() -> str:
-    """Return the slug of the model a turn uses when none is chosen ("" when no model is enabled)."""
+def _default_model_slug(user) -> str:
+    """Return the slug of the model a turn of ``user`` uses when none is chosen ("" when none is open to them)."""
     try:
-        return model_config_get().slug
+        return model_config_get(user=user).slug
     except ModelUnavailable:
         return ""
 
@@ -65,8 +65,8 @@ def _home_page(request, *, content: str = "", model_slug: str = "", error: Parle
         "chat/home.html",
         {
             "conversations": conversation_list(user=request.user),
-            "models": model_config_list(),
-            "current_model": model_slug or _default_model_slug(),
+            "models": model_config_list(user=request.user),
+            "current_model": model_slug or _default_model_slug(request.user),
             "content": content,
             "error": error,
         },
@@ -129,8 +129,8 @@ def conversation_detail(request, conversation_id):
             "conversation": conversation,
             "conversations": conversation_list(user=request.user),
             "messages_data": messages,
-            "models": model_config_list(),
-            "current_model": conversation.model.slug if conversation.model_id else _default_model_slug(),
+            "models": model_config_list(user=request.user),
+            "current_model": conversation.model.slug if conversation.model_id else _default_model_slug(request.user),
         },
     )
 

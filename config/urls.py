@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
+from accounts import sso
 from accounts import views as account_views
 from accounts.admin_views import spend_dashboard
 from accounts.urls import api_urlpatterns as accounts_api
@@ -24,6 +25,9 @@ urlpatterns = [
     path("login/", account_views.lockout_status(account_views.LoginView.as_view()), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", account_views.signup, name="signup"),
+    # Single sign-on (accounts.sso): django-allauth's OpenID Connect views, with Parley's ID-token check.
+    path("accounts/oidc/<str:provider_id>/login/", sso.oidc_login, name="openid_connect_login"),
+    path("accounts/oidc/<str:provider_id>/login/callback/", sso.oidc_callback, name="openid_connect_callback"),
     path("password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("password/done/", account_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("api/v1/admin/metrics/", AdminMetricsApi.as_view(), name="api_admin_metrics"),

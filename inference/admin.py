@@ -1,10 +1,16 @@
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth.models import Group
+from django.db.models import Q
+from django.template.response import TemplateResponse
 
+from accounts.access import groups_label
 from accounts.admin_audit import AuditedAdmin
 from core.errors import ParleyError
 
 from .models import Deployment, ModelConfig, ModelFallback
-from .registry import model_config_probe, model_config_set_default
+from .registry import model_config_access_set, model_config_probe, model_config_set_default
 from .routing import deployment_states, model_deployments
 from .selectors import deployment_tokens_per_s
 from .services import model_is_loaded, model_load, model_unload
@@ -60,6 +66,37 @@ class FallbackInline(admin.TabularInline):
     verbose_name_plural = "fallback models (tried in order when no deployment of this model can answer)"
 
 
+class UsableByGroupFilter(admin.SimpleListFilter):
+    """ "Models group G can use": those open to everyone and those listing G."""
+
+    title = "usable by group"
+    parameter_name = "usable_by"
+
+    def lookups(self, request, model_admin):
+        return [(str(group.pk), group.name) for group in Group.objects.order_by("name")]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        return queryset.filter(Q(groups__isnull=True) | Q(groups__pk=self.value())).distinct()
+
+
+class AccessForm(forms.Form):
+    """The page of the "Set who may use them" action."""
+
+    mode = forms.ChoiceField(
+        choices=[
+            ("set", "Only these groups (replace each model's list)"),
+            ("add", "Add these groups to each model's list"),
+            ("remove", "Remove these groups from each model's list"),
+            ("everyone", "Everyone (clear each model's list)"),
+        ],
+        widget=forms.RadioSelect,
+        initial="add",
+    )
+    groups = forms.ModelMultipleChoiceField(queryset=Group.objects.order_by("name"), required=False)
+
+
 @admin.register(ModelConfig)
 class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
     audit_name = "model"  # model.create / model.change / model.delete; inlines: deployment.*, modelfallback.*
@@ -74,13 +111,23 @@ class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
         "is_enabled",
         "loaded",
         "routing",
+        "access",
     ]
-    list_filter = ["provider", "is_enabled", "is_default"]
+    list_filter = ["provider", "is_enabled", "is_default", UsableByGroupFilter]
+    filter_horizontal = ["groups"]
     search_fields = ["slug", "display_name", "model"]
     prepopulated_fields = {"slug": ["display_name"]}
-    actions = ["test_models", "set_as_default", "load_models", "unload_models"]
+    actions = ["test_models", "set_as_default", "set_access", "load_models", "unload_models"]
     fieldsets = [
         (None, {"fields": ["display_name", "slug", "provider", "model", "is_default", "is_enabled"]}),
+        (
+            "Who may use it",
+            {
+                "fields": ["groups"],
+                "description": "None selected: every user. Otherwise only members of these groups (and "
+                "superusers), in the chat UI, the REST API, the WebSocket, SSE and /v1 alike.",
+            },
+        ),
         (
             "Server",
             {
@@ -127,7 +174,34 @@ class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
     ]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("deployments")
+        return super().get_queryset(request).prefetch_related("deployments", "groups")
+
+    @admin.display(description="who may use it")
+    def access(self, config: ModelConfig) -> str:
+        return groups_label(config)
+
+    @admin.action(description="Set who may use them (groups)")
+    def set_access(self, request, queryset):
+        """Give or take the selected models to or from groups at once, after a page that asks which."""
+        form = AccessForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            changed = model_config_access_set(
+                configs=list(queryset), groups=list(form.cleaned_data["groups"]), mode=form.cleaned_data["mode"]
+            )
+            self.message_user(request, f"Access changed on {changed} of {queryset.count()} model(s).", messages.SUCCESS)
+            return None
+        return TemplateResponse(
+            request,
+            "admin/inference/modelconfig/set_access.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Who may use these models",
+                "opts": self.model._meta,
+                "form": form,
+                "queryset": queryset,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            },
+        )
 
     @admin.display(description="deployments")
     def routing(self, config: ModelConfig) -> str:

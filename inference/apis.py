@@ -8,6 +8,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import APIKey
 from core.errors import ParleyError
 from core.schema import ErrorSerializer
 
@@ -45,8 +46,10 @@ class ModelListApi(APIView):
         ],
     )
     def get(self, request):
-        configs = list(model_config_list())
-        default_slug = model_config_get().slug if configs else None
+        # The models this user (and the API key the request came with, if any) may use.
+        api_key = request.auth if isinstance(request.auth, APIKey) else None
+        configs = list(model_config_list(user=request.user, api_key=api_key))
+        default_slug = model_config_get(user=request.user, api_key=api_key).slug if configs else None
         rows = [
             {
                 "slug": c.slug,

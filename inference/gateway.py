@@ -149,7 +149,7 @@ def openai_error(exc: Exception) -> OpenAIError | None:
         exc = OpenAIError(f"{param}: {message}" if param else message, param=param, code="invalid_value")
     elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         message = (
-            "Invalid or revoked API key."
+            "Invalid, revoked or expired API key."
             if isinstance(exc, exceptions.AuthenticationFailed)
             else "You didn't provide an API key. Send it as 'Authorization: Bearer pk_...'."
         )
@@ -199,10 +199,14 @@ def _validated(serializer_class: type[serializers.Serializer], data) -> dict:
     return serializer.validated_data
 
 
-def _model_get(slug: str) -> ModelConfig:
-    """Return the enabled model ``slug``; raise a 404 ``model_not_found`` otherwise."""
+def _model_get(slug: str, *, api_key: APIKey) -> ModelConfig:
+    """Return the enabled model ``slug`` if ``api_key`` (and its user) may use it; else raise 404 ``model_not_found``.
+
+    A model closed to the key's user (:func:`accounts.access.visible_to`) or outside the key's
+    ``allowed_models`` is as unknown as a missing one: the same 404, never another model instead.
+    """
     try:
-        return model_config_get(slug=slug)
+        return model_config_get(slug=slug, api_key=api_key)
     except ModelUnavailable:
         raise OpenAIError(
             f"The model '{slug}' does not exist or is not enabled.",
@@ -217,8 +221,9 @@ def _model_get(slug: str) -> ModelConfig:
 
 @extend_schema(exclude=True)
 class ModelListGateway(GatewayApi):
-    """``GET /v1/models``: the enabled models, as OpenAI model objects (``id`` is the slug), with Parley's
-    ``capabilities``: ``{"vision", "tools", "response_format", "logprobs"}`` booleans (what a request may ask for)."""
+    """``GET /v1/models``: the enabled models the key may use, as OpenAI model objects (``id`` is the slug), with
+    Parley's ``capabilities``: ``{"vision", "tools", "response_format", "logprobs"}`` booleans (what a request may
+    ask for)."""
 
     def get(self, request):
         data = [
@@ -234,7 +239,7 @@ class ModelListGateway(GatewayApi):
                     "logprobs": config.supports_logprobs,
                 },
             }
-            for config in model_config_list()
+            for config in model_config_list(api_key=request.auth)
         ]
         return Response({"object": "list", "data": data})
 
@@ -627,10 +632,10 @@ def _chat_admit(request) -> _Call:
     if authenticated is None:
         raise exceptions.NotAuthenticated()
     user, api_key = authenticated
-    headers = user_rate_check(user_id=user.pk)
+    headers = user_rate_check(user_id=user.pk, api_key=api_key)
     try:
         data = _validated(ChatCompletionInput, JSONParser().parse(io.BytesIO(request.body)))
-        config = _model_get(data["model"])
+        config = _model_get(data["model"], api_key=api_key)
         messages = [_message(m) for m in data["messages"]]
         _images_clean(messages, config)
         if config.system_prompt and not any(m["role"] == "system" for m in messages):

@@ -32,7 +32,8 @@ class ModelConfig(models.Model):
     """A language model users can chat with: a local GGUF on llama.cpp or a remote OpenAI-compatible one.
 
     ``model`` is a GGUF path for ``llama_cpp`` (or ``package:<python package>/<file>``, resolved
-    inside that installed package at run time) and a model name for ``openai_compatible``.
+    inside that installed package at run time) and a model name for ``openai_compatible``. Open to
+    everyone, or only to the members of ``groups`` (:func:`accounts.access.visible_to`).
     """
 
     slug = models.SlugField(max_length=64, unique=True)
@@ -190,6 +191,13 @@ class ModelConfig(models.Model):
         symmetrical=False,
         related_name="fallback_for",
         blank=True,
+    )
+    # Who may use it (accounts.access.visible_to): the UI picker, REST, the WebSocket, SSE and /v1 alike.
+    groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="model_configs",
+        help_text="Who may use it; none selected: everyone.",
     )
     is_default = models.BooleanField(default=False)
     is_enabled = models.BooleanField(default=True)

@@ -287,6 +287,41 @@ def model_config_set_enabled(*, slug: str, enabled: bool) -> ModelConfig:
     return config
 
 
+ACCESS_MODES = ("set", "add", "remove", "everyone")
+
+
+@transaction.atomic
+def model_config_access_set(*, configs: list[ModelConfig], groups: list, mode: str = "set") -> int:
+    """Change who may use each of ``configs`` (:func:`accounts.access.visible_to`); return how many changed.
+
+    ``mode``: ``set`` (exactly ``groups``; none: everyone), ``add`` or ``remove`` (``groups`` to or
+    from each model's list), ``everyone`` (clear the list). One ``model.change`` audit event per model
+    that changed, with the group names before and after. Raise ``ValueError`` for another mode.
+    Users' next requests (every path) follow the new lists; nothing else needs to happen.
+    """
+    if mode not in ACCESS_MODES:
+        raise ValueError(f"Unknown access mode {mode!r}.")
+    changed = 0
+    for config in configs:
+        before = set(config.groups.all())
+        after = {
+            "set": set(groups),
+            "add": before | set(groups),
+            "remove": before - set(groups),
+            "everyone": set(),
+        }[mode]
+        if after == before:
+            continue
+        config.groups.set(after)
+        audit_record(
+            action="model.change",
+            target=config,
+            changes={"groups": [sorted(g.name for g in before), sorted(g.name for g in after)]},
+        )
+        changed += 1
+    return changed
+
+
 def model_config_probe(
     *,
     config: ModelConfig,

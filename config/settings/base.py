@@ -6,6 +6,7 @@ Every variable is documented in README.md ("Settings").
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from celery.schedules import crontab
@@ -50,6 +51,11 @@ INSTALLED_APPS = [
     "csp",  # Content-Security-Policy (CONTENT_SECURITY_POLICY below)
     "channels",
     "django_prometheus",
+    # Single sign-on through OpenID Connect providers (OIDC_PROVIDERS below; accounts.sso).
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "core",
     "accounts",
     "inference",
@@ -71,6 +77,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "allauth.account.middleware.AccountMiddleware",  # django-allauth's (single sign-on)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
@@ -153,6 +160,68 @@ SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
 # New accounts wait, inactive, for an operator to approve them (tick Active in the admin).
 SIGNUP_APPROVAL = env.bool("SIGNUP_APPROVAL", default=False)
 RATE_LIMIT_SIGNUP = env("RATE_LIMIT_SIGNUP", default="5/hour")
+# Off: passwords are refused everywhere (/login/, /admin/login/, the JWT token endpoint) and sign-up
+# is closed; people sign in with single sign-on only. Sessions already open go on.
+LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
+AUTHENTICATION_BACKENDS = [
+    "accounts.backends.LocalLoginSwitch",  # refuses passwords while LOCAL_LOGIN_ENABLED is off
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Single sign-on (README, "Single sign-on"): OpenID Connect providers through django-allauth, each
+# named in OIDC_PROVIDERS (ids: letters, digits, -) and configured by OIDC_<ID>_* variables (the id
+# upper-cased, - as _): NAME (on the button), DISCOVERY_URL (the issuer, or its
+# /.well-known/openid-configuration), CLIENT_ID, CLIENT_SECRET, SCOPES.
+OIDC_PROVIDERS = env.list("OIDC_PROVIDERS", default=[])
+# A person signing in for the first time gets an account (on), or is refused with a message and a
+# log line (off: only people who have signed in before may).
+OIDC_AUTO_CREATE = env.bool("OIDC_AUTO_CREATE", default=True)
+# The claim (ID token or userinfo) that lists the user's groups, synced to Django groups at every
+# sign-in (added and removed). Empty: groups are not synced.
+OIDC_GROUPS_CLAIM = env("OIDC_GROUPS_CLAIM", default="groups")
+# A value of the groups claim that makes the user staff (the admin), synced at every sign-in. Empty: none.
+OIDC_STAFF_GROUP = env("OIDC_STAFF_GROUP", default="")
+
+
+def _oidc_app(provider_id: str) -> dict:
+    prefix = "OIDC_" + provider_id.upper().replace("-", "_") + "_"
+    missing = [name for name in ("DISCOVERY_URL", "CLIENT_ID") if not env(prefix + name, default="")]
+    if missing:
+        names = ", ".join(prefix + name for name in missing)
+        raise ImproperlyConfigured(f"OIDC_PROVIDERS lists {provider_id!r}: set {names}.")
+    return {
+        "provider_id": provider_id,
+        "name": env(prefix + "NAME", default=provider_id),
+        "client_id": env(prefix + "CLIENT_ID"),
+        "secret": env(prefix + "CLIENT_SECRET", default=""),
+        "settings": {
+            "server_url": env(prefix + "DISCOVERY_URL"),
+            "scope": env.list(prefix + "SCOPES", default=["openid", "email", "profile"]),
+            "fetch_userinfo": True,
+        },
+    }
+
+
+_OIDC_APPS = [_oidc_app(provider_id) for provider_id in OIDC_PROVIDERS]
+# The login page's "Sign in with" forms post here, and the answer redirects to the provider: the
+# Content-Security-Policy's form-action must allow the providers' origins (browsers check redirects).
+CONTENT_SECURITY_POLICY["DIRECTIVES"]["form-action"] += sorted(
+    {"{0.scheme}://{0.netloc}".format(urlsplit(app["settings"]["server_url"])) for app in _OIDC_APPS}
+)
+SOCIALACCOUNT_PROVIDERS = {
+    # PKCE (S256) on every authorization request; state is checked by django-allauth, the ID token's
+    # signature, issuer, audience and expiry by accounts.sso.
+    "openid_connect": {"OAUTH_PKCE_ENABLED": True, "APPS": _OIDC_APPS}
+}
+SOCIALACCOUNT_ADAPTER = "accounts.sso.SocialAccountAdapter"
+ACCOUNT_ADAPTER = "accounts.sso.AccountAdapter"
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_LOGIN_ON_GET = False  # the login page POSTs (with its CSRF token) to start a sign-in
+SOCIALACCOUNT_STORE_TOKENS = False  # Parley calls no provider API: no tokens kept
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # never log into an existing account by a matching email
+SOCIALACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_UNIQUE_EMAIL = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

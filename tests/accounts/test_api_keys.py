@@ -21,7 +21,9 @@ def test_create_shows_the_key_once_and_lists_it_by_prefix(user):
     response = client.post("/api/v1/keys/", {"name": "laptop"}, format="json")
     assert response.status_code == 201
     created = response.json()
-    assert set(created) == {"id", "name", "prefix", "key", "created_at"}
+    assert set(created) == {"id", "name", "prefix", "key", "created_at", "allowed_models", "expires_at", "rate_limit"}
+    # Unscoped by default: every model the user may use, no expiry, no limit of its own.
+    assert (created["allowed_models"], created["expires_at"], created["rate_limit"]) == (None, None, "")
     key = created["key"]
     assert key.startswith("pk_") and len(key) == 3 + 43
     assert key.startswith(created["prefix"]) and len(created["prefix"]) == 11
@@ -35,6 +37,9 @@ def test_create_shows_the_key_once_and_lists_it_by_prefix(user):
             "prefix": created["prefix"],
             "created_at": created["created_at"],
             "last_used_at": None,
+            "allowed_models": None,
+            "expires_at": None,
+            "rate_limit": "",
             "budgets": [],  # none set for this key (see tests/accounts/test_budgets.py)
         }
     ]

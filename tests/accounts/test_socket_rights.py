@@ -13,6 +13,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.services import user_sso_sync
 from chat.services import conversation_create
 from config.asgi import application
 from conftest import make_user, ws_headers
@@ -66,6 +67,10 @@ def remove_from_every_group_via_the_group(user) -> None:
     Group.objects.get(name="writers").user_set.clear()
 
 
+def lose_a_group_at_single_sign_on(user) -> None:
+    user_sso_sync(user=user, groups=["editors"])  # what a sign-in whose groups claim lacks "writers" does
+
+
 def change_a_groups_permissions(user) -> None:
     Group.objects.get(name="editors").permissions.add(Permission.objects.get(codename="view_apikey"))
 
@@ -76,6 +81,7 @@ CHANGES = [
     deactivate_from_the_shell,
     add_to_a_group,
     remove_from_every_group_via_the_group,
+    lose_a_group_at_single_sign_on,
     change_a_groups_permissions,
 ]
 

@@ -34,9 +34,9 @@ def daphne_env(database_name: str) -> dict[str, str]:
     return env
 
 
-def start_daphne(env: dict[str, str]) -> tuple[subprocess.Popen, str, object]:
-    """Start Daphne on a free loopback port; return ``(process, base_url, log file)`` once it answers."""
-    port = free_port()
+def start_daphne(env: dict[str, str], port: int | None = None) -> tuple[subprocess.Popen, str, object]:
+    """Start Daphne on loopback ``port`` (default: a free one); return ``(process, base_url, log)`` once it answers."""
+    port = port or free_port()
     # A file, not a pipe: a full pipe would block the server.
     log = tempfile.TemporaryFile()
     daphne = Path(sys.executable).parent / "daphne"
