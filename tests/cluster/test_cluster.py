@@ -842,9 +842,20 @@ def check_postgresql_restart(processes: Cluster, postgres, web: str, pat: Client
     v1_back = back(lambda: httpx.get(f"{web}/v1/models", headers=key, timeout=30))
     ready_back = back(lambda: httpx.get(f"{web}/health/ready/", timeout=30))
     pat.close()
+    # The answer across the outage ends once its turn's final save gets through; a question sent before
+    # that is refused (409), and the socket's catch-up would deliver that answer's end instead.
+    deadline = time.monotonic() + 60
+    while next(m for m in pat.rest("GET", web, "messages/").json() if m["id"] == across)["status"] in (
+        MessageStatus.PENDING,
+        MessageStatus.STREAMING,
+    ):
+        assert time.monotonic() < deadline, "the answer across the outage was not stored within 60 s"
+        time.sleep(0.2)
     pat.open(web)
     pat.send("Question 2")
+    started = pat.until("generation.started")[-1]
     after = pat.until("generation.completed")[-1]["message"]
+    assert after["id"] == started["message_id"]  # the new question's answer, not a catch-up of an older one
     turn_back = time.monotonic() - started_at
     deadline = time.monotonic() + 60  # the answer across the outage: stored by its final save's retries
     while (listed := pat.rest("GET", web, "messages/").json()) and any(

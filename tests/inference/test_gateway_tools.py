@@ -337,4 +337,9 @@ def test_the_local_model_refuses_logprobs_naming_them(client, local_model):
 
 def test_models_list_their_capabilities(daphne_url, api_key, local_model):
     body = httpx.get(daphne_url + "/v1/models", headers={"Authorization": f"Bearer {api_key}"}).json()
-    assert body["data"][0]["capabilities"] == {"tools": True, "response_format": True, "logprobs": False}
+    assert body["data"][0]["capabilities"] == {
+        "vision": False,
+        "tools": True,
+        "response_format": True,
+        "logprobs": False,
+    }
