@@ -34,13 +34,27 @@ def clear_limits() -> None:
     from django.conf import settings
     from django_redis import get_redis_connection
 
-    from accounts.limits_store import reset_breaker
+    from accounts.limits_store import limits_key, reset_breaker
 
     connection = get_redis_connection("default")
     keys = list(connection.scan_iter(f"{settings.REDIS_KEY_PREFIX}:limits:*", count=1000))
     if keys:
         connection.delete(*keys)
+    # The leases' store is as old as can be (accounts.quotas.EPOCH_LUA): a missing lease is a dead
+    # generation at once, not a lease lost to a Redis restart. lease_store_restarted() undoes this.
+    connection.set(limits_key("epoch"), 0)
     reset_breaker()
+
+
+def lease_store_restarted() -> None:
+    """Empty the limits' keys as a Redis restarted empty does: every lease, and the store's age, gone."""
+    from django.conf import settings
+    from django_redis import get_redis_connection
+
+    connection = get_redis_connection("default")
+    keys = list(connection.scan_iter(f"{settings.REDIS_KEY_PREFIX}:limits:*", count=1000))
+    if keys:
+        connection.delete(*keys)
 
 
 @pytest.fixture(autouse=True)

@@ -109,22 +109,52 @@ redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: the suspects hash (generation id -> first ms seen without a lease), then one slots key per
-# generation. ARGV: confirm ms, hash TTL ms, then the generation ids (in KEYS' order from KEYS[2]).
-# A generation is lapsed once its lease has been missing for confirm ms (seen missing on two runs at
-# least that far apart). The hash is rebuilt from this run's generations, so it never grows.
-LAPSED_SCRIPT = """
+# The lease store's age: KEYS[n] "epoch" holds the Redis time (ms) at which a check first found it
+# missing, so it is as old as this Redis's leases (it goes with them when Redis restarts empty or is
+# flushed). A lease missing while the epoch is younger than one lease period proves nothing: a live
+# generation takes a lost lease again at its next renewal. EPOCH_LUA sets `now` and `settled`.
+EPOCH_LUA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local epoch = tonumber(redis.call('GET', EPOCH_KEY) or '')
+if not epoch then
+  redis.call('SET', EPOCH_KEY, now)
+  epoch = now
+end
+local settled = now - epoch >= LEASE_MS
+"""
+
+# KEYS: slots, epoch. ARGV: generation id, lease ms. Return 1 held, 0 lapsed, -1 unknown (the
+# lease is missing but the store is younger than a lease period).
+LIVE_SCRIPT = (
+    "local EPOCH_KEY, LEASE_MS = KEYS[2], tonumber(ARGV[2])"
+    + EPOCH_LUA
+    + """
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if expiry and tonumber(expiry) > now then return 1 end
+if settled then return 0 end
+return -1
+"""
+)
+
+# KEYS: the suspects hash (generation id -> first ms seen without a lease), the epoch, then one slots
+# key per generation. ARGV: confirm ms, hash TTL ms, lease ms, then the generation ids (in KEYS' order
+# from KEYS[3]). A generation is lapsed once its lease has been missing for confirm ms (seen missing on
+# two runs at least that far apart) in a store that has held leases for a lease period. The hash is
+# rebuilt from this run's generations, so it never grows.
+LAPSED_SCRIPT = (
+    "local EPOCH_KEY, LEASE_MS = KEYS[2], tonumber(ARGV[3])"
+    + EPOCH_LUA
+    + """
 local confirm = tonumber(ARGV[1])
 local suspects = {}
 local lapsed = {}
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local id = ARGV[i + 1]
   local expiry = redis.call('ZSCORE', KEYS[i], id)
   if not expiry or tonumber(expiry) <= now then
     local first = tonumber(redis.call('HGET', KEYS[1], id) or now)
-    if now - first >= confirm then table.insert(lapsed, id) else table.insert(suspects, {id, first}) end
+    if settled and now - first >= confirm then table.insert(lapsed, id) else table.insert(suspects, {id, first}) end
   end
 end
 redis.call('DEL', KEYS[1])
@@ -132,6 +162,7 @@ for _, entry in ipairs(suspects) do redis.call('HSET', KEYS[1], entry[1], entry[
 if #suspects > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return lapsed
 """
+)
 
 # Add tokens to a day counter that exists; a missing one is rebuilt from the database when needed.
 ADD_SCRIPT = """
@@ -267,14 +298,16 @@ def generation_release(*, user_id: int, generation_id: str) -> None:
 
 
 def generation_live(*, user_id: int, generation_id: str) -> bool | None:
-    """Return whether generation ``generation_id`` of ``user_id`` holds an unexpired lease; None if Redis is down."""
+    """Return whether generation ``generation_id`` of ``user_id`` holds an unexpired lease; None if unknown.
 
-    def live(connection) -> bool:
-        now_s, now_us = connection.time()
-        expiry = connection.zscore(limits_key("gen", user_id), generation_id)
-        return expiry is not None and expiry > now_s * 1000 + now_us // 1000
-
-    return run(live, default=None, what="generation lease check")
+    Unknown: Redis is down, or the lease is missing from a Redis that has held leases for less than
+    ``GENERATION_LEASE_SECONDS`` (restarted empty or flushed: a live generation takes its lease again
+    at its next renewal, within a third of that; see :data:`LIVE_SCRIPT`).
+    """
+    lease_ms = settings.GENERATION_LEASE_SECONDS * 1000
+    keys = [limits_key("gen", user_id), limits_key("epoch")]
+    found = run_script(LIVE_SCRIPT, keys, [generation_id, lease_ms], default=None, what="generation lease check")
+    return None if found is None or found == -1 else bool(found)
 
 
 def generations_lapsed(*, generations: list[tuple[int, str]], confirm_seconds: float) -> list[str] | None:
@@ -282,13 +315,18 @@ def generations_lapsed(*, generations: list[tuple[int, str]], confirm_seconds: f
 
     A generation counts as lapsed once it has been seen without an unexpired lease on two calls at
     least ``confirm_seconds`` apart (a live one takes its lost lease again within a third of
-    ``GENERATION_LEASE_SECONDS``, see :func:`generation_renew`). Pass every candidate on each call:
-    suspicions of generations left out are forgotten. Return None, deciding nothing, when Redis is down.
+    ``GENERATION_LEASE_SECONDS``, see :func:`generation_renew`), and only once Redis has held leases for
+    a whole lease period (after a restart or flush, no lease proves anything until then). Pass every
+    candidate on each call: suspicions of generations left out are forgotten. Return None, deciding
+    nothing, when Redis is down.
     """
     if not generations:
         return []
-    keys = [limits_key("gen", "lapse-suspects")] + [limits_key("gen", user_id) for user_id, _ in generations]
-    args = [int(confirm_seconds * 1000), int(max(confirm_seconds, 1) * 10_000)] + [gid for _, gid in generations]
+    keys = [limits_key("gen", "lapse-suspects"), limits_key("epoch")]
+    keys += [limits_key("gen", user_id) for user_id, _ in generations]
+    lease_ms = settings.GENERATION_LEASE_SECONDS * 1000
+    args = [int(confirm_seconds * 1000), int(max(confirm_seconds, 1) * 10_000), lease_ms]
+    args += [gid for _, gid in generations]
     lapsed = run_script(LAPSED_SCRIPT, keys, args, default=None, what="generation lapse check")
     return None if lapsed is None else [gid.decode() if isinstance(gid, bytes) else gid for gid in lapsed]
 

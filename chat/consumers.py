@@ -172,7 +172,7 @@ class ChatConsumer(JsonWebsocketConsumer):
             self.conversation.pk,
             {"type": "message.created", "message": MessageOutputSerializer(turn.user_message).data},
         )
-        turns.turn_start(turn)
+        turns.turn_start(turn, until_taken=True)  # this socket follows it through the channel layer
 
     async def message_of(self, content: dict):
         """Return the conversation's message ``content["message_id"]``; raise ``not_found`` (404) if none."""

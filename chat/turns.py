@@ -422,12 +422,15 @@ async def _turn_run(turn: Turn) -> Message:
 TURN_WAIT_POLL_SECONDS = 0.2  # how often a caller waiting for a turn in a worker looks at its message
 
 
-async def turn_execute(turn: Turn) -> Message:
-    """Run ``turn`` where ``INFERENCE_EXECUTION`` says and return its finalised assistant message.
+async def turn_execute(turn: Turn, *, until_taken: bool = False) -> Message:
+    """Run ``turn`` where ``INFERENCE_EXECUTION`` says and return its assistant message.
 
-    ``inline``: here, with :func:`turn_run`. ``celery``: in a Celery worker (``chat.turn_run``),
-    whose events reach the conversation's group as an inline turn's do; this waits for the stored
-    result, up to ``TURN_WAIT_SECONDS``, then returns the message as it is (still ``streaming``).
+    ``inline``: here, with :func:`turn_run`; the message returned is final. ``celery``: in a Celery
+    worker (``chat.turn_run``), whose events reach the conversation's group as an inline turn's do;
+    this waits for the stored result, up to ``TURN_WAIT_SECONDS``, then returns the message as it is
+    (still ``streaming``). With ``until_taken`` it returns as soon as a worker has taken the turn (or
+    it has ended): for callers whose clients follow the turn through the channel layer (a WebSocket),
+    so a web process neither polls the database for the whole answer nor waits for it when it stops.
     """
     if settings.INFERENCE_EXECUTION != "celery":
         return await turn_run(turn)
@@ -444,17 +447,19 @@ async def turn_execute(turn: Turn) -> Message:
                 return message
             if not keepalive.done() and await sync_to_async(turn_taken, thread_sensitive=False)(str(message_id)):
                 keepalive.cancel()  # the worker holds the lease now: if it dies, the lease lapses with it
+                if until_taken:
+                    return message
             await asyncio.sleep(TURN_WAIT_POLL_SECONDS)
     finally:
         keepalive.cancel()
 
 
-def turn_start(turn: Turn) -> asyncio.Task:
-    """Run :func:`turn_execute` in the background of the current event loop and return its task.
+def turn_start(turn: Turn, *, until_taken: bool = False) -> asyncio.Task:
+    """Run :func:`turn_execute` (with ``until_taken``) in the background of the current event loop; return its task.
 
     The task is not tied to the caller: it finishes even if the socket that started it closes.
     """
-    task = asyncio.get_running_loop().create_task(turn_execute(turn))
+    task = asyncio.get_running_loop().create_task(turn_execute(turn, until_taken=until_taken))
     _running_turns.add(task)
     task.add_done_callback(_running_turns.discard)
     return task

@@ -112,7 +112,7 @@ async def home(request):
         return await sync_to_async(_home_page)(request, content=content, model_slug=model_slug, error=exc)
     # On this process's event loop (or in a Celery worker), not tied to this request: the answer is
     # generated while the browser follows the redirect and connects its socket.
-    turns.turn_start(turn)
+    turns.turn_start(turn, until_taken=True)
     return redirect("chat:conversation", conversation_id=turn.user_message.conversation_id)
 
 

@@ -19,9 +19,9 @@ from accounts.limits_store import limits_key
 from accounts.quotas import generation_live, generation_renew
 from accounts.services import api_key_create
 from chat.models import Message, MessageStatus
-from chat.services import INTERRUPTED, conversation_create, message_send
+from chat.services import INTERRUPTED, conversation_create, conversation_orphans_finalize, message_send
 from chat.tasks import orphans_finalize_task
-from conftest import make_user
+from conftest import lease_store_restarted, make_user
 from tests.core.test_health import redis_down
 
 LEASE_SECONDS = 2
@@ -149,6 +149,25 @@ def test_a_live_answer_whose_lease_redis_lost_is_not_taken_for_an_orphan(convers
     assert orphans_finalize_task() == 0
     answer.refresh_from_db()
     assert answer.status == MessageStatus.STREAMING
+
+
+@pytest.mark.django_db
+def test_a_redis_restarted_empty_makes_no_live_answer_an_orphan_for_a_lease_period(conversation, settings):
+    """Every lease gone with Redis: neither the message list nor beat ends the answer until a whole lease
+    period has passed without its turn taking the lease again (it does within a third of one)."""
+    settings.GENERATION_ORPHAN_GRACE_SECONDS = 0
+    settings.GENERATION_ORPHAN_CONFIRM_SECONDS = 0
+    settings.GENERATION_LEASE_SECONDS = 1
+    answer = message_send(conversation=conversation, content="First").assistant_message
+    lease_store_restarted()
+    assert conversation_orphans_finalize(conversation=conversation) == []  # the page lists its messages
+    assert orphans_finalize_task() == 0
+    answer.refresh_from_db()
+    assert answer.status == MessageStatus.STREAMING
+    time.sleep(1.2)  # a lease period with no renewal: the turn is dead after all
+    assert [m.pk for m in conversation_orphans_finalize(conversation=conversation)] == [answer.pk]
+    answer.refresh_from_db()
+    assert (answer.status, answer.error) == (MessageStatus.ERROR, INTERRUPTED)
 
 
 @pytest.mark.django_db
