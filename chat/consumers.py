@@ -50,6 +50,7 @@ class ChatConsumer(JsonWebsocketConsumer):
     recovered by the client from the stored answer, by the events' ``offset``.
     """
 
+    database_free_types = JsonWebsocketConsumer.database_free_types | {"chat.event"}
     streaming: set[str]  # answers this socket relayed events of, whose end it has not sent
     ended: set[str]  # answers whose generation.completed this socket sent
     catching_up: asyncio.Task | None = None
