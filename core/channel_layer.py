@@ -82,6 +82,19 @@ class _Shard(RedisSingleShardConnection):
             self._redis = Redis(connection_pool=pool)
             self._pubsub = self._redis.pubsub()
 
+    async def publish(self, channel: str, message: bytes) -> None:
+        # channels-redis holds the shard's lock for the whole PUBLISH round trip, so each publish of the
+        # process waits for the one before it: every turn's tokens, one round trip at a time (a ceiling
+        # of 1/RTT events per second per process). redis-py's pool serves concurrent commands on
+        # connections of their own; the lock is only needed to make the client. One turn's events
+        # still leave in order: its relay awaits each send before the next.
+        redis = self._redis
+        if redis is None:
+            async with self._lock:
+                self._ensure_redis()
+                redis = self._redis
+        await redis.publish(channel, message)
+
     async def _do_receiving(self) -> None:
         # channels-redis's loop, plus: an outage is told to every channel once, and so is the recovery.
         down = False
