@@ -24,10 +24,16 @@ import asyncio
 import logging
 import time
 
-from daphne.cli import CommandLineInterface
-from daphne.server import Server
-from daphne.ws_protocol import WebSocketProtocol
-from twisted.internet import defer
+import uvloop
+
+# Before Daphne is imported: it makes the event loop Twisted runs on when its server module loads.
+# uvloop (libuv) runs the loop's callbacks, timers and the Redis and PostgreSQL sockets in C.
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+from daphne.cli import CommandLineInterface  # noqa: E402
+from daphne.server import Server  # noqa: E402
+from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
+from twisted.internet import defer  # noqa: E402
 
 logger = logging.getLogger("config.web")
 
