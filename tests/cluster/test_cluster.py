@@ -646,12 +646,22 @@ class Load:
         page.ended_at = time.monotonic()
 
 
-def load_figures(load: Load) -> SimpleNamespace:
-    """The fault figures of ``load``, from the database and the pages: see the checks' printed lines."""
+def load_figures(load: Load, cluster: Cluster) -> SimpleNamespace:
+    """The fault figures of ``load``, from the database and the pages: see the checks' printed lines.
+
+    ``faulty`` lists the answers whose shown text misses or repeats words, ``exited`` the processes of
+    ``cluster`` no longer running, with their exit codes.
+    """
     conversations = [client.conversation for client in load.clients]
     stored = {str(m.pk): m for m in Message.objects.filter(pk__in=[page.message_id for page in load.pages])}
     kept = {str(pk) for pk in Message.objects.filter(pk__in=load.acknowledged).values_list("pk", flat=True)}
     faults = [word_faults(page.text, stored[page.message_id].content) for page in load.pages]
+    faulty = [
+        f"{page.question}: {missing} missing, {repeated} repeated, shown {len(page.text)} of "
+        f"{len(stored[page.message_id].content)} characters ({stored[page.message_id].status})"
+        for page, (missing, repeated) in zip(load.pages, faults, strict=True)
+        if missing or repeated
+    ]
     statuses: dict[str, int] = {}
     for message in stored.values():
         statuses[message.status] = statuses.get(message.status, 0) + 1
@@ -665,6 +675,8 @@ def load_figures(load: Load) -> SimpleNamespace:
         missing=sum(missing for missing, _ in faults),
         repeated=sum(repeated for _, repeated in faults),
         catch_ups=sum(page.catch_ups for page in load.pages),
+        faulty=faulty,
+        exited={name: process.returncode for name, process in cluster.processes.items() if process.poll() is not None},
         statuses=dict(sorted(statuses.items())),
         reconnected=max(load.moved_at.values(), default=load.fault_at) - load.fault_at,
         ended=max((p.ended_at for p in load.pages if p.question in load.under_way), default=load.fault_at)
@@ -699,7 +711,7 @@ def test_clients_of_a_killed_web_process_get_the_rest_from_the_other(cluster):
     load.join()
     took = time.monotonic() - started
 
-    figures = load_figures(load)
+    figures = load_figures(load, cluster)
     print(
         f"\n[cluster] web A killed: {KILL_CONVERSATIONS} conversations x {MESSAGES} messages "
         f"({WORKER_CONCURRENCY} children per worker, lease {KILL_LEASE_SECONDS} s), {len(load.under_way)} answers "
@@ -708,10 +720,12 @@ def test_clients_of_a_killed_web_process_get_the_rest_from_the_other(cluster):
         f"catch-ups {figures.catch_ups}; {figures.reconnected:.2f} s to reconnect every socket to B, "
         f"{figures.ended:.1f} s until every answer under way had ended; statuses {figures.statuses}; "
         f"{len(load.acknowledged)} of {figures.answers} questions acknowledged ({load.unacknowledged} stored but "
-        f"their message.created never came); {took:.0f} s in all"
+        f"their message.created never came); processes exited {figures.exited}; {took:.0f} s in all"
     )
+    print("".join(f"[cluster]   {line}\n" for line in figures.faulty + load.failures), end="")
     assert not load.failures, load.failures
     assert (figures.lost, figures.streaming, figures.missing, figures.repeated) == (0, 0, 0, 0)
+    assert figures.exited == {"a": -signal.SIGKILL}  # nothing else stopped
     assert figures.answers == KILL_CONVERSATIONS * MESSAGES
     # Answers queued behind the workers' children end up to KILL_ROUNDS answers later, whatever the fault.
     assert figures.reconnected <= RECOVERY_LIMIT
@@ -818,7 +832,7 @@ def test_redis_restarted_under_load_loses_no_acknowledged_message(cluster):
     load.join()
     took = time.monotonic() - started
 
-    figures = load_figures(load)
+    figures = load_figures(load, cluster)
     after = [page for page in load.pages if page.asked_at > load.fault_at]
     recovered = max((page.ended_at for page in after), default=math.inf) - load.fault_at
     under_way = sorted(figures.stored[p.message_id].status for p in load.pages if p.question in load.under_way)
@@ -832,10 +846,12 @@ def test_redis_restarted_under_load_loses_no_acknowledged_message(cluster):
         f"{figures.ended:.1f} s until every answer under way had ended, {recovered:.1f} s until the "
         f"{len(after)} turns sent after the restart had completed; statuses {figures.statuses}; "
         f"{len(load.acknowledged)} of {figures.answers} questions acknowledged ({load.unacknowledged} stored but "
-        f"their message.created never came); {took:.0f} s in all"
+        f"their message.created never came); processes exited {figures.exited}; {took:.0f} s in all"
     )
+    print("".join(f"[cluster]   {line}\n" for line in figures.faulty + load.failures), end="")
     assert not load.failures, load.failures
     assert (figures.lost, figures.streaming, figures.missing, figures.repeated) == (0, 0, 0, 0)
+    assert not figures.exited  # no process stopped (a worker that lost the broker must connect again)
     assert figures.answers == REDIS_CONVERSATIONS * (MESSAGES + 1)
     assert figures.reconnected <= RECOVERY_LIMIT and figures.ended <= RECOVERY_LIMIT
     for page in load.pages:  # ended one way or another, and what the page shows is what is stored
