@@ -297,6 +297,18 @@ def generation_release(*, user_id: int, generation_id: str) -> None:
     run_script(RELEASE_SCRIPT, keys, [generation_id, 2 * lease_ms], default=None, what="generation release")
 
 
+EPOCH_SCRIPT = "local EPOCH_KEY, LEASE_MS = KEYS[1], 0" + EPOCH_LUA + "return epoch"
+
+
+def redis_epoch() -> int | None:
+    """Return the Redis time (ms) since which the limits' Redis has held its data; None when Redis is down.
+
+    It changes when Redis restarts empty or is flushed (see :data:`EPOCH_LUA`): what was kept there
+    (leases, queued Celery tasks on the same server) may be gone.
+    """
+    return run_script(EPOCH_SCRIPT, [limits_key("epoch")], [], default=None, what="Redis epoch")
+
+
 def generation_live(*, user_id: int, generation_id: str) -> bool | None:
     """Return whether generation ``generation_id`` of ``user_id`` holds an unexpired lease; None if unknown.
 

@@ -391,7 +391,7 @@ def ws_figures(results: dict[str, list[list[Stream]]]) -> dict:
 def daphne_process(port: int) -> psutil.Process:
     """Return the Daphne child process of this bench that listens on ``port``."""
     for child in psutil.Process().children(recursive=True):
-        if "daphne" in " ".join(child.cmdline()) and str(port) in child.cmdline():
+        if "config.web" in child.cmdline() and str(port) in child.cmdline():
             return child
     raise RuntimeError(f"No Daphne process on port {port}.")
 

@@ -121,11 +121,11 @@ def server_process(command: list[str], *, port: int, name: str, timeout: float =
 
 
 def daphne(*, timeout: float = 60):
-    """Run Parley under Daphne (``config.asgi:application``, HTTP and WebSocket) on a free loopback port.
+    """Run Parley as the Procfile's web process does (``python -m config.web``: Daphne) on a free loopback port.
 
     A context manager yielding the port. Daphne inherits this process's environment: call
     :func:`django_setup` first, so both use the same settings and services.
     """
     port = free_port()
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+    command = [sys.executable, "-m", "config.web", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     return server_process(command, port=port, name="Daphne", timeout=timeout)

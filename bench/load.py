@@ -34,11 +34,15 @@ open, each sends one ``message.send`` for an answer of ``--max-tokens`` chunks (
   behind (``parley_channel_layer_dropped_total`` from their /metrics); such a socket still gets its
   ``generation.completed``, from the stored answer (``chat.consumers``).
 
-With ``--relay-only`` no turn runs: once the sockets are open, the bench publishes each
-conversation's answer itself (``generation.started``, the same canned deltas at the same pace,
-``generation.completed``) through ``chat.turns.send_event``, so the Daphne processes only relay, as a
-web process does with ``INFERENCE_EXECUTION=celery`` (its turns run in workers). Comparing the two
-runs splits a process's cost between the turns (setup, generation, storing) and the relay.
+With ``--relay-only`` no turn runs: once the sockets are open, a publisher process of the bench's
+own (``bench/load.py --publish``, as a Celery worker would) publishes each conversation's answer
+(``generation.started``, the same canned deltas at the same pace, ``generation.completed``) through
+``chat.turns.send_event``, so the Daphne processes only relay, as a web process does with
+``INFERENCE_EXECUTION=celery`` (its turns run in workers). Comparing the two runs splits a process's
+cost between the turns (setup, generation, storing) and the relay. The publisher reports how late
+its publishes were against their schedule (p95, ms): a late publisher, not the relay, would show as
+gaps. The clients and the publisher run on the CPUs not given to Daphne, where there are any (and
+so does Redis): with 2 CPUs, one process has a core of its own, two share theirs with the load.
 
 Then, per process count, the largest K where p95 gap <= 100 ms and every stream completed, and
 the ratio 2 processes' largest K / 1's (a lower bound when 1 process passed the largest K tried).
@@ -59,10 +63,12 @@ import asyncio
 import json
 import os
 import secrets
+import subprocess
 import sys
 import urllib.request
 import uuid
 from contextlib import ExitStack
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
@@ -92,6 +98,8 @@ TARGET_MEMORY_GROWTH = 0.10
 WARM_UP_STREAMS = 10
 MEMORY_BATCH = 10
 WS_CLOSE_TIMEOUT = 10.0
+# The CPUs this bench may use, read before it pins anything (itself included).
+ALLOWED_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 CONNECTING_AT_ONCE = 25  # WebSocket handshakes in flight at once
 
 
@@ -120,31 +128,95 @@ def users_delete() -> None:
 # --- Measuring ---------------------------------------------------------------------------------
 
 
-async def turns_stand_in(conversation_ids: list, *, max_tokens: int, pace_ms: float) -> None:
+async def turns_stand_in(conversation_ids: list, *, max_tokens: int, pace_ms: float) -> list[float]:
     """Publish, for each conversation, the events of one answer as a turn's relay sends them, and no turn.
 
     ``generation.started``, ``max_tokens`` ``token`` events (the upstream's canned deltas, one every
-    ``pace_ms``, scheduled from the start), ``generation.completed``: through
-    :func:`chat.turns.send_event`, from this process, so the Daphne processes only relay (``--relay-only``).
+    ``pace_ms``, scheduled from the start), ``generation.completed``: the messages
+    :func:`chat.turns.send_event` publishes (the channel layer's serialisation, to each conversation's
+    group), so the Daphne processes only relay (``--relay-only``). The events due at the same time go
+    out in one Redis pipeline: this process stands in for many workers, and must not be the
+    bottleneck it measures. Return how late (ms) each round of token events was published.
     """
-    from chat.turns import send_event
+    from channels.layers import get_channel_layer
+    from redis.asyncio import Redis
 
+    from chat.turns import conversation_group
+
+    layer = get_channel_layer()
+    inner = layer._get_layer()  # channels-redis's per-loop layer: the groups' Pub/Sub channel names
+    channels = [inner._get_group_channel_name(conversation_group(c)) for c in conversation_ids]
     deltas = canned_deltas(max_tokens)
+    message_ids = [str(uuid.uuid4()) for _ in conversation_ids]
+    late: list[float] = []
+    redis = Redis.from_url(layer._kwargs["hosts"][0]["address"])
 
-    async def one(conversation_id) -> None:
-        loop = asyncio.get_running_loop()
-        start, message_id, offset = loop.time(), str(uuid.uuid4()), 0
-        await send_event(conversation_id, {"type": "generation.started", "message_id": message_id, "model": MODEL_SLUG})
-        for number, delta in enumerate(deltas, start=1):
-            await asyncio.sleep(max(0.0, start + number * pace_ms / 1000 - loop.time()))
-            await send_event(
-                conversation_id, {"type": "token", "message_id": message_id, "delta": delta, "offset": offset}
-            )
-            offset += len(delta)
-        message = {"id": message_id, "content": "".join(deltas), "status": "complete"}
-        await send_event(conversation_id, {"type": "generation.completed", "message": message})
+    async def publish_all(event_of) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for channel, message_id in zip(channels, message_ids, strict=True):
+                pipe.publish(channel, layer.serialize({"type": "chat.event", "event": event_of(message_id)}))
+            await pipe.execute()
 
-    await asyncio.gather(*(one(conversation_id) for conversation_id in conversation_ids))
+    loop = asyncio.get_running_loop()
+    await publish_all(lambda mid: {"type": "generation.started", "message_id": mid, "model": MODEL_SLUG})
+    start, offset = loop.time(), 0
+    for number, delta in enumerate(deltas, start=1):
+        due = start + number * pace_ms / 1000
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        late.append((loop.time() - due) * 1000)
+        await publish_all(
+            lambda mid, delta=delta, offset=offset: {
+                "type": "token",
+                "message_id": mid,
+                "delta": delta,
+                "offset": offset,
+            }
+        )
+        offset += len(delta)
+    text = "".join(deltas)
+    await publish_all(
+        lambda mid: {"type": "generation.completed", "message": {"id": mid, "content": text, "status": "complete"}}
+    )
+    await redis.aclose()
+    return late
+
+
+def publish_main(spec: str) -> None:
+    """``--publish SPEC``: the publisher process. Print ``ready``, wait for a line on stdin, publish, print how late.
+
+    ``SPEC`` is JSON: ``{"conversation_ids": [...], "max_tokens": n, "pace_ms": ms}``. The last line
+    printed is ``{"late_p95_ms": ...}``.
+    """
+    job = json.loads(spec)
+    django_setup(settings=os.environ["DJANGO_SETTINGS_MODULE"], migrate=False)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    late = asyncio.run(turns_stand_in(job["conversation_ids"], max_tokens=job["max_tokens"], pace_ms=job["pace_ms"]))
+    print(json.dumps({"late_p95_ms": percentile(late, 95)}), flush=True)
+
+
+class Publisher:
+    """The publisher process of one round (:func:`publish_main`), started ahead so Django is loaded when it goes."""
+
+    def __init__(self, conversation_ids: list, *, max_tokens: int, pace_ms: float, cpus: list[int] | None):
+        spec = json.dumps({"conversation_ids": [str(c) for c in conversation_ids], "max_tokens": max_tokens,
+                           "pace_ms": pace_ms})  # fmt: skip
+        self.process = subprocess.Popen(  # noqa: S603 (our own command)
+            [sys.executable, str(BASE_DIR / "bench" / "load.py"), "--publish", spec],
+            cwd=BASE_DIR, env=os.environ, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        if cpus:
+            os.sched_setaffinity(self.process.pid, cpus)
+        if self.process.stdout.readline().strip() != "ready":
+            self.process.kill()
+            raise RuntimeError("The publisher process did not start.")
+
+    def run(self) -> float | None:
+        """Start publishing, wait until done; return the p95 lateness (ms) of its publishes."""
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        out, _ = self.process.communicate(timeout=600)
+        return json.loads(out.strip().splitlines()[-1])["late_p95_ms"]
 
 
 async def chats(
@@ -154,12 +226,12 @@ async def chats(
     conversation_ids: list,
     payload: dict | None,
     timeout: float,
-    stand_in: dict | None = None,
+    stand_in: Publisher | None = None,
 ):
     """One WebSocket chat per conversation, client i on ``ports[i % len(ports)]``; all sockets open first.
 
-    With ``stand_in`` (:func:`turns_stand_in`'s keyword arguments) no message is sent: this process
-    publishes the answers' events itself. Returns (streams, the process index of each stream).
+    With ``stand_in`` (a :class:`Publisher`) no message is sent: that process publishes the answers'
+    events. Returns (streams, the process index of each stream, the publisher's p95 lateness in ms or None).
     """
     where = [i % len(ports) for i in range(len(cookies))]
     # Twisted listens with a backlog of 50: more handshakes at once than that get connections reset.
@@ -181,11 +253,12 @@ async def chats(
                     for p, cookie, conversation_id in zip(where, cookies, conversation_ids, strict=True)
                 )
             )
+        late = None
         try:
             reading = asyncio.gather(*(ws_chat(ws, payload=payload, timeout=timeout) for ws in sockets))
             if stand_in is not None:
                 await asyncio.sleep(0.2)  # every socket is reading before the first event
-                await turns_stand_in(conversation_ids, **stand_in)
+                late = await asyncio.to_thread(stand_in.run)
             streams = await reading
         finally:
             try:
@@ -193,12 +266,12 @@ async def chats(
                     await asyncio.gather(*(ws.close() for ws in sockets))
             except TimeoutError:
                 pass
-    return list(streams), where
+    return list(streams), where, late
 
 
 def round_run(
     ports, servers, users, *, config, k: int, max_tokens: int, timeout: float, relay_only: bool = False, pace_ms=50.0
-) -> dict:
+) -> dict:  # fmt: skip
     """Run K concurrent chats over ``ports``; return the round's figures (see the module's docstring)."""
     from chat.services import conversation_create
 
@@ -206,16 +279,19 @@ def round_run(
     conversation_ids = [conversation_create(owner=u["user"], model=config).pk for u in chatters]
     payload = {"type": "message.send", "content": PROMPT, "model": MODEL_SLUG, "cache": False}
     payload["params"] = {"max_tokens": max_tokens}
+    publisher = None
+    if relay_only:
+        publisher = Publisher(conversation_ids, max_tokens=max_tokens, pace_ms=pace_ms, cpus=load_cpus(servers))
     cpu = [cpu_seconds(s) for s in servers]
     drops = dropped(ports)
-    streams, where = asyncio.run(
+    streams, where, late = asyncio.run(
         chats(
             ports,
             cookies=[u["cookie"] for u in chatters],
             conversation_ids=conversation_ids,
             payload=None if relay_only else payload,
             timeout=timeout,
-            stand_in={"max_tokens": max_tokens, "pace_ms": pace_ms} if relay_only else None,
+            stand_in=publisher,
         )
     )
     cpu = [cpu_seconds(s) - before for s, before in zip(servers, cpu, strict=True)]
@@ -245,6 +321,7 @@ def round_run(
         "errors": sorted({s.error for s in streams if s.error}),
         "lost_chars": sum(s.lost_chars for s in streams),
         "channel_layer_dropped": int(drops),
+        "publish_late_p95_ms": rounded(late),
         "ok": len(done) == k and gap_p95 is not None and gap_p95 <= GAP_LIMIT_MS,
     }
 
@@ -263,10 +340,9 @@ def dropped(ports: list[int]) -> float:
 
 def pin(servers: list[psutil.Process]) -> list[int | None]:
     """Pin server i to CPU i modulo the CPUs allowed here; return each one's CPU (None where unsupported)."""
-    try:
-        allowed = sorted(psutil.Process().cpu_affinity())
-    except (AttributeError, psutil.Error):  # no CPU affinity on this platform
+    if ALLOWED_CPUS is None:  # no CPU affinity on this platform
         return [None] * len(servers)
+    allowed = ALLOWED_CPUS
     cpus = []
     for i, server in enumerate(servers):
         cpu = allowed[i % len(allowed)]
@@ -274,6 +350,37 @@ def pin(servers: list[psutil.Process]) -> list[int | None]:
         for thread in server.threads():
             os.sched_setaffinity(thread.id, [cpu])
         cpus.append(cpu)
+    return cpus
+
+
+def load_cpus(servers: list[psutil.Process]) -> list[int] | None:
+    """The CPUs allowed here that no server is pinned to (None: there are none, or no affinity here)."""
+    if ALLOWED_CPUS is None:
+        return None
+    try:
+        taken = {cpu for server in servers for cpu in server.cpu_affinity() if len(server.cpu_affinity()) == 1}
+    except psutil.Error:
+        return None
+    return sorted(set(ALLOWED_CPUS) - taken) or None
+
+
+def pin_load(servers: list[psutil.Process], redis_port: int | None) -> list[int] | None:
+    """Pin this process (the clients) and the Redis on ``redis_port`` to :func:`load_cpus` (or unpin); return those."""
+    cpus = load_cpus(servers)
+    every = ALLOWED_CPUS
+    targets = [psutil.Process()]
+    if redis_port is not None:
+        targets += [
+            p for p in psutil.process_iter(["name", "cmdline"])
+            if "valkey" in (p.info["name"] or "") or "redis-server" in (p.info["name"] or "")
+            if any(f":{redis_port}" in part or part == str(redis_port) for part in p.info["cmdline"] or [])
+        ]  # fmt: skip
+    for process in targets:
+        try:
+            for thread in process.threads():
+                os.sched_setaffinity(thread.id, cpus or every)
+        except (AttributeError, OSError, psutil.Error):  # no affinity here, or not ours to pin
+            pass
     return cpus
 
 
@@ -341,7 +448,11 @@ def main() -> None:
         help="no turns: the bench publishes each answer's events itself, so Daphne only relays them",
     )
     parser.add_argument("--memory-max-tokens", type=int, default=10, help="chunks per memory-run answer (default 10)")
+    parser.add_argument("--publish", metavar="SPEC", help=argparse.SUPPRESS)  # the publisher process (internal)
     args = parser.parse_args()
+    if args.publish:
+        publish_main(args.publish)
+        return
     try:
         ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
     except ValueError:
@@ -375,6 +486,7 @@ def main() -> None:
     rounds: list[dict] = []
     memory = None
     cpus_used: dict[int, list] = {}
+    load_on: dict[int, list | None] = {}  # the CPUs of the clients, the publisher and Redis, per process count
     try:
         with server_process(upstream_command, port=upstream_port, name="upstream"):
             for processes in (1, 2):
@@ -382,6 +494,7 @@ def main() -> None:
                     ports = [stack.enter_context(daphne()) for _ in range(processes)]
                     servers = [daphne_process(port) for port in ports]
                     cpus_used[processes] = pin(servers)
+                    load_on[processes] = pin_load(servers, urlsplit(os.environ.get("REDIS_URL", "")).port)
                     print(f"{processes} process(es) on CPU {cpus_used[processes]}: warm-up...", file=sys.stderr)
                     round_run(
                         ports, servers, users, config=config, k=WARM_UP_STREAMS, max_tokens=10,
@@ -408,23 +521,24 @@ def main() -> None:
         users_delete()
         ModelConfig.objects.filter(slug=MODEL_SLUG).delete()
 
-    report(args, ks, rounds, memory, cpus_used)
+    report(args, ks, rounds, memory, cpus_used, load_on)
 
 
-def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_used: dict) -> None:
+def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_used: dict, load_on: dict) -> None:
     """Print the table, the targets, and the summary as JSON on the last line."""
     print(
         f"\nWebSocket chats of {args.max_tokens} chunks at {args.pace_ms:g} ms "
         f"({1000 / args.pace_ms:.0f} tokens/s each), "
         f"{'relay only (the bench publishes the events)' if args.relay_only else 'turns inline'}; "
         f"gap limit {GAP_LIMIT_MS:g} ms; "
-        f"{os.cpu_count()} CPUs, Daphne pinned: {cpus_used}"
+        f"{os.cpu_count()} CPUs, Daphne pinned: {cpus_used}, clients/publisher/Redis on: {load_on}"
     )
     print(
         f"{'procs':>5}{'K':>6}{'complete':>10}{'gap p95 ms':>12}{'tokens/s per proc':>22}{'CPU s per proc':>18}"
         f"{'CPU ms/token':>14}  ok"
     )
     for r in rounds:
+        late = "" if r["publish_late_p95_ms"] is None else f", publisher late p95 {fmt(r['publish_late_p95_ms'])} ms"
         tps = "/".join(fmt(t) for t in r["tokens_per_s_per_process"])
         cpu = "/".join(fmt(c, ".1f") for c in r["cpu_s_per_process"])
         complete = f"{r['completed']}/{r['k']}"
@@ -432,7 +546,9 @@ def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_us
             f"{r['processes']:>5}{r['k']:>6}{complete:>10}{fmt(r['max_gap_p95_ms']):>12}{tps:>22}{cpu:>18}"
             f"{fmt(r['cpu_ms_per_token'], '.2f'):>14}"
             f"  {'yes' if r['ok'] else 'no'}  stored {r['stored_complete']}, lost chars {r['lost_chars']}, "
-            f"dropped {r['channel_layer_dropped']}{'  errors: ' + ', '.join(r['errors']) if r['errors'] else ''}"
+            f"dropped {r['channel_layer_dropped']}"
+            f"{late}"
+            f"{'  errors: ' + ', '.join(r['errors']) if r['errors'] else ''}"
         )
     one, two = largest_ok(rounds, 1), largest_ok(rounds, 2)
     scale = ratio(two, one) if one else None
@@ -463,6 +579,7 @@ def report(args, ks: list[int], rounds: list[dict], memory: dict | None, cpus_us
         "relay_only": args.relay_only,
         "gap_limit_ms": GAP_LIMIT_MS,
         "pinned_cpus": {str(k): v for k, v in cpus_used.items()},
+        "load_cpus": {str(k): v for k, v in load_on.items()},
         "rounds": rounds,
         "largest_k_1_process": one,
         "largest_k_2_processes": two,

@@ -5,6 +5,7 @@ memory (an answer embedded, a conversation summarised) is stored after a turn. M
 from __future__ import annotations
 
 import logging
+import threading
 
 from asgiref.sync import async_to_sync
 from celery import shared_task
@@ -52,10 +53,42 @@ def turn_run_task(message_id: str, params: dict, use_cache: bool) -> str | None:
     if turn is None:
         return None
     try:
-        cache.set(_taken_key(message_id), 1, timeout=settings.TURN_WAIT_SECONDS)
+        if not cache.add(_taken_key(message_id), 1, timeout=settings.TURN_WAIT_SECONDS):
+            # Queued again by its web process after a Redis restart (chat.turns.turn_execute), and
+            # the first delivery survived after all: that worker has it.
+            logger.info("Turn %s is taken by another worker already", message_id)
+            return None
     except Exception as exc:
         logger.warning("Could not record that turn %s was taken (%s); its web process keeps its lease", message_id, exc)
-    return async_to_sync(turns.turn_run)(turn).status
+    with _TakenMark(message_id):
+        return async_to_sync(turns.turn_run)(turn).status
+
+
+class _TakenMark:
+    """Set turn ``message_id``'s taken mark again every third of ``GENERATION_LEASE_SECONDS`` while it runs.
+
+    As the generation lease is renewed: a Redis restarted empty loses both, and the web process that
+    queued the turn queues it again only if no worker has set the mark again a renewal later.
+    """
+
+    def __init__(self, message_id: str):
+        self.key = _taken_key(message_id)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"taken-{message_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(settings.GENERATION_LEASE_SECONDS / 3):
+            try:
+                cache.set(self.key, 1, timeout=settings.TURN_WAIT_SECONDS)
+            except Exception:  # noqa: S110 (Redis down: tried again at the next renewal)
+                pass
+
+    def __enter__(self) -> _TakenMark:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
 
 
 @shared_task(name="chat.orphans_finalize", acks_late=False)

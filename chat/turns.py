@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from accounts.quotas import redis_epoch
 from agents.graph import turn_graph_stream, turn_knowledge, turn_report
 from inference.pipeline import Outcome
 from inference.providers import InferenceError
@@ -420,6 +421,7 @@ async def _turn_run(turn: Turn) -> Message:
 
 
 TURN_WAIT_POLL_SECONDS = 0.2  # how often a caller waiting for a turn in a worker looks at its message
+EPOCH_CHECK_SECONDS = 1.0  # how often it looks whether Redis restarted (accounts.quotas.redis_epoch)
 
 
 async def turn_execute(turn: Turn, *, until_taken: bool = False) -> Message:
@@ -435,11 +437,15 @@ async def turn_execute(turn: Turn, *, until_taken: bool = False) -> Message:
     if settings.INFERENCE_EXECUTION != "celery":
         return await turn_run(turn)
     message_id = turn.assistant_message.pk
-    await sync_to_async(turn_run_task.delay)(str(message_id), asdict(turn.params), turn.use_cache)
+    task_args = (str(message_id), asdict(turn.params), turn.use_cache)
+    epoch = await sync_to_async(redis_epoch, thread_sensitive=False)()
+    await sync_to_async(turn_run_task.delay)(*task_args)
     deadline = time.monotonic() + settings.TURN_WAIT_SECONDS
     # Hold the lease while the turn waits in the queue, so a turn queued behind a busy worker is not
     # taken for an orphan; stop once a worker has taken it (the worker renews it while it runs).
     keepalive = asyncio.create_task(turn.admission.keepalive())
+    restarted_at = None  # when Redis was seen restarted (empty) while the turn was not taken
+    next_epoch_check = time.monotonic() + EPOCH_CHECK_SECONDS
     try:
         while True:
             message = await Message.objects.select_related("conversation").aget(pk=message_id)
@@ -449,6 +455,21 @@ async def turn_execute(turn: Turn, *, until_taken: bool = False) -> Message:
                 keepalive.cancel()  # the worker holds the lease now: if it dies, the lease lapses with it
                 if until_taken:
                     return message
+            if keepalive.done() or time.monotonic() < next_epoch_check:
+                pass
+            elif restarted_at is None:
+                next_epoch_check = time.monotonic() + EPOCH_CHECK_SECONDS
+                now_epoch = await sync_to_async(redis_epoch, thread_sensitive=False)()
+                if now_epoch is not None and epoch is not None and now_epoch != epoch:
+                    restarted_at, epoch = time.monotonic(), now_epoch
+            elif time.monotonic() - restarted_at > settings.GENERATION_LEASE_SECONDS / 3 + EPOCH_CHECK_SECONDS:
+                # Redis restarted empty with the turn in the broker's queue (or received by a worker
+                # but not started: kombu's restore of it is lost too), and no worker has marked it
+                # taken since, a renewal later: queue it again. A worker that had it after all
+                # keeps it (turn_run_task takes a turn once).
+                logger.warning("Turn %s was lost from the queue by a Redis restart; queued again", message_id)
+                await sync_to_async(turn_run_task.delay)(*task_args)
+                restarted_at = None
             await asyncio.sleep(TURN_WAIT_POLL_SECONDS)
     finally:
         keepalive.cancel()

@@ -93,7 +93,14 @@ class _Shard(RedisSingleShardConnection):
             async with self._lock:
                 self._ensure_redis()
                 redis = self._redis
-        await redis.publish(channel, message)
+        try:
+            await redis.publish(channel, message)
+        except RedisConnectionError:
+            # After a Redis restart every pooled connection is dead, and each fails its next command
+            # (redis-py then drops it): without a second try, the first events each process sent
+            # after the restart were lost (the 40 x 3 Redis-restart cluster check lost message.created
+            # frames and final tokens). Once more, on a new connection; a second failure is an outage.
+            await redis.publish(channel, message)
 
     async def _do_receiving(self) -> None:
         # channels-redis's loop, plus: an outage is told to every channel once, and so is the recovery.
