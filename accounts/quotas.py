@@ -111,8 +111,10 @@ return 1
 
 # The lease store's age: KEYS[n] "epoch" holds the Redis time (ms) at which a check first found it
 # missing, so it is as old as this Redis's leases (it goes with them when Redis restarts empty or is
-# flushed). A lease missing while the epoch is younger than one lease period proves nothing: a live
-# generation takes a lost lease again at its next renewal. EPOCH_LUA sets `now` and `settled`.
+# flushed). A lease missing while the epoch is younger than SETTLE_MS (settle_ms(): a lease period and
+# CACHE_RETRY_AFTER_ERROR) proves nothing: a live generation takes a lost lease again at its next
+# renewal, a third of a lease period later, or once its process has rested after meeting the restart.
+# EPOCH_LUA sets `now` and `settled`.
 EPOCH_LUA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
@@ -121,13 +123,13 @@ if not epoch then
   redis.call('SET', EPOCH_KEY, now)
   epoch = now
 end
-local settled = now - epoch >= LEASE_MS
+local settled = now - epoch >= SETTLE_MS
 """
 
-# KEYS: slots, epoch. ARGV: generation id, lease ms. Return 1 held, 0 lapsed, -1 unknown (the
-# lease is missing but the store is younger than a lease period).
+# KEYS: slots, epoch. ARGV: generation id, settle ms. Return 1 held, 0 lapsed, -1 unknown (the
+# lease is missing but the store is younger than the settle ms).
 LIVE_SCRIPT = (
-    "local EPOCH_KEY, LEASE_MS = KEYS[2], tonumber(ARGV[2])"
+    "local EPOCH_KEY, SETTLE_MS = KEYS[2], tonumber(ARGV[2])"
     + EPOCH_LUA
     + """
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -138,12 +140,12 @@ return -1
 )
 
 # KEYS: the suspects hash (generation id -> first ms seen without a lease), the epoch, then one slots
-# key per generation. ARGV: confirm ms, hash TTL ms, lease ms, then the generation ids (in KEYS' order
+# key per generation. ARGV: confirm ms, hash TTL ms, settle ms, then the generation ids (in KEYS' order
 # from KEYS[3]). A generation is lapsed once its lease has been missing for confirm ms (seen missing on
-# two runs at least that far apart) in a store that has held leases for a lease period. The hash is
+# two runs at least that far apart) in a store that has held leases for the settle ms. The hash is
 # rebuilt from this run's generations, so it never grows.
 LAPSED_SCRIPT = (
-    "local EPOCH_KEY, LEASE_MS = KEYS[2], tonumber(ARGV[3])"
+    "local EPOCH_KEY, SETTLE_MS = KEYS[2], tonumber(ARGV[3])"
     + EPOCH_LUA
     + """
 local confirm = tonumber(ARGV[1])
@@ -297,7 +299,17 @@ def generation_release(*, user_id: int, generation_id: str) -> None:
     run_script(RELEASE_SCRIPT, keys, [generation_id, 2 * lease_ms], default=None, what="generation release")
 
 
-EPOCH_SCRIPT = "local EPOCH_KEY, LEASE_MS = KEYS[1], 0" + EPOCH_LUA + "return epoch"
+EPOCH_SCRIPT = "local EPOCH_KEY, SETTLE_MS = KEYS[1], 0" + EPOCH_LUA + "return epoch"
+
+
+def settle_ms() -> int:
+    """Milliseconds after a Redis restart (or flush) during which a missing lease proves nothing.
+
+    A live generation renews every third of ``GENERATION_LEASE_SECONDS``, but a process that met the
+    restart rests ``CACHE_RETRY_AFTER_ERROR`` seconds before it talks to Redis again
+    (:mod:`accounts.limits_store`): a lease period and that rest cover both.
+    """
+    return int((settings.GENERATION_LEASE_SECONDS + settings.CACHE_RETRY_AFTER_ERROR) * 1000)
 
 
 def redis_epoch() -> int | None:
@@ -313,12 +325,11 @@ def generation_live(*, user_id: int, generation_id: str) -> bool | None:
     """Return whether generation ``generation_id`` of ``user_id`` holds an unexpired lease; None if unknown.
 
     Unknown: Redis is down, or the lease is missing from a Redis that has held leases for less than
-    ``GENERATION_LEASE_SECONDS`` (restarted empty or flushed: a live generation takes its lease again
-    at its next renewal, within a third of that; see :data:`LIVE_SCRIPT`).
+    :func:`settle_ms` (restarted empty or flushed: a live generation takes its lease again at its next
+    renewal; see :data:`LIVE_SCRIPT`).
     """
-    lease_ms = settings.GENERATION_LEASE_SECONDS * 1000
     keys = [limits_key("gen", user_id), limits_key("epoch")]
-    found = run_script(LIVE_SCRIPT, keys, [generation_id, lease_ms], default=None, what="generation lease check")
+    found = run_script(LIVE_SCRIPT, keys, [generation_id, settle_ms()], default=None, what="generation lease check")
     return None if found is None or found == -1 else bool(found)
 
 
@@ -328,7 +339,7 @@ def generations_lapsed(*, generations: list[tuple[int, str]], confirm_seconds: f
     A generation counts as lapsed once it has been seen without an unexpired lease on two calls at
     least ``confirm_seconds`` apart (a live one takes its lost lease again within a third of
     ``GENERATION_LEASE_SECONDS``, see :func:`generation_renew`), and only once Redis has held leases for
-    a whole lease period (after a restart or flush, no lease proves anything until then). Pass every
+    :func:`settle_ms` (after a restart or flush, no lease proves anything until then). Pass every
     candidate on each call: suspicions of generations left out are forgotten. Return None, deciding
     nothing, when Redis is down.
     """
@@ -336,8 +347,7 @@ def generations_lapsed(*, generations: list[tuple[int, str]], confirm_seconds: f
         return []
     keys = [limits_key("gen", "lapse-suspects"), limits_key("epoch")]
     keys += [limits_key("gen", user_id) for user_id, _ in generations]
-    lease_ms = settings.GENERATION_LEASE_SECONDS * 1000
-    args = [int(confirm_seconds * 1000), int(max(confirm_seconds, 1) * 10_000), lease_ms]
+    args = [int(confirm_seconds * 1000), int(max(confirm_seconds, 1) * 10_000), settle_ms()]
     args += [gid for _, gid in generations]
     lapsed = run_script(LAPSED_SCRIPT, keys, args, default=None, what="generation lapse check")
     return None if lapsed is None else [gid.decode() if isinstance(gid, bytes) else gid for gid in lapsed]

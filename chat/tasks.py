@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.core.cache import cache
 
+from accounts.quotas import generation_renew
 from core.errors import ParleyError
 from inference.providers import InferenceError, ModelUnavailable
 
@@ -60,30 +61,37 @@ def turn_run_task(message_id: str, params: dict, use_cache: bool) -> str | None:
             return None
     except Exception as exc:
         logger.warning("Could not record that turn %s was taken (%s); its web process keeps its lease", message_id, exc)
-    with _TakenMark(message_id):
+    with _Custody(message_id, user_id=turn.admission.user.pk):
         return async_to_sync(turns.turn_run)(turn).status
 
 
-class _TakenMark:
-    """Set turn ``message_id``'s taken mark again every third of ``GENERATION_LEASE_SECONDS`` while it runs.
+class _Custody:
+    """A worker's hold on turn ``message_id`` from the moment it takes it until it ends.
 
-    As the generation lease is renewed: a Redis restarted empty loses both, and the web process that
-    queued the turn queues it again only if no worker has set the mark again a renewal later.
+    Its generation lease is renewed at once, then with its taken mark every third of
+    ``GENERATION_LEASE_SECONDS``. The web process that queued the turn stops renewing the lease once
+    the mark is set; the turn renews it itself only once it runs, after its setup (seconds, in a new
+    worker child under load), and a lease lapsed in between made a live answer an orphan. A Redis
+    restarted empty loses lease and mark: the web process queues the turn again only if no worker
+    has set the mark again a renewal later.
     """
 
-    def __init__(self, message_id: str):
-        self.key = _taken_key(message_id)
+    def __init__(self, message_id: str, *, user_id: int):
+        self.message_id, self.user_id = message_id, user_id
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"taken-{message_id}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"custody-{message_id}", daemon=True)
 
     def _run(self) -> None:
-        while not self.stopped.wait(settings.GENERATION_LEASE_SECONDS / 3):
+        while True:
+            generation_renew(user_id=self.user_id, generation_id=self.message_id)  # never raises: Redis down is a no-op
             try:
-                cache.set(self.key, 1, timeout=settings.TURN_WAIT_SECONDS)
+                cache.set(_taken_key(self.message_id), 1, timeout=settings.TURN_WAIT_SECONDS)
             except Exception:  # noqa: S110 (Redis down: tried again at the next renewal)
                 pass
+            if self.stopped.wait(settings.GENERATION_LEASE_SECONDS / 3):
+                return
 
-    def __enter__(self) -> _TakenMark:
+    def __enter__(self) -> _Custody:
         self.thread.start()
         return self
 

@@ -67,7 +67,7 @@ def main() -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = tempfile.TemporaryFile()
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+    command = [sys.executable, "-m", "config.web", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     daphne = subprocess.Popen(command, cwd=BASE_DIR, env=os.environ, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     try:
         deadline = time.monotonic() + 60

@@ -153,18 +153,19 @@ def test_a_live_answer_whose_lease_redis_lost_is_not_taken_for_an_orphan(convers
 
 @pytest.mark.django_db
 def test_a_redis_restarted_empty_makes_no_live_answer_an_orphan_for_a_lease_period(conversation, settings):
-    """Every lease gone with Redis: neither the message list nor beat ends the answer until a whole lease
-    period has passed without its turn taking the lease again (it does within a third of one)."""
+    """Every lease gone with Redis: neither the message list nor beat ends the answer until a lease period
+    (and the limits' rest after an error) has passed without its turn taking the lease again."""
     settings.GENERATION_ORPHAN_GRACE_SECONDS = 0
     settings.GENERATION_ORPHAN_CONFIRM_SECONDS = 0
     settings.GENERATION_LEASE_SECONDS = 1
+    settings.CACHE_RETRY_AFTER_ERROR = 0.2  # the settling time is a lease period and this rest
     answer = message_send(conversation=conversation, content="First").assistant_message
     lease_store_restarted()
     assert conversation_orphans_finalize(conversation=conversation) == []  # the page lists its messages
     assert orphans_finalize_task() == 0
     answer.refresh_from_db()
     assert answer.status == MessageStatus.STREAMING
-    time.sleep(1.2)  # a lease period with no renewal: the turn is dead after all
+    time.sleep(1.4)  # the settling time with no renewal: the turn is dead after all
     assert [m.pk for m in conversation_orphans_finalize(conversation=conversation)] == [answer.pk]
     answer.refresh_from_db()
     assert (answer.status, answer.error) == (MessageStatus.ERROR, INTERRUPTED)

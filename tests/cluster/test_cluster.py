@@ -439,7 +439,11 @@ class Page:
         if event["type"] == "token" and not self.token(event["offset"], event["delta"]):
             self.catch_up(base_url)
         elif event["type"] == "generation.completed":
+            # The page renders the answer as stored (chat.js render(data.message)): a socket that was
+            # reconnecting through the whole answer gets no token, only this end (sent from the stored
+            # answer by the consumer's catch-up).
             self.final = event["message"]
+            self.text = self.final["content"]
 
     def follow(self, base_url: str) -> None:
         """Catch up on ``base_url``, then relay the socket's events until the answer is final."""
@@ -646,6 +650,20 @@ class Load:
         page.ended_at = time.monotonic()
 
 
+def figures_check(head: str, load: Load, figures: SimpleNamespace, took: float) -> None:
+    """Print a load check's ``[cluster]`` line (``head``, then what every load check reports) and its faults;
+    assert the zero targets: no failed conversation, no acknowledged message lost, no answer left
+    streaming, no word missing or repeated in what a page shows."""
+    print(
+        f"\n[cluster] {head}; statuses {figures.statuses}; {len(load.acknowledged)} of {figures.answers} "
+        f"questions acknowledged ({load.unacknowledged} stored but their message.created never came); "
+        f"processes exited {figures.exited}; {took:.0f} s in all"
+    )
+    print("".join(f"[cluster]   {line}\n" for line in figures.faulty + load.failures), end="")
+    assert not load.failures, load.failures
+    assert (figures.lost, figures.streaming, figures.missing, figures.repeated) == (0, 0, 0, 0)
+
+
 def load_figures(load: Load, cluster: Cluster) -> SimpleNamespace:
     """The fault figures of ``load``, from the database and the pages: see the checks' printed lines.
 
@@ -712,19 +730,15 @@ def test_clients_of_a_killed_web_process_get_the_rest_from_the_other(cluster):
     took = time.monotonic() - started
 
     figures = load_figures(load, cluster)
-    print(
-        f"\n[cluster] web A killed: {KILL_CONVERSATIONS} conversations x {MESSAGES} messages "
+    figures_check(
+        f"web A killed: {KILL_CONVERSATIONS} conversations x {MESSAGES} messages "
         f"({WORKER_CONCURRENCY} children per worker, lease {KILL_LEASE_SECONDS} s), {len(load.under_way)} answers "
         f"under way at the kill; user messages lost {figures.lost}, answers left streaming {figures.streaming}, "
         f"words missing {figures.missing}, repeated {figures.repeated} (shown text after reconnect), "
         f"catch-ups {figures.catch_ups}; {figures.reconnected:.2f} s to reconnect every socket to B, "
-        f"{figures.ended:.1f} s until every answer under way had ended; statuses {figures.statuses}; "
-        f"{len(load.acknowledged)} of {figures.answers} questions acknowledged ({load.unacknowledged} stored but "
-        f"their message.created never came); processes exited {figures.exited}; {took:.0f} s in all"
-    )
-    print("".join(f"[cluster]   {line}\n" for line in figures.faulty + load.failures), end="")
-    assert not load.failures, load.failures
-    assert (figures.lost, figures.streaming, figures.missing, figures.repeated) == (0, 0, 0, 0)
+        f"{figures.ended:.1f} s until every answer under way had ended",
+        load, figures, took,
+    )  # fmt: skip
     assert figures.exited == {"a": -signal.SIGKILL}  # nothing else stopped
     assert figures.answers == KILL_CONVERSATIONS * MESSAGES
     # Answers queued behind the workers' children end up to KILL_ROUNDS answers later, whatever the fault.
@@ -836,21 +850,17 @@ def test_redis_restarted_under_load_loses_no_acknowledged_message(cluster):
     after = [page for page in load.pages if page.asked_at > load.fault_at]
     recovered = max((page.ended_at for page in after), default=math.inf) - load.fault_at
     under_way = sorted(figures.stored[p.message_id].status for p in load.pages if p.question in load.under_way)
-    print(
-        f"\n[cluster] Redis restarted: {REDIS_CONVERSATIONS} conversations x {MESSAGES} messages + 1 after "
+    figures_check(
+        f"Redis restarted: {REDIS_CONVERSATIONS} conversations x {MESSAGES} messages + 1 after "
         f"({REDIS_WORKER_CONCURRENCY} children per worker), {len(load.under_way)} answers under way then, "
         f"now {dict((status, under_way.count(status)) for status in sorted(set(under_way)))}; acknowledged "
         f"messages lost {figures.lost}, answers left streaming {figures.streaming}, words missing "
         f"{figures.missing}, repeated {figures.repeated} (shown text after reconnect), catch-ups "
         f"{figures.catch_ups}; {figures.reconnected:.1f} s until every socket was admitted again, "
         f"{figures.ended:.1f} s until every answer under way had ended, {recovered:.1f} s until the "
-        f"{len(after)} turns sent after the restart had completed; statuses {figures.statuses}; "
-        f"{len(load.acknowledged)} of {figures.answers} questions acknowledged ({load.unacknowledged} stored but "
-        f"their message.created never came); processes exited {figures.exited}; {took:.0f} s in all"
-    )
-    print("".join(f"[cluster]   {line}\n" for line in figures.faulty + load.failures), end="")
-    assert not load.failures, load.failures
-    assert (figures.lost, figures.streaming, figures.missing, figures.repeated) == (0, 0, 0, 0)
+        f"{len(after)} turns sent after the restart had completed",
+        load, figures, took,
+    )  # fmt: skip
     assert not figures.exited  # no process stopped (a worker that lost the broker must connect again)
     assert figures.answers == REDIS_CONVERSATIONS * (MESSAGES + 1)
     assert figures.reconnected <= RECOVERY_LIMIT and figures.ended <= RECOVERY_LIMIT

@@ -31,17 +31,18 @@ def daphne_env(database_name: str) -> dict[str, str]:
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # set for this process only (see ``chromium``)
     env["DATABASE_URL"] = urlunsplit(urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + database_name))
     env["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    env["WEB_STOP_GRACE_SECONDS"] = "2"  # a test's server stops within stop_process's 10 s, turns or not
     return env
 
 
 def start_daphne(env: dict[str, str], port: int | None = None) -> tuple[subprocess.Popen, str, object]:
-    """Start Daphne on loopback ``port`` (default: a free one); return ``(process, base_url, log)`` once it answers."""
+    """Start the web process (the Procfile's: ``python -m config.web``, Daphne) on loopback ``port`` (default: a
+    free one); return ``(process, base_url, log)`` once it answers."""
     port = port or free_port()
     # A file, not a pipe: a full pipe would block the server.
     log = tempfile.TemporaryFile()
-    daphne = Path(sys.executable).parent / "daphne"
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter's daphne, fixed arguments
-        [str(daphne), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+        [sys.executable, "-m", "config.web", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
         env=env,
         cwd=BASE_DIR,
         stdout=log,
