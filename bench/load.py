@@ -399,7 +399,7 @@ def memory_run(users, *, config, turns: int, max_tokens: int, timeout: float) ->
         while done < turns:
             batch = users[: min(MEMORY_BATCH, turns - done)]
             conversation_ids = [conversation_create(owner=u["user"], model=config).pk for u in batch]
-            streams, _ = asyncio.run(
+            streams, _, _ = asyncio.run(
                 chats(
                     [port],
                     cookies=[u["cookie"] for u in batch],
