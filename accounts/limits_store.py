@@ -25,7 +25,10 @@ T = TypeVar("T")
 
 _rest_until = 0.0
 _lock = threading.Lock()
-_scripts: dict[tuple[int, str], object] = {}
+# Lua scripts by source, each run with whichever client asks (Script(client=...)). Keyed by the
+# client as well (id(connection)) this grew by every client made, one per thread-sensitive context
+# (each chat turn's): ~35 KB a turn held for good (bench/load.py --memory-turns 1000: +13.9%).
+_scripts: dict[str, object] = {}
 
 
 def limits_key(*parts) -> str:
@@ -43,10 +46,10 @@ def run_script(source: str, keys: list[str], args: list, *, default: T, what: st
         return default
     try:
         connection = get_redis_connection("default")
-        script = _scripts.get((id(connection), source))
+        script = _scripts.get(source)
         if script is None:
-            script = _scripts[(id(connection), source)] = connection.register_script(source)
-        return script(keys=keys, args=args)
+            script = _scripts[source] = connection.register_script(source)
+        return script(keys=keys, args=args, client=connection)
     except (RedisError, OSError) as exc:
         with _lock:
             _rest_until = time.monotonic() + settings.CACHE_RETRY_AFTER_ERROR

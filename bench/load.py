@@ -411,9 +411,10 @@ def memory_run(users, *, config, turns: int, max_tokens: int, timeout: float) ->
             turns_settle(conversation_ids, timeout=timeout)
             done += len(batch)
             completed += sum(s.completed for s in streams)
-            if done >= checkpoint and checkpoint not in rss:
-                rss[checkpoint] = server.memory_info().rss / 2**20
+            if done >= checkpoint * (len(rss) + 1):  # about every tenth of the turns
+                rss[done] = server.memory_info().rss / 2**20
         rss[turns] = server.memory_info().rss / 2**20
+    checkpoint = min(rss)
     growth = rss[turns] / rss[checkpoint] - 1
     return {
         "turns": turns,
@@ -422,6 +423,7 @@ def memory_run(users, *, config, turns: int, max_tokens: int, timeout: float) ->
         "early_turns": checkpoint,
         "rss_mb_end": rounded(rss[turns]),
         "growth": round(growth, 3),
+        "rss_mb_every_tenth": {turns_done: rounded(mb) for turns_done, mb in sorted(rss.items())},
     }
 
 
