@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from accounts.quotas import redis_epoch
+from accounts.quotas import redis_epoch, settle_ms
 from agents.graph import turn_graph_stream, turn_knowledge, turn_report
 from inference.pipeline import Outcome
 from inference.providers import InferenceError
@@ -462,11 +462,12 @@ async def turn_execute(turn: Turn, *, until_taken: bool = False) -> Message:
                 now_epoch = await sync_to_async(redis_epoch, thread_sensitive=False)()
                 if now_epoch is not None and epoch is not None and now_epoch != epoch:
                     restarted_at, epoch = time.monotonic(), now_epoch
-            elif time.monotonic() - restarted_at > settings.GENERATION_LEASE_SECONDS / 3 + EPOCH_CHECK_SECONDS:
+            elif time.monotonic() - restarted_at > settle_ms() / 1000:
                 # Redis restarted empty with the turn in the broker's queue (or received by a worker
                 # but not started: kombu's restore of it is lost too), and no worker has marked it
-                # taken since, a renewal later: queue it again. A worker that had it after all
-                # keeps it (turn_run_task takes a turn once).
+                # taken since, in the time a worker that had it takes to mark it again (a lease
+                # period and the limits' rest, as for leases): queue it again. A worker that had it
+                # after all keeps it (turn_run_task takes a turn once).
                 logger.warning("Turn %s was lost from the queue by a Redis restart; queued again", message_id)
                 await sync_to_async(turn_run_task.delay)(*task_args)
                 restarted_at = None
