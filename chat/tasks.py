@@ -72,8 +72,9 @@ class _Custody:
     ``GENERATION_LEASE_SECONDS``. The web process that queued the turn stops renewing the lease once
     the mark is set; the turn renews it itself only once it runs, after its setup (seconds, in a new
     worker child under load), and a lease lapsed in between made a live answer an orphan. A Redis
-    restarted empty loses lease and mark: the web process queues the turn again only if no worker
-    has set the mark again a renewal later.
+    restarted empty loses lease and mark: the web process queues the turn again only if no worker has
+    set the mark again within ``GENERATION_LEASE_SECONDS`` + ``CACHE_RETRY_AFTER_ERROR``
+    (:func:`accounts.quotas.settle_ms`).
     """
 
     def __init__(self, message_id: str, *, user_id: int):
